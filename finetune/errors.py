@@ -1,0 +1,27 @@
+"""The project's exceptions.
+
+Every error a user can cause with bad input (a corrupt file, a wrong shape, a
+missing layer) is a :class:`FinetuneError` whose message is one line naming
+the file and what is wrong. The command-line tools print that line and exit
+with status 2 instead of showing a traceback.
+"""
+
+
+class FinetuneError(Exception):
+    """Base class: a problem with the user's input, described in one line."""
+
+
+class CaffeModelError(FinetuneError):
+    """A caffemodel or prototxt cannot be read or does not fit the model."""
+
+
+class DataError(FinetuneError):
+    """An image folder, label file or image cannot be used."""
+
+
+class DownloadError(FinetuneError):
+    """A download failed or its content did not verify."""
+
+
+class CheckpointError(FinetuneError):
+    """A snapshot or model checkpoint cannot be read."""

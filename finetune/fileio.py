@@ -1,0 +1,36 @@
+"""Atomic file writing: readers never see a half-written file."""
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_write(path, suffix=''):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary file lives in the same directory, so the final
+    ``os.replace`` is atomic on POSIX: a process killed mid-write leaves the
+    old ``path`` (or none) and a stray ``.tmp`` file, never a truncated
+    ``path``. On an exception the temporary file is removed. ``suffix`` is
+    appended to the temporary name for writers that insist on an extension
+    (``numpy.savez`` adds ``.npz`` to names without it).
+
+    Args:
+        path (str): final destination.
+        suffix (str): extension the temporary name must end with.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix='.' + os.path.basename(path) + '.', suffix='.tmp' + suffix,
+        dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise

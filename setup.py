@@ -1,0 +1,43 @@
+"""finetune: fine-tune pretrained Caffe AlexNet weights on your own classes with Chainer.
+
+Install with the README's commands (``make test`` / ``make demo``): chainer 7.8.1
+ships only as an sdist that builds with ``setuptools<70`` and needs ``numpy<2``.
+"""
+from setuptools import setup
+
+setup(
+    name='finetune',
+    version='0.1.0',
+    description='Import Caffe AlexNet weights exactly into Chainer and fine-tune them',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9,<3.12',
+    # The network definitions live in the top-level models/ folder (design
+    # card) but install as finetune.models, so they never shadow a user's own
+    # ``models`` module.
+    packages=['finetune', 'finetune.caffe', 'finetune.models'],
+    package_dir={'finetune.models': 'models'},
+    package_data={'finetune': ['data/*.txt', 'data/*.npy'],
+                  'finetune.caffe': ['*.proto']},
+    install_requires=[
+        'chainer==7.8.1',
+        'numpy>=1.21,<2',
+        # chainer imports pkg_resources and numpy.distutils at run time
+        'setuptools<74',
+        'pillow>=9',
+        'protobuf>=4.21',
+        'tqdm>=4.60',
+        'matplotlib>=3.5',
+    ],
+    extras_require={
+        'gpu': ['cupy-cuda12x'],
+        'test': ['pytest>=7', 'opencv-python-headless==4.11.0.86',
+                 'scikit-learn>=1.0'],
+    },
+    entry_points={'console_scripts': [
+        'finetune-train=finetune.train:main',
+        'finetune-predict=finetune.predict:main',
+        'finetune-convert=finetune.convert:main',
+        'finetune-fetch=finetune.fetch:main',
+    ]},
+)
