@@ -1,0 +1,107 @@
+"""BVLC AlexNet and CaffeNet in Caffe's exact layout.
+
+Layer table (input 3x227x227, BGR, 0-255, mean-subtracted)::
+
+    name   type            out   kernel stride pad group  then
+    conv1  Convolution      96     11     4     0    1    ReLU, norm1, pool1
+    conv2  Convolution     256      5     1     2    2    ReLU, norm2, pool2
+    conv3  Convolution     384      3     1     1    1    ReLU
+    conv4  Convolution     384      3     1     1    2    ReLU
+    conv5  Convolution     256      3     1     1    2    ReLU, pool5
+    fc6    InnerProduct   4096                            ReLU, Dropout 0.5
+    fc7    InnerProduct   4096                            ReLU, Dropout 0.5
+    fc8    InnerProduct   n_classes
+
+norm: LRN across 5 channels, alpha 1e-4 (Caffe's, divided by 5), beta 0.75.
+pool: MAX 3x3 stride 2, rounded up as Caffe does. CaffeNet swaps the order
+to pool-then-norm.
+"""
+import chainer
+import chainer.functions as F
+import chainer.links as L
+
+from finetune.models.functions import caffe_lrn
+from finetune.models.functions import caffe_pooling_2d
+
+LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5',
+               'fc6', 'fc7', 'fc8')
+
+
+def _norm(h):
+    return caffe_lrn(h, local_size=5, alpha=1e-4, beta=0.75)
+
+
+def _pool(h):
+    return caffe_pooling_2d(h, 'max', (3, 3), (2, 2), (0, 0))
+
+
+class AlexNet(chainer.Chain):
+    """BVLC AlexNet; ``__call__`` maps (N, 3, 227, 227) to fc8 logits.
+
+    Args:
+        n_classes (int): outputs of fc8 (1000 for ImageNet).
+        dropout (float): ratio of the fc6/fc7 dropouts in training mode.
+    """
+
+    insize = 227
+    layer_names = LAYER_NAMES
+    pool_before_norm = False
+    arch = 'alexnet'
+
+    def __init__(self, n_classes=1000, dropout=0.5):
+        super().__init__()
+        self.n_classes = n_classes
+        self.dropout = dropout
+        with self.init_scope():
+            self.conv1 = L.Convolution2D(3, 96, 11, stride=4)
+            self.conv2 = L.Convolution2D(96, 256, 5, pad=2, groups=2)
+            self.conv3 = L.Convolution2D(256, 384, 3, pad=1)
+            self.conv4 = L.Convolution2D(384, 384, 3, pad=1, groups=2)
+            self.conv5 = L.Convolution2D(384, 256, 3, pad=1, groups=2)
+            self.fc6 = L.Linear(256 * 6 * 6, 4096)
+            self.fc7 = L.Linear(4096, 4096)
+            self.fc8 = L.Linear(4096, n_classes)
+
+    def _norm_pool(self, h):
+        if self.pool_before_norm:
+            return _norm(_pool(h))
+        return _pool(_norm(h))
+
+    def stage(self, name, h):
+        """Run layer ``name`` and the parameter-free ops that follow it."""
+        h = self[name](h)
+        if name == 'fc8':
+            return h
+        h = F.relu(h)
+        if name in ('conv1', 'conv2'):
+            return self._norm_pool(h)
+        if name == 'conv5':
+            return _pool(h)
+        if name in ('fc6', 'fc7'):
+            return F.dropout(h, self.dropout)
+        return h
+
+    def forward(self, x, start=None, stop=None):
+        """Run the stages ``layer_names[start:stop]`` (default: all).
+
+        ``forward(x)`` maps (N, 3, 227, 227) images to (N, n_classes)
+        logits; ``forward(x, stop='fc6')`` gives pool5 features
+        (N, 256, 6, 6); ``forward(h, start='fc6')`` continues from them.
+        """
+        for name in stage_slice(self.layer_names, start, stop):
+            x = self.stage(name, x)
+        return x
+
+
+def stage_slice(names, start, stop):
+    """``names[start:stop]`` where start/stop may be names or indices."""
+    start = names.index(start) if isinstance(start, str) else start
+    stop = names.index(stop) if isinstance(stop, str) else stop
+    return names[start:stop]
+
+
+class CaffeNet(AlexNet):
+    """BVLC CaffeNet: AlexNet with each pooling before its normalization."""
+
+    pool_before_norm = True
+    arch = 'caffenet'

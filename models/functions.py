@@ -1,0 +1,84 @@
+"""Caffe's pooling and LRN semantics on top of ``chainer.functions``.
+
+Chainer's defaults differ from Caffe's: Caffe rounds pooled sizes up (ceil),
+clips the last window to start inside the padded input, averages over
+windows that may hang past the padding, and divides LRN's alpha by the
+window size. These functions reproduce Caffe exactly.
+"""
+import math
+
+import chainer.functions as F
+import numpy as np
+from chainer.backend import get_array_module
+
+
+def pooled_size(size, kernel, stride, pad, ceil=True):
+    """Caffe's output length of a pooling window sliding over ``size``."""
+    rounding = math.ceil if ceil else math.floor
+    out = int(rounding((size + 2 * pad - kernel) / stride)) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window must start inside the image or its pad
+    return out
+
+
+def _pad_to_cover(x, out, kernel, stride, pad, value):
+    """Pad bottom/right (beyond ``pad``) so ``out`` floor windows fit."""
+    extra = [max(0, (o - 1) * s + k - (n + 2 * p))
+             for o, k, s, p, n in zip(out, kernel, stride, pad, x.shape[2:])]
+    if not any(extra):
+        return x
+    widths = ((0, 0), (0, 0), (0, extra[0]), (0, extra[1]))
+    return F.pad(x, widths, 'constant', constant_values=value)
+
+
+def caffe_pooling_2d(x, method, kernel, stride, pad, ceil=True):
+    """Caffe's MAX or AVE pooling of ``x`` (N, C, H, W).
+
+    Args:
+        method (str): ``'max'`` or ``'ave'``.
+        kernel, stride, pad (tuple of int): (height, width) each.
+        ceil (bool): Caffe's default rounding (``round_mode: CEIL``).
+
+    Returns:
+        chainer.Variable of shape (N, C, H', W') with Caffe's H', W'.
+    """
+    out = [pooled_size(n, k, s, p, ceil)
+           for n, k, s, p in zip(x.shape[2:], kernel, stride, pad)]
+    if method == 'max':
+        h = _pad_to_cover(x, out, kernel, stride, pad, -np.inf)
+        y = F.max_pooling_2d(h, kernel, stride, pad, cover_all=False)
+        return y[:, :, :out[0], :out[1]]
+    h = _pad_to_cover(x, out, kernel, stride, pad, 0)
+    sums = F.average_pooling_2d(h, kernel, stride, pad) * (
+        kernel[0] * kernel[1])
+    sums = sums[:, :, :out[0], :out[1]]
+    counts = _ave_pool_counts(x.shape[2:], out, kernel, stride, pad)
+    xp = get_array_module(x)
+    return sums / xp.asarray(counts, dtype=x.dtype)
+
+
+def _ave_pool_counts(size, out, kernel, stride, pad):
+    """Caffe's AVE divisor per output cell: window clipped to image + pad."""
+    per_axis = []
+    for n, o, k, s, p in zip(size, out, kernel, stride, pad):
+        start = np.arange(o) * s - p
+        stop = np.minimum(start + k, n + p)
+        per_axis.append(stop - start)
+    return np.outer(per_axis[0], per_axis[1]).astype(np.float32)
+
+
+def caffe_lrn(x, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+              region='ACROSS_CHANNELS'):
+    """Caffe's local response normalization of ``x`` (N, C, H, W).
+
+    ACROSS_CHANNELS: ``x / (k + alpha / n * sum_{n channels} x^2) ** beta``
+    (Chainer's ``local_response_normalization`` does not divide alpha by
+    n). WITHIN_CHANNEL: ``x / (1 + alpha * mean_{n x n window} x^2) ** beta``
+    with zero padding counted in the mean, as Caffe computes it.
+    """
+    if region == 'ACROSS_CHANNELS':
+        return F.local_response_normalization(
+            x, n=local_size, k=k, alpha=alpha / local_size, beta=beta)
+    pad = (local_size - 1) // 2
+    mean_sq = F.average_pooling_2d(x * x, local_size, 1, pad)
+    return x * (1 + alpha * mean_sq) ** -beta
