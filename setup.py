@@ -15,9 +15,10 @@ setup(
     # The network definitions live in the top-level models/ folder (design
     # card) but install as finetune.models, so they never shadow a user's own
     # ``models`` module.
-    packages=['finetune', 'finetune.caffe', 'finetune.models'],
+    packages=['finetune', 'finetune.caffe', 'finetune.models',
+              'finetune.resources'],
     package_dir={'finetune.models': 'models'},
-    package_data={'finetune': ['data/*.txt', 'data/*.npy'],
+    package_data={'finetune.resources': ['*.txt', '*.npy', 'NOTICE'],
                   'finetune.caffe': ['*.proto']},
     install_requires=[
         'chainer==7.8.1',

@@ -1,0 +1,13 @@
+"""finetune: Caffe AlexNet weights in Chainer, fine-tuned on your classes.
+
+Three lines classify with a saved model::
+
+    import finetune
+    model = finetune.load('result/model_best.npz')
+    labels, probs = model.predict(['photo.jpg'])
+"""
+from finetune.errors import FinetuneError  # NOQA
+from finetune.inference import load  # NOQA
+from finetune.inference import Predictor  # NOQA
+
+__version__ = '0.1.0'

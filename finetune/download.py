@@ -134,7 +134,7 @@ def with_retries(attempt, retries, backoff, sleep=time.sleep):
     Only retryable :class:`TransferError` s are retried, after sleeping
     ``backoff * 2**n`` seconds (n = 0, 1, ...); the last error is raised.
     """
-    for number in range(retries + 1):
+    for number in range(max(retries, 0) + 1):
         try:
             return attempt()
         except TransferError as error:

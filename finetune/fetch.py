@@ -93,9 +93,9 @@ def _download_partial(name, url, target, partial, timeout, retries, backoff, pro
     except TransferError as error:
         if error.reason in UNREACHABLE_REASONS or (error.status or 0) >= 500:
             raise DownloadError(
-                f'cannot download {url} ({error.reason}); re-run to resume, or on a '
-                f'machine with internet access download that URL by hand, place it at '
-                f'{target} and run "python -m finetune.fetch {name} --dir '
+                f'cannot download {url} ({error.reason}): re-run when online (a partial '
+                f'download resumes), or download that URL by hand on a connected machine, '
+                f'place it at {target} and run "python -m finetune.fetch {name} --dir '
                 f'{os.path.dirname(target) or "."}" to verify it') from None
         raise DownloadError(str(error)) from None
     finally:

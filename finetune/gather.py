@@ -31,6 +31,9 @@ import re
 import sys
 import unicodedata
 
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
 from finetune.download import TransferError, check_url, fetch_bytes, sha1_of_file
 from finetune.errors import DataError, FinetuneError
 from finetune.fileio import atomic_write
@@ -175,7 +178,6 @@ def inspect_image(data, min_size):
     ``too-small`` (a side under ``min_size`` pixels), ``too-large``
     (decompression bomb) or ``undecodable`` (e.g. a truncated file).
     """
-    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as image:
             extension = EXTENSIONS.get(image.format)
@@ -420,8 +422,7 @@ def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
             ``<out_dir>/gather_report.csv``.
         progress (bool): draw a tqdm bar on stderr.
     """
-    from tqdm import tqdm
-    entries = list(entries)
+    entries = [Entry(*entry) for entry in entries]
     os.makedirs(out_dir, exist_ok=True)
     report_path = report_path or os.path.join(out_dir, REPORT_NAME)
     settings = Settings(timeout, retries, backoff, max_bytes, min_size, frozenset(

@@ -41,6 +41,9 @@ class AlexNet(chainer.Chain):
     Args:
         n_classes (int): outputs of fc8 (1000 for ImageNet).
         dropout (float): ratio of the fc6/fc7 dropouts in training mode.
+        initialW: Chainer initializer of the weights (Chainer's default
+            when ``None``; pass ``chainer.initializers.Zero()`` when the
+            weights are about to be loaded, to skip drawing 61M randoms).
     """
 
     insize = 227
@@ -48,19 +51,20 @@ class AlexNet(chainer.Chain):
     pool_before_norm = False
     arch = 'alexnet'
 
-    def __init__(self, n_classes=1000, dropout=0.5):
+    def __init__(self, n_classes=1000, dropout=0.5, initialW=None):
         super().__init__()
         self.n_classes = n_classes
         self.dropout = dropout
         with self.init_scope():
-            self.conv1 = L.Convolution2D(3, 96, 11, stride=4)
-            self.conv2 = L.Convolution2D(96, 256, 5, pad=2, groups=2)
-            self.conv3 = L.Convolution2D(256, 384, 3, pad=1)
-            self.conv4 = L.Convolution2D(384, 384, 3, pad=1, groups=2)
-            self.conv5 = L.Convolution2D(384, 256, 3, pad=1, groups=2)
-            self.fc6 = L.Linear(256 * 6 * 6, 4096)
-            self.fc7 = L.Linear(4096, 4096)
-            self.fc8 = L.Linear(4096, n_classes)
+            w = dict(initialW=initialW)
+            self.conv1 = L.Convolution2D(3, 96, 11, stride=4, **w)
+            self.conv2 = L.Convolution2D(96, 256, 5, pad=2, groups=2, **w)
+            self.conv3 = L.Convolution2D(256, 384, 3, pad=1, **w)
+            self.conv4 = L.Convolution2D(384, 384, 3, pad=1, groups=2, **w)
+            self.conv5 = L.Convolution2D(384, 256, 3, pad=1, groups=2, **w)
+            self.fc6 = L.Linear(256 * 6 * 6, 4096, **w)
+            self.fc7 = L.Linear(4096, 4096, **w)
+            self.fc8 = L.Linear(4096, n_classes, **w)
 
     def _norm_pool(self, h):
         if self.pool_before_norm:

@@ -93,7 +93,8 @@ class CaffeGraph(chainer.Chain):
             last_ip = [l for l in layers if l.type == 'InnerProduct'][-1]
             last_ip.param.inner_product_param.num_output = n_classes
         self.net_param = net_param
-        self.insize = _input_shape(net, source)[1]
+        self.net_input_shape = _input_shape(net, source)
+        self.insize = self.net_input_shape[1]
         self.stages = {}
         self.layer_names = []
         self._build(layers, net, source)

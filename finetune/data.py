@@ -1,0 +1,474 @@
+"""Prepare a user's image folder for fine-tuning.
+
+The steps, tied together by :func:`prepare_dataset`:
+
+1. list the images and their labels, from a folder with one sub-folder per
+   class (:func:`scan_image_folder`) or from a Caffe-style ``path label``
+   file (:func:`read_label_file`);
+2. open and fully decode every image once, dropping the unusable ones and
+   saying why (:func:`verify_images`, :func:`write_problem_report`);
+3. split into train and validation sets, class by class
+   (:func:`stratified_split`);
+4. write ``train.txt``, ``val.txt`` and ``labels.txt``
+   (:func:`write_label_file`, :func:`write_class_names`);
+5. average the training images into a mean image, one image in memory at a
+   time (:func:`compute_mean_image`, :func:`save_mean`).
+
+An *entry* is a ``(relative_path, label_index)`` tuple; paths are relative
+to the data folder and use ``/`` as separator.
+"""
+import collections
+import csv
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from finetune.errors import DataError
+from finetune.fileio import atomic_write
+from finetune.transforms import CaffePreprocess, from_array
+
+logger = logging.getLogger(__name__)
+
+#: File name extensions (lower case) that :func:`scan_image_folder` lists.
+IMAGE_EXTENSIONS = frozenset((
+    '.jpg', '.jpeg', '.jpe', '.png', '.bmp', '.gif', '.tif', '.tiff',
+    '.webp', '.ppm', '.pgm', '.pbm', '.pnm'))
+
+TRAIN_FILE = 'train.txt'
+VAL_FILE = 'val.txt'
+CLASS_NAMES_FILE = 'labels.txt'
+PROBLEMS_FILE = 'problems.csv'
+MEAN_FILE = 'mean.npy'
+MEAN_IMAGE_FILE = 'mean.png'
+
+
+def _is_hidden(name):
+    return name.startswith('.')
+
+
+def _is_image_name(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _class_image_paths(root, class_name):
+    """Relative paths of the image files anywhere under ``root/class_name``."""
+    paths = []
+    class_dir = os.path.join(root, class_name)
+    for directory, subdirs, files in os.walk(class_dir):
+        subdirs[:] = [d for d in subdirs if not _is_hidden(d)]
+        relative_dir = os.path.relpath(directory, root)
+        for name in files:
+            if not _is_hidden(name) and _is_image_name(name):
+                paths.append(os.path.join(relative_dir, name)
+                             .replace(os.sep, '/'))
+    return sorted(paths)
+
+
+def scan_image_folder(root):
+    """List the images of a folder with one sub-folder per class.
+
+    Class names are the sub-folder names, sorted; label ``k`` is the
+    ``k``-th name. Images in nested folders belong to their top-level class
+    folder. Hidden files and folders (names starting with ``.``), files
+    whose extension is not in :data:`IMAGE_EXTENSIONS`, files directly in
+    ``root`` and class folders without any image are ignored.
+
+    Args:
+        root (str): the data folder.
+
+    Returns:
+        tuple: ``(entries, class_names)``: a list of ``(relative_path,
+        label)`` sorted by path, and the list of class names.
+
+    Raises:
+        DataError: ``root`` is not a folder, or has fewer than 2 class
+            folders with images.
+    """
+    if not os.path.isdir(root):
+        raise DataError('%s: not a folder' % root)
+    folders = sorted(name for name in os.listdir(root)
+                     if not _is_hidden(name)
+                     and os.path.isdir(os.path.join(root, name)))
+    class_names, entries = [], []
+    for name in folders:
+        paths = _class_image_paths(root, name)
+        if not paths:
+            logger.warning('%s: no images, not used as a class',
+                           os.path.join(root, name))
+            continue
+        label = len(class_names)
+        class_names.append(name)
+        entries.extend((path, label) for path in paths)
+    if len(class_names) < 2:
+        raise DataError(
+            '%s: found %d class folder(s) with images (%s); need at least 2, '
+            'one sub-folder of images per class'
+            % (root, len(class_names), ', '.join(class_names) or 'none'))
+    return sorted(entries), class_names
+
+
+def read_class_names(path):
+    """Class names from a ``labels.txt`` file, one per line, blanks skipped."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError('%s: cannot read class names: %s' % (path, e)) \
+            from None
+
+
+def read_label_file(path, root):
+    """Read a Caffe-style image list: one ``relative/path.jpg label`` a line.
+
+    The label is a non-negative integer after the last run of whitespace,
+    so paths may contain spaces. Blank lines are skipped. Class names come
+    from a ``labels.txt`` beside ``path`` when there is one (the file
+    :func:`write_class_names` writes), else they are ``'0'``, ``'1'``, ...
+
+    Args:
+        path (str): the label file.
+        root (str): the folder the image paths are relative to; only used
+            to check that it exists (images are checked by
+            :func:`verify_images`).
+
+    Returns:
+        tuple: ``(entries, class_names)`` as :func:`scan_image_folder`.
+
+    Raises:
+        DataError: the file cannot be read, a line is malformed (the message
+            names the file and line number), there are no entries, or
+            ``labels.txt`` names fewer classes than the labels need.
+    """
+    if not os.path.isdir(root):
+        raise DataError('%s: not a folder' % root)
+    entries = []
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError('%s: cannot read label file: %s' % (path, e)) \
+            from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.rsplit(None, 1)
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            label = int(fields[1])
+            if label < 0:
+                raise ValueError
+        except ValueError:
+            raise DataError(
+                '%s:%d: expected "image_path label" with a non-negative '
+                'integer label, got %r' % (path, number, line)) from None
+        entries.append((fields[0].strip(), label))
+    if not entries:
+        raise DataError('%s: no "image_path label" lines' % path)
+    n_classes = max(label for _, label in entries) + 1
+    names_path = os.path.join(os.path.dirname(os.path.abspath(path)),
+                              CLASS_NAMES_FILE)
+    if os.path.isfile(names_path) and \
+            os.path.abspath(names_path) != os.path.abspath(path):
+        class_names = read_class_names(names_path)
+        if len(class_names) < n_classes:
+            raise DataError(
+                '%s: names %d classes but %s uses labels up to %d'
+                % (names_path, len(class_names), path, n_classes - 1))
+    else:
+        class_names = [str(k) for k in range(n_classes)]
+    return entries, class_names
+
+
+def write_label_file(path, entries):
+    """Write entries as ``path label`` lines (atomically), in the given order.
+
+    Raises:
+        DataError: a path contains a line break and cannot be written.
+    """
+    lines = []
+    for image_path, label in entries:
+        if '\n' in image_path or '\r' in image_path:
+            raise DataError('%r: image path contains a line break' %
+                            image_path)
+        lines.append('%s %d\n' % (image_path, int(label)))
+    with atomic_write(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.writelines(lines)
+
+
+def write_class_names(path, names):
+    """Write class names one per line (``labels.txt``), atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.writelines('%s\n' % name for name in names)
+
+
+def _round_half_up(value):
+    return int(math.floor(value + 0.5))
+
+
+def stratified_split(entries, val_fraction, seed=0):
+    """Split entries into train and validation sets, class by class.
+
+    Each class with ``n`` images gives ``round(n * val_fraction)`` of them
+    (rounding halves up) to validation, but keeps at least one in training
+    when ``n >= 2``; a class with one image stays in training. The result
+    depends only on the set of entries and ``seed``, not on their order:
+    entries are sorted first, and each class is shuffled by its own
+    generator seeded with ``(seed, label)``.
+
+    Args:
+        entries (list): ``(path, label)`` tuples.
+        val_fraction (float): in ``[0, 1)``; 0 gives an empty validation set.
+        seed (int): non-negative seed of the shuffle.
+
+    Returns:
+        tuple: ``(train, val)``, each a list of entries sorted by path.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError('val_fraction must be in [0, 1), got %r'
+                         % (val_fraction,))
+    by_class = collections.defaultdict(list)
+    for path, label in sorted((str(p), int(l)) for p, l in entries):
+        by_class[label].append((path, label))
+    train, val = [], []
+    for label in sorted(by_class):
+        members = by_class[label]
+        n_val = _round_half_up(len(members) * val_fraction)
+        n_val = min(n_val, len(members) - 1) if len(members) >= 2 else 0
+        order = np.random.RandomState([seed, label]).permutation(len(members))
+        val.extend(members[k] for k in order[:n_val])
+        train.extend(members[k] for k in order[n_val:])
+    return sorted(train), sorted(val)
+
+
+def check_image(path, channels=3):
+    """Why the image at ``path`` cannot be used, or ``None`` if it can.
+
+    Opens and fully decodes the file (truncated files are errors), then
+    converts it the way :class:`~finetune.transforms.CaffePreprocess` does.
+
+    Returns:
+        str or None: ``'missing file'``, ``'empty file'``, ``'not an
+        image'``, ``'truncated image'`` or ``'unreadable: <error>'``.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return 'empty file'
+    except OSError:
+        return 'missing file'
+    try:
+        with Image.open(path) as img:
+            img.load()
+            tiny = CaffePreprocess(size=(4, 4), crop_size=None, mean=None,
+                                   channels=channels)
+            tiny.image_array(img)
+    except UnidentifiedImageError:
+        return 'not an image'
+    except Exception as e:  # PIL raises many types for corrupt data
+        message = str(e) or type(e).__name__
+        if 'truncated' in message:
+            return 'truncated image'
+        return 'unreadable: %s' % ' '.join(message.split())
+    return None
+
+
+def _check_image_task(args):
+    path, channels = args
+    return check_image(path, channels)
+
+
+def verify_images(root, entries, jobs=1, channels=3):
+    """Open every image once, fully, and drop the unusable ones.
+
+    Args:
+        root (str): the folder the entry paths are relative to.
+        entries (list): ``(relative_path, label)`` tuples.
+        jobs (int): worker processes; 1 checks in this process, ``None``
+            or 0 uses one per CPU.
+        channels (int): 3 or 1, as the network input.
+
+    Returns:
+        tuple: ``(good_entries, problems)``: the usable entries in their
+        input order, and ``(relative_path, reason)`` tuples for the others
+        (reasons as :func:`check_image`).
+    """
+    entries = list(entries)
+    tasks = [(os.path.join(root, path), channels) for path, _ in entries]
+    jobs = jobs or os.cpu_count() or 1
+    if jobs > 1 and len(tasks) > 1:
+        with multiprocessing.Pool(min(jobs, len(tasks))) as pool:
+            reasons = pool.map(_check_image_task, tasks,
+                               chunksize=max(1, min(64, len(tasks) //
+                                                    (4 * jobs))))
+    else:
+        reasons = [_check_image_task(task) for task in tasks]
+    good, problems = [], []
+    for entry, reason in zip(entries, reasons):
+        if reason is None:
+            good.append(entry)
+        else:
+            problems.append((entry[0], reason))
+    return good, problems
+
+
+def write_problem_report(path, problems):
+    """Write ``(path, reason)`` pairs as a CSV file with a ``path,reason``
+    header (just the header when there are none), atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(('path', 'reason'))
+            writer.writerows(problems)
+
+
+def compute_mean_image(root, entries, preprocess_size=(256, 256), channels=3):
+    """Average the images, resized to ``preprocess_size``, in one pass.
+
+    Each image is decoded and resized as
+    :meth:`CaffePreprocess.image_array <finetune.transforms.CaffePreprocess.image_array>`
+    does without mean or crop, and added to a float64 running sum: memory
+    stays at one image and one sum whatever the number of images.
+
+    Args:
+        root (str): the folder the entry paths are relative to.
+        entries (list): ``(relative_path, label)`` tuples.
+        preprocess_size (tuple): (H, W) in pixels.
+        channels (int): 3 (BGR) or 1 (gray).
+
+    Returns:
+        numpy.ndarray: float32 (channels, H, W), 0-255, BGR for 3 channels.
+
+    Raises:
+        DataError: no entries, or an image cannot be read.
+    """
+    if not entries:
+        raise DataError('%s: no images to average' % root)
+    preprocess = CaffePreprocess(size=preprocess_size, crop_size=None,
+                                 mean=None, channels=channels)
+    total = np.zeros((channels,) + tuple(preprocess_size), np.float64)
+    for path, _ in entries:
+        total += preprocess.image_array(os.path.join(root, path))
+    return (total / len(entries)).astype(np.float32)
+
+
+def save_mean(mean, directory):
+    """Write ``mean.npy`` (the float32 array) and ``mean.png`` (for viewing).
+
+    Args:
+        mean (numpy.ndarray): (C, H, W), 0-255, BGR or gray.
+        directory (str): created if missing.
+
+    Returns:
+        tuple: the paths of ``mean.npy`` and ``mean.png``.
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    npy_path = os.path.join(directory, MEAN_FILE)
+    png_path = os.path.join(directory, MEAN_IMAGE_FILE)
+    with atomic_write(npy_path, suffix='.npy') as tmp:
+        np.save(tmp, mean)
+    with atomic_write(png_path, suffix='.png') as tmp:
+        from_array(mean).save(tmp, format='PNG')
+    return npy_path, png_path
+
+
+def load_mean(path):
+    """Read a mean saved by :func:`save_mean`: float32 (C, H, W) or (C,).
+
+    Raises:
+        DataError: the file cannot be read or is not a 1-D or 3-D array.
+    """
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError('%s: cannot read mean: %s' % (path, e)) from None
+    if mean.ndim not in (1, 3):
+        raise DataError('%s: mean has shape %s; expected (C, H, W) or (C,)'
+                        % (path, mean.shape))
+    return mean.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+    """What :func:`prepare_dataset` produced.
+
+    Attributes:
+        train (list): training entries ``(relative_path, label)``.
+        val (list): validation entries.
+        class_names (list): ``class_names[label]`` names the class.
+        mean (numpy.ndarray or None): float32 (C, H, W) mean of the
+            training images, 0-255 BGR; ``None`` when not computed.
+        problems (list): ``(relative_path, reason)`` of skipped files.
+    """
+    train: list
+    val: list
+    class_names: list
+    mean: object
+    problems: list
+
+
+def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
+                    label_file=None, compute_mean=True, channels=3,
+                    size=(256, 256), jobs=1):
+    """List, verify and split a data folder; write the lists and mean.
+
+    Writes into ``out_dir``: ``train.txt`` and ``val.txt`` (``path label``
+    lines, paths relative to ``data_dir``), ``labels.txt`` (class names),
+    ``problems.csv`` (skipped files and why; always written) and, when
+    ``compute_mean``, ``mean.npy`` and ``mean.png`` from the training split
+    only. Prints one summary line to stderr.
+
+    Args:
+        data_dir (str): the image folder (one sub-folder per class unless
+            ``label_file`` is given).
+        out_dir (str): created if missing.
+        val_split (float): fraction of each class for validation, in [0, 1).
+        seed (int): seed of the split.
+        label_file (str or None): a ``path label`` file listing the images
+            instead of the class folders.
+        compute_mean (bool): compute and save the mean image.
+        channels (int): 3 (BGR) or 1 (gray).
+        size (tuple): (H, W) images are resized to, for the mean.
+        jobs (int): processes verifying images (see :func:`verify_images`).
+
+    Returns:
+        PreparedDataset
+
+    Raises:
+        DataError: the folder or label file cannot be used, or no image
+            can be read.
+    """
+    if label_file is not None:
+        entries, class_names = read_label_file(label_file, data_dir)
+    else:
+        entries, class_names = scan_image_folder(data_dir)
+    good, problems = verify_images(data_dir, entries, jobs=jobs,
+                                   channels=channels)
+    os.makedirs(out_dir, exist_ok=True)
+    problems_path = os.path.join(out_dir, PROBLEMS_FILE)
+    write_problem_report(problems_path, problems)
+    if not good:
+        raise DataError('%s: none of the %d images can be read; see %s'
+                        % (data_dir, len(entries), problems_path))
+    train, val = stratified_split(good, val_split, seed)
+    write_label_file(os.path.join(out_dir, TRAIN_FILE), train)
+    write_label_file(os.path.join(out_dir, VAL_FILE), val)
+    write_class_names(os.path.join(out_dir, CLASS_NAMES_FILE), class_names)
+    mean = None
+    if compute_mean:
+        mean = compute_mean_image(data_dir, train, size, channels)
+        save_mean(mean, out_dir)
+    summary = '%d train and %d validation images in %d classes' % (
+        len(train), len(val), len(class_names))
+    if problems:
+        summary += '; skipped %d unreadable file(s), listed in %s' % (
+            len(problems), problems_path)
+    print(summary, file=sys.stderr)
+    return PreparedDataset(train, val, class_names, mean, problems)

@@ -1,0 +1,70 @@
+"""Classify images with a saved model: ``finetune.load(path).predict(...)``."""
+import chainer
+import chainer.functions as F
+import numpy as np
+
+from finetune.checkpoint import load_model
+
+
+def top_k(probs, k):
+    """Indices (N, k) of the k largest probabilities per row, best first."""
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind='stable')
+    return order[:, :k]
+
+
+class Predictor:
+    """A ready model: its network, class names and preprocessing.
+
+    Attributes:
+        model: the Chainer network (logits out).
+        class_names (list of str): one per output.
+        preprocess (CaffePreprocess): image -> input array.
+        meta (dict): everything stored with the weights.
+    """
+
+    def __init__(self, model, class_names, preprocess, meta=None,
+                 device=-1):
+        self.model = model
+        self.class_names = list(class_names)
+        self.preprocess = preprocess
+        self.meta = meta or {}
+        self.device = chainer.get_device(device)
+        self.model.to_device(self.device)
+
+    def probabilities(self, batch):
+        """Softmax outputs (N, n_classes) for a preprocessed batch."""
+        with chainer.using_config('train', False), \
+                chainer.using_config('enable_backprop', False):
+            x = self.device.send(np.asarray(batch, dtype=np.float32))
+            probs = F.softmax(self.model(x)).array
+        return chainer.backend.CpuDevice().send(probs)
+
+    def predict(self, images, batch_size=32):
+        """Classify PIL images or paths.
+
+        Returns:
+            tuple: (labels, probs): the top-1 class name of each image and
+            the (N, n_classes) float32 probabilities.
+        """
+        probs = []
+        for start in range(0, len(images), batch_size):
+            batch = [self.preprocess(img)
+                     for img in images[start:start + batch_size]]
+            probs.append(self.probabilities(np.stack(batch)))
+        probs = (np.concatenate(probs) if probs else
+                 np.zeros((0, len(self.class_names)), np.float32))
+        labels = [self.class_names[i] for i in probs.argmax(axis=1)]
+        return labels, probs
+
+
+def load(path, device=-1):
+    """Load a model file written by finetune into a :class:`Predictor`.
+
+    Args:
+        path (str): ``.npz`` from ``finetune.train`` or ``finetune.convert``.
+        device: Chainer device spec (-1 or ``'@numpy'`` for CPU, 0 or
+            ``'@cupy:0'`` for the first GPU).
+    """
+    model, meta, preprocess = load_model(path)
+    return Predictor(model, meta['class_names'], preprocess, meta, device)

@@ -1,0 +1,161 @@
+"""Caffe's classic preprocessing, the one transform used everywhere.
+
+An image becomes a network input in these steps, as Caffe's data layers do:
+
+1. decode (any PIL mode: gray, RGBA, CMYK, palette, 16-bit) to RGB, or to
+   gray for one-channel nets;
+2. float32 in 0-255, channels reordered to BGR, HWC -> CHW;
+3. resize to ``size`` (256x256 for AlexNet), ignoring aspect ratio;
+4. subtract the mean (a CxHxW mean image or a per-channel mean pixel);
+5. multiply by ``scale`` (1 for AlexNet, 1/256 for Caffe's LeNet);
+6. crop ``crop_size`` (center for evaluation; random crop and mirror for
+   training).
+
+:func:`to_array` and :func:`from_array` convert between PIL images and the
+CHW arrays of step 2, for viewing inputs and mean images.
+"""
+import numpy as np
+from PIL import Image
+
+from finetune.errors import DataError
+
+# ImageNet mean pixel, BGR, 0-255 (the ilsvrc_2012_mean image averaged).
+IMAGENET_MEAN_PIXEL = (104.0, 117.0, 123.0)
+
+
+def _to_8bit_rgb_or_gray(img, channels):
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith('I;16') else max(
+            float(array.max()), 1.0)
+        if img.mode == 'I' and array.max() <= 255:
+            peak = 255.0
+        img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255)
+                              .astype(np.uint8))
+    if img.mode in ('P', 'PA', 'LA', 'RGBA') and channels == 3:
+        img = img.convert('RGBA')
+        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert('RGB' if channels == 3 else 'L')
+
+
+def to_array(img, channels=3):
+    """PIL image -> float32 array (C, H, W), 0-255, BGR for 3 channels.
+
+    Transparent pixels are composited on white; 16-bit and 32-bit images
+    are scaled to 0-255.
+    """
+    img = _to_8bit_rgb_or_gray(img, channels)
+    array = np.asarray(img, dtype=np.float32)
+    if channels == 1:
+        return array[np.newaxis]
+    return np.ascontiguousarray(array[:, :, ::-1].transpose(2, 0, 1))
+
+
+def from_array(array):
+    """float array (C, H, W), BGR or gray, 0-255 -> PIL image (for viewing).
+
+    Values are clipped to 0-255; add the mean back first to view a
+    mean-subtracted input.
+    """
+    array = np.asarray(array)
+    array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    if array.shape[0] == 1:
+        return Image.fromarray(array[0], 'L')
+    return Image.fromarray(np.ascontiguousarray(
+        array[::-1].transpose(1, 2, 0)), 'RGB')
+
+
+def read_image(path, size=None):
+    """Open and fully decode an image file.
+
+    JPEGs much larger than ``size`` (H, W) are decoded at a reduced scale
+    with PIL's draft mode (DCT scaling), several times faster; the result
+    is still at least ``size``.
+
+    Raises:
+        DataError: the file is missing, truncated or not an image.
+    """
+    try:
+        img = Image.open(path)
+        if size is not None and img.format == 'JPEG':
+            img.draft(img.mode, (size[1], size[0]))
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) \
+            as e:
+        raise DataError('%s: cannot read image: %s' % (path, e)) from None
+    return img
+
+
+class CaffePreprocess:
+    """Turn a PIL image (or a path) into a network input (C, crop, crop).
+
+    Args:
+        size (tuple): (H, W) the image is resized to, e.g. (256, 256).
+        crop_size (int): side of the square crop, e.g. 227; ``None`` for
+            no crop.
+        mean (numpy.ndarray or sequence or None): CxHxW mean image in the
+            resized geometry (resized if its H, W differ) or a per-channel
+            mean pixel, in the same channel order and 0-255 units.
+        scale (float): multiplier applied after mean subtraction.
+        channels (int): 3 (BGR) or 1 (gray).
+    """
+
+    def __init__(self, size=(256, 256), crop_size=227,
+                 mean=IMAGENET_MEAN_PIXEL, scale=1.0, channels=3):
+        self.size = tuple(size)
+        self.crop_size = crop_size
+        self.scale = scale
+        self.channels = channels
+        self.mean = self._mean_array(mean)
+
+    def _mean_array(self, mean):
+        if mean is None:
+            return np.zeros((self.channels, 1, 1), np.float32)
+        mean = np.asarray(mean, dtype=np.float32)
+        if mean.ndim == 1:
+            return mean.reshape(-1, 1, 1)
+        if mean.shape[1:] not in ((1, 1), self.size):
+            mean = np.stack([np.asarray(Image.fromarray(c).resize(
+                self.size[::-1], Image.BILINEAR)) for c in mean])
+        return mean.astype(np.float32)
+
+    def image_array(self, img):
+        """Steps 1-5: mean-subtracted, scaled float32 (C, H, W) at ``size``."""
+        if not isinstance(img, Image.Image):
+            img = read_image(img, self.size)
+        img = _to_8bit_rgb_or_gray(img, self.channels)
+        if img.size != self.size[::-1]:
+            img = img.resize(self.size[::-1], Image.BILINEAR)
+        array = to_array(img, self.channels)
+        array -= self.mean
+        if self.scale != 1:
+            array *= self.scale
+        return array
+
+    def crop(self, array, train=False, rng=None):
+        """Step 6: center crop, or random crop and mirror when training."""
+        if self.crop_size is None:
+            return array
+        _, height, width = array.shape
+        side = self.crop_size
+        if train:
+            rng = rng or np.random
+            top = rng.randint(0, height - side + 1)
+            left = rng.randint(0, width - side + 1)
+        else:
+            top, left = (height - side) // 2, (width - side) // 2
+        array = array[:, top:top + side, left:left + side]
+        if train and rng.randint(2):
+            array = array[:, :, ::-1]
+        return np.ascontiguousarray(array)
+
+    def __call__(self, img, train=False, rng=None):
+        """PIL image or path -> float32 (C, crop_size, crop_size)."""
+        return self.crop(self.image_array(img), train, rng)
+
+    @property
+    def input_shape(self):
+        """(C, H, W) of the arrays this transform returns."""
+        side = self.crop_size
+        return (self.channels,) + ((side, side) if side else self.size)

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real data files in tests/data and small Caffe nets."""
+import os
+
+import numpy as np
+import pytest
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+
+
+def data_path(*parts):
+    return os.path.join(DATA, *parts)
+
+
+@pytest.fixture(scope='session')
+def alexnet_deploy():
+    return data_path('caffe', 'bvlc_alexnet_deploy.prototxt')
+
+
+@pytest.fixture(scope='session')
+def alexnet_caffemodels(tmp_path_factory, alexnet_deploy):
+    """A full-size BVLC AlexNet with random weights, as V2 and V1 files.
+
+    Returns:
+        dict: {'v2': path, 'v1': path, 'weights': {layer: [W, b]}}
+    """
+    from finetune.caffe.caffemodel import read_prototxt_param
+    from finetune.caffe.writer import random_weights
+    from finetune.caffe.writer import write_caffemodel
+    from finetune.models import AlexNet
+    import chainer
+    directory = tmp_path_factory.mktemp('alexnet')
+    net = read_prototxt_param(alexnet_deploy)
+    skeleton = AlexNet(initialW=chainer.initializers.Zero())
+    weights = random_weights(skeleton, np.random.RandomState(0))
+    files = {'weights': weights}
+    for version in ('v1', 'v2'):
+        path = str(directory / ('bvlc_alexnet_%s.caffemodel' % version))
+        write_caffemodel(path, net, weights, v1=version == 'v1')
+        files[version] = path
+    return files
+
+
+@pytest.fixture(scope='session')
+def lenet_files():
+    return {'prototxt': data_path('lenet', 'lenet_deploy.prototxt'),
+            'caffemodel': data_path('lenet', 'lenet_iter_10000.caffemodel'),
+            'labels': data_path('lenet', 'labels.txt'),
+            'samples': data_path('lenet', 'samples')}

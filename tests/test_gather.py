@@ -1,0 +1,264 @@
+"""finetune.gather against a local HTTP server on 127.0.0.1 (issue 7)."""
+import csv
+import gzip
+import hashlib
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finetune import gather as gather_module
+from finetune.errors import DataError
+from finetune.gather import Entry, gather, read_entries, read_label_names
+
+try:
+    from tests.http_server import LocalHTTPServer, Response
+except ImportError:  # pytest put tests/ itself on sys.path
+    from http_server import LocalHTTPServer, Response
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+FAST = {'timeout': 0.3, 'retries': 1, 'backoff': 0.01, 'jobs': 4, 'progress': False}
+
+
+def image_bytes(seed, format, size=(64, 48)):
+    """Real, distinct image bytes: random pixels encoded as JPEG or PNG."""
+    pixels = np.random.RandomState(seed).randint(0, 256, size[::-1] + (3,), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def stored_name(data, extension):
+    return hashlib.sha1(data).hexdigest()[:16] + extension
+
+
+def files_under(root):
+    """Every file below ``root`` as a sorted list of '/'-joined relative paths."""
+    return sorted(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, '/')
+                  for folder, _, names in os.walk(root) for name in names)
+
+
+def report_reasons(path):
+    with open(path, newline='') as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ['url', 'label', 'status', 'reason', 'path']
+    return {row['url']: (row['status'], row['reason'], row['path']) for row in rows}
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    """Requests to 127.0.0.1 must not go through a proxy from the environment."""
+    for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def server():
+    with LocalHTTPServer() as running:
+        yield running
+
+
+CAT = image_bytes(1, 'JPEG')
+DOG = image_bytes(2, 'PNG')
+DOG2 = image_bytes(3, 'JPEG')
+FLAKY = image_bytes(4, 'JPEG')
+PLACEHOLDER = image_bytes(5, 'PNG', size=(40, 30))
+TINY = image_bytes(6, 'PNG', size=(8, 8))
+BIG = image_bytes(7, 'PNG', size=(300, 300))
+TRUNCATED = image_bytes(8, 'JPEG')[:1500]
+
+
+# (path on the server, label, expected status, expected reason), in input order.
+CASES = [
+    ('/cat.jpg', 'cat', 'saved', ''),
+    ('/dog.png', 'dog', 'saved', ''),
+    ('/dog2', 'dog', 'saved', ''),  # served as application/octet-stream
+    ('/missing.jpg', 'cat', 'skipped', 'http-404'),
+    ('/flaky.jpg', 'cat', 'saved', ''),  # 500, then the image
+    ('/always500.jpg', 'cat', 'skipped', 'http-503'),
+    ('/slow.jpg', 'cat', 'skipped', 'timeout'),
+    ('/page.html', 'dog', 'skipped', 'not-image'),
+    ('/html-as-jpeg.jpg', 'dog', 'skipped', 'not-image'),
+    ('/truncated.jpg', 'dog', 'skipped', 'undecodable'),
+    ('/cut-connection.jpg', 'dog', 'skipped', 'truncated'),
+    ('/placeholder.png', 'cat', 'skipped', 'placeholder'),
+    ('/copy-of-cat.jpg', 'dog', 'skipped', 'duplicate'),  # same bytes, other label
+    ('/cat.jpg', 'cat', 'skipped', 'duplicate'),  # same URL twice
+    ('/tiny.png', 'cat', 'skipped', 'too-small'),
+    ('/big.png', 'cat', 'skipped', 'too-large'),
+    ('/dog.png', '../escape', 'skipped', 'bad-label'),
+    ('/dog.png', '/etc', 'skipped', 'bad-label'),
+    ('/dog.png', '.hidden', 'skipped', 'bad-label'),
+    ('/dog.png', '', 'skipped', 'bad-label'),
+]
+EXPECTED_FILES = sorted([
+    'cat/' + stored_name(CAT, '.jpg'), 'dog/' + stored_name(DOG, '.png'),
+    'dog/' + stored_name(DOG2, '.jpg'), 'cat/' + stored_name(FLAKY, '.jpg'),
+    'gather_report.csv'])
+
+
+def serve_issue_cases(server):
+    """Route every case issue 7 lists."""
+    jpeg, png = 'image/jpeg', 'image/png'
+    server.route('/cat.jpg', Response(CAT, content_type=jpeg))
+    server.route('/dog.png', Response(DOG, content_type=png))
+    server.route('/dog2', Response(DOG2))
+    server.route('/flaky.jpg', Response(b'oops', 500, 'text/plain'), Response(FLAKY, content_type=jpeg))
+    server.route('/always500.jpg', Response(b'down', 503, 'text/plain'))
+    server.route('/slow.jpg', Response(CAT, content_type=jpeg, delay=2.0))
+    server.route('/page.html', Response(b'<html>photo gone</html>', content_type='text/html'))
+    server.route('/html-as-jpeg.jpg', Response(b'<html>nope</html>', content_type=jpeg))
+    server.route('/truncated.jpg', Response(TRUNCATED, content_type=jpeg))
+    server.route('/cut-connection.jpg', Response(DOG2, content_type=jpeg, truncate_at=500))
+    server.route('/placeholder.png', Response(PLACEHOLDER, content_type=png))
+    server.route('/copy-of-cat.jpg', Response(CAT, content_type=jpeg))
+    server.route('/tiny.png', Response(TINY, content_type=png))
+    server.route('/big.png', Response(BIG, content_type=png))
+
+
+def run_issue_cases(server, out, **options):
+    serve_issue_cases(server)
+    entries = [Entry(server.url(path), label) for path, label, _, _ in CASES]
+    options = {**FAST, 'max_bytes': 20_000, 'min_size': 16,
+               'placeholder_hashes': {hashlib.sha1(PLACEHOLDER).hexdigest()}, **options}
+    return entries, gather(entries, str(out), **options)
+
+
+def test_issue_cases_write_exactly_the_good_images(tmp_path, server):
+    assert len(BIG) > 20_000 > max(len(CAT), len(DOG), len(DOG2), len(FLAKY), len(PLACEHOLDER))
+    out = tmp_path / 'photos'
+    entries, rows = run_issue_cases(server, out)
+
+    assert files_under(out) == EXPECTED_FILES
+    assert os.listdir(tmp_path) == ['photos']  # nothing written outside --out
+    assert [row.url for row in rows] == [entry.url for entry in entries]
+    got = [(row.url[len(server.url('')):], row.label, row.status, row.reason) for row in rows]
+    assert got == CASES
+    assert rows[12].path == rows[13].path == rows[0].path == 'cat/' + stored_name(CAT, '.jpg')
+
+    report = report_reasons(out / 'gather_report.csv')
+    assert report[server.url('/truncated.jpg')] == ('skipped', 'undecodable', '')
+    assert report[server.url('/dog.png')][1] == 'bad-label'  # the last row for that URL wins
+    assert len(server.requests_for('/flaky.jpg')) == 2
+    assert len(server.requests_for('/missing.jpg')) == 1  # 4xx is not retried
+    assert len(server.requests_for('/always500.jpg')) == 2
+
+
+def test_second_run_skips_what_is_on_disk(tmp_path, server):
+    out = tmp_path / 'photos'
+    run_issue_cases(server, out)
+    stale = out / 'cat' / ('.' + stored_name(FLAKY, '.jpg') + '.k1ll3d.tmp')
+    stale.write_bytes(b'half an image from a killed run')
+    before = len(server.requests_for('/cat.jpg'))
+
+    _, rows = run_issue_cases(server, out)
+    assert files_under(out) == EXPECTED_FILES  # the stale temporary file is gone
+    present = [row.url[len(server.url('')):] for row in rows if row.status == 'present']
+    assert present == ['/cat.jpg', '/dog.png', '/dog2', '/flaky.jpg']
+    assert [(row.status, row.reason) for row in rows[12:14]] == [('skipped', 'duplicate')] * 2
+    assert len(server.requests_for('/cat.jpg')) == before  # not downloaded again
+    assert len(server.requests_for('/dog2')) == 1
+
+
+def test_rerun_without_report_finds_files_by_content(tmp_path, server):
+    out = tmp_path / 'photos'
+    run_issue_cases(server, out)
+    os.remove(out / 'gather_report.csv')
+    cat_file = out / 'cat' / stored_name(CAT, '.jpg')
+    cat_file.write_bytes(CAT[:100])  # damaged on disk: must be replaced
+    _, rows = run_issue_cases(server, out)
+    assert files_under(out) == EXPECTED_FILES
+    assert cat_file.read_bytes() == CAT
+    assert rows[0].status == 'saved' and rows[1].status == 'present'
+
+
+def test_killed_run_leaves_journal_that_next_run_uses(tmp_path, server):
+    server.route('/cat.jpg', Response(CAT, content_type='image/jpeg'))
+    out = tmp_path / 'photos'
+    gather([Entry(server.url('/cat.jpg'), 'cat')], str(out), **FAST)
+    # Simulate a run killed after writing its journal but before renaming it.
+    os.replace(out / 'gather_report.csv', out / '.gather_report.csv.partial')
+    rows = gather([Entry(server.url('/cat.jpg'), 'cat')], str(out), **FAST)
+    assert rows[0].status == 'present'
+    assert len(server.requests) == 1
+    assert files_under(out) == ['cat/' + stored_name(CAT, '.jpg'), 'gather_report.csv']
+
+
+def test_cli_reads_gzipped_flickr_csv_with_label_names(tmp_path, server, capsys):
+    server.route('/a.jpg', Response(CAT, content_type='image/jpeg'))
+    server.route('/b.png', Response(DOG, content_type='image/png'))
+    server.route('/ph.png', Response(PLACEHOLDER, content_type='image/png'))
+    with open(os.path.join(DATA, 'flickr_style_head.csv'), newline='') as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ['', 'image_url', 'page_url', 'label', '_split']
+    rows[1][1], rows[2][1], rows[3][1] = server.url('/a.jpg'), server.url('/b.png'), server.url('/ph.png')
+    rows[2][3] = '19'
+    rows[4][1] = rows[5][1] = server.url('/gone.jpg')
+    listing = tmp_path / 'flickr_style.csv.gz'
+    with gzip.open(listing, 'wt', newline='') as file:
+        csv.writer(file).writerows(rows)
+    (tmp_path / 'placeholder.png').write_bytes(PLACEHOLDER)
+    out = tmp_path / 'photos'
+
+    status = gather_module.main([
+        str(listing), '--out', str(out), '--url-column', 'image_url', '--label-column', 'label',
+        '--label-names', os.path.join(DATA, 'style_names.txt'), '--jobs', '2', '--timeout', '2',
+        '--placeholder-image', str(tmp_path / 'placeholder.png'), '--no-progress'])
+    assert status == 0
+    assert files_under(out) == sorted(['Detailed/' + stored_name(CAT, '.jpg'),
+                                       'Romantic/' + stored_name(DOG, '.png'),
+                                       'gather_report.csv'])
+    summary = capsys.readouterr().out
+    assert 'gather: 2 saved, 0 already present, 3 skipped' in summary
+    assert 'http-404' in summary and 'placeholder' in summary
+    report = report_reasons(out / 'gather_report.csv')
+    assert report[server.url('/ph.png')] == ('skipped', 'placeholder', '')
+
+
+def test_read_entries_formats(tmp_path):
+    names = read_label_names(os.path.join(DATA, 'style_names.txt'))
+    assert len(names) == 20 and names[6] == 'Long Exposure'
+    head = os.path.join(DATA, 'flickr_style_head.csv')
+    gz = tmp_path / 'head.csv.gz'
+    with open(head, 'rb') as source, gzip.open(gz, 'wb') as target:
+        shutil.copyfileobj(source, target)
+    entries = read_entries(str(gz), label_names=names)  # columns found by default
+    assert entries[0] == Entry('http://farm2.staticflickr.com/1227/5159730964_124c1e63d8.jpg', 'Detailed')
+    assert len(entries) == 5
+
+    listing = tmp_path / 'urls.txt'
+    listing.write_text('# comment\n\nhttp://h/a.jpg cat\nhttp://h/b.jpg\tLong Exposure \n')
+    assert read_entries(str(listing)) == [Entry('http://h/a.jpg', 'cat'),
+                                          Entry('http://h/b.jpg', 'Long Exposure')]
+    with pytest.raises(DataError, match="no column 'link'"):
+        read_entries(head, url_column='link')
+    with pytest.raises(DataError, match="label '0' .* not an index"):
+        read_entries(head, label_names=[])
+
+
+def test_placeholder_hash_file_and_bad_label_file(tmp_path, capsys):
+    good = tmp_path / 'hashes.txt'
+    good.write_text(f'{"a" * 40}  placeholder.png  # from sha1sum\n\n')
+    assert gather_module.read_placeholder_hashes(str(good)) == {'a' * 40}
+    bad = tmp_path / 'bad.txt'
+    bad.write_text('not-a-hash\n')
+    listing = tmp_path / 'urls.txt'
+    listing.write_text('http://127.0.0.1:9/a.jpg cat\n')
+    with pytest.raises(SystemExit) as exit_info:
+        gather_module.main([str(listing), '--out', str(tmp_path / 'o'),
+                            '--placeholder-hashes', str(bad)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count('\n') == 1 and 'bad.txt:1' in error
+
+
+def test_file_urls_are_refused(tmp_path):
+    secret = tmp_path / 'secret.png'
+    secret.write_bytes(DOG)
+    rows = gather([Entry(secret.as_uri(), 'x'), Entry('ftp://h/a.jpg', 'x')],
+                  str(tmp_path / 'out'), **FAST)
+    assert [(row.status, row.reason) for row in rows] == [('skipped', 'bad-url')] * 2
+    assert files_under(tmp_path / 'out') == ['gather_report.csv']
