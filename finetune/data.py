@@ -333,8 +333,8 @@ def compute_mean_image(root, entries, preprocess_size=(256, 256), channels=3):
     """Average the images, resized to ``preprocess_size``, in one pass.
 
     Each image is decoded and resized as
-    :meth:`CaffePreprocess.image_array <finetune.transforms.CaffePreprocess.image_array>`
-    does without mean or crop, and added to a float64 running sum: memory
+    :meth:`finetune.transforms.CaffePreprocess.image_array` does without
+    mean or crop, and added to a float64 running sum: memory
     stays at one image and one sum whatever the number of images.
 
     Args:

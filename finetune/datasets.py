@@ -47,7 +47,8 @@ class LabeledImageDataset(chainer.dataset.DatasetMixin):
         root (str): folder the entry paths are relative to.
         entries (list): ``(relative_path, label)`` tuples.
         preprocess (callable): ``preprocess(path, train=..., rng=...)`` ->
-            float32 (C, H, W), e.g. :class:`~finetune.transforms.CaffePreprocess`.
+            float32 (C, H, W), e.g.
+            :class:`~finetune.transforms.CaffePreprocess`.
         train (bool): random crop and mirror instead of a center crop.
         seed (int or None): seed of the per-example random generators.
         max_attempts (int): files tried for one example before giving up.

@@ -1,5 +1,6 @@
-"""finetune.data and finetune.datasets on real image files written to tmp_path."""
+"""finetune.data and finetune.datasets on real image files in tmp_path."""
 import csv
+import io
 import logging
 import multiprocessing
 import os
@@ -49,8 +50,6 @@ def make_folder(root, counts, size=(40, 30)):
 def corrupt_png_bytes():
     """A PNG whose signature and IHDR are intact but whose pixel data is
     garbage (with a matching CRC, so only decoding can tell)."""
-    png_path = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'x.png')
-    import io
     buffer = io.BytesIO()
     noise_image(1).save(buffer, 'PNG')
     png = buffer.getvalue()
@@ -58,7 +57,6 @@ def corrupt_png_bytes():
     length = struct.unpack('>I', png[at - 4:at])[0]
     garbage = np.random.RandomState(2).bytes(length)
     crc = struct.pack('>I', zlib.crc32(b'IDAT' + garbage))
-    del png_path
     return png[:at + 4] + garbage + crc + png[at + 8 + length:]
 
 
@@ -170,6 +168,16 @@ def test_stratified_split_proportions_per_class():
         assert n_train == count - n_val
     assert not set(train) & set(val)
     assert sorted(train + val) == sorted(entries)
+
+
+def test_stratified_split_keeps_one_image_per_class_in_train():
+    # 0.75: 10 -> 8 (7.5 rounds up), 7 -> 5, 1 -> 0 (stays in train),
+    # 2 -> 1 (not 2), 3 -> 2
+    train, val = data.stratified_split(split_entries(), 0.75, seed=0)
+    val_counts = {label: sum(1 for _, l in val if l == label)
+                  for label in SPLIT_COUNTS}
+    assert val_counts == {0: 8, 1: 5, 2: 0, 3: 1, 4: 2}
+    assert sorted({label for _, label in train}) == sorted(SPLIT_COUNTS)
 
 
 def test_stratified_split_is_deterministic_and_order_independent():
