@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check 'setuptools>=64,<70' wheel 'numpy>=1.21,<2'
-	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test,demo]'
 	touch $@
 
 demo: $(STAMP)

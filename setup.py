@@ -31,14 +31,22 @@ setup(
         'matplotlib>=3.5',
     ],
     extras_require={
+        # chainer 7.8.1 predates cupy 10+; see README "GPU" for tested pins
         'gpu': ['cupy-cuda12x'],
+        # onnx 1.19 removed onnx.mapping, which chainer's bundled
+        # onnx_chainer imports
+        'onnx': ['onnx>=1.13,<1.19'],
+        # the embedded demo's dataset: sklearn's bundled digits
+        'demo': ['scikit-learn>=1.0'],
         'test': ['pytest>=7', 'opencv-python-headless==4.11.0.86',
-                 'scikit-learn>=1.0'],
+                 'scikit-learn>=1.0', 'onnx>=1.13,<1.19'],
     },
     entry_points={'console_scripts': [
         'finetune-train=finetune.train:main',
         'finetune-predict=finetune.predict:main',
         'finetune-convert=finetune.convert:main',
         'finetune-fetch=finetune.fetch:main',
+        'finetune-gather=finetune.gather:main',
+        'finetune-export=finetune.export:main',
     ]},
 )

@@ -30,7 +30,8 @@ def build_model(meta):
     if arch in ARCHS:
         return ARCHS[arch](n_classes=meta['n_classes'])
     if arch == 'caffe':
-        return CaffeGraph.from_text(meta['prototxt'], source='checkpoint')
+        return CaffeGraph.from_text(meta['prototxt'], meta['n_classes'],
+                                    source='checkpoint')
     raise CheckpointError('unknown architecture %r' % arch)
 
 

@@ -1,21 +1,27 @@
 """What every command-line tool shares: one-line errors, exit status 2."""
+import functools
 import sys
 
 from finetune.errors import FinetuneError
 
 
-def run_cli(main, argv=None):
-    """Run ``main(argv)``; print a :class:`FinetuneError` as one line.
+def command(main):
+    """Decorate a CLI ``main(argv=None)``: user errors become one line.
 
-    The user sees ``error: <file>: <what is wrong>`` on stderr and the
-    process exits with status 2, instead of a traceback.
+    A :class:`FinetuneError` or ``OSError`` prints ``error: <file>: <what
+    is wrong>`` on stderr and exits with status 2 instead of a traceback;
+    Ctrl-C exits with 130. Otherwise ``main``'s return value is returned,
+    so ``sys.exit(main())`` gives the right status.
     """
-    try:
-        status = main(argv)
-    except FinetuneError as e:
-        print('error: %s' % e, file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        sys.exit(130)
-    sys.exit(status or 0)
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv) or 0
+        except (FinetuneError, OSError) as e:
+            print('error: %s' % e, file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print('interrupted; re-run the same command to continue',
+                  file=sys.stderr)
+            sys.exit(130)
+    return run

@@ -11,6 +11,7 @@ starting together): a file lock lets one convert while the others wait and
 then reuse its result.
 """
 import argparse
+import sys
 import contextlib
 import fcntl
 import os
@@ -21,7 +22,7 @@ import numpy as np
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.importer import import_caffemodel
 from finetune.checkpoint import save_model
-from finetune.cli import run_cli
+from finetune.cli import command
 from finetune.errors import CaffeModelError
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
@@ -167,6 +168,7 @@ def parse_mean(text):
     return np.array([float(v) for v in text.split(',')], np.float32)
 
 
+@command
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m finetune.convert', description=__doc__.split('\n')[0])
@@ -188,4 +190,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(main())

@@ -27,6 +27,7 @@ then ``Slice``. onnx_chainer's own ``Pad`` converter rejects a float pad
 value such as -inf, so this module supplies its own.
 """
 import argparse
+import sys
 import json
 import warnings
 
@@ -35,11 +36,11 @@ import chainer.functions as F
 import numpy as np
 
 from finetune.checkpoint import load_model
-from finetune.cli import run_cli
+from finetune.cli import command
 from finetune.errors import FinetuneError
 from finetune.fileio import atomic_write
 
-ONNX_REQUIREMENT = 'onnx>=1.12,<1.19'
+ONNX_REQUIREMENT = 'onnx>=1.13,<1.19'
 INSTALL_HINT = ("ONNX export needs the onnx package: pip install "
                 "'finetune[onnx]' (or pip install '%s')" % ONNX_REQUIREMENT)
 INPUT_NAME = 'data'
@@ -187,20 +188,16 @@ def to_onnx(model, input_shape, batch_size=1, opset=None, metadata=None):
         ExportError: onnx missing, or a layer that does not convert.
     """
     onnx, onnx_chainer = _import_onnx()
-    opset = MAX_OPSET if opset is None else int(opset)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError('opset %d is not supported: onnx_chainer writes '
-                          'opsets %d to %d' % (opset, MIN_OPSET, MAX_OPSET))
-    if batch_size is not None and batch_size < 1:
-        raise ExportError('batch size must be at least 1, not %d'
-                          % batch_size)
+    opset = _check_args(batch_size, opset)
     dummy = np.zeros((batch_size or 1,) + tuple(input_shape), np.float32)
     input_shapes = None
     if batch_size is None:
         input_shapes = [('N',) + tuple(input_shape)]
     with warnings.catch_warnings():
-        # experimental-feature notices for external_converters
+        # experimental-feature notices for external_converters, and
+        # onnx's deprecation of onnx.mapping, which onnx_chainer uses
         warnings.simplefilter('ignore', FutureWarning)
+        warnings.simplefilter('ignore', DeprecationWarning)
         try:
             with chainer.using_config('train', False):
                 onnx_model = onnx_chainer.export(
@@ -213,9 +210,26 @@ def to_onnx(model, input_shape, batch_size=1, opset=None, metadata=None):
                 onnx.checker.ValidationError) as e:
             raise ExportError('cannot export %s to ONNX: %s'
                               % (getattr(model, 'arch', 'model'),
-                                 str(e).strip().splitlines()[0])) from None
+                                 _first_line(e))) from None
     _finish(onnx, onnx_model, metadata or {})
     return onnx_model
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_args(batch_size, opset):
+    """The opset to use; raise ExportError for values that cannot work."""
+    opset = MAX_OPSET if opset is None else int(opset)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError('opset %d is not supported: onnx_chainer writes '
+                          'opsets %d to %d' % (opset, MIN_OPSET, MAX_OPSET))
+    if batch_size is not None and batch_size < 1:
+        raise ExportError('batch size must be at least 1, not %d'
+                          % batch_size)
+    return opset
 
 
 def _external_converters(batch_size):
@@ -264,7 +278,7 @@ def _finish(onnx, onnx_model, metadata):
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as e:
         raise ExportError('exported ONNX graph is invalid: %s'
-                          % str(e).strip().splitlines()[0]) from None
+                          % _first_line(e)) from None
 
 
 def export_onnx(model_path, onnx_path, batch_size=1, opset=None):
@@ -284,6 +298,7 @@ def export_onnx(model_path, onnx_path, batch_size=1, opset=None):
             layer that does not export.
     """
     _import_onnx()  # fail fast, before loading 240 MB of weights
+    _check_args(batch_size, opset)
     model, meta, preprocess = load_model(model_path)
     try:
         onnx_model = to_onnx(model, preprocess.input_shape, batch_size,
@@ -309,6 +324,7 @@ def _batch(text):
     return value
 
 
+@command
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m finetune.export',
@@ -338,4 +354,4 @@ def _shape_text(value_info):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(main())

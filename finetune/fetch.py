@@ -14,7 +14,8 @@ import os
 import sys
 
 from finetune.download import ProgressBar, TransferError, download_file, sha1_of_file
-from finetune.errors import DownloadError, FinetuneError
+from finetune.cli import command
+from finetune.errors import DownloadError
 
 ModelFile = collections.namedtuple('ModelFile', 'url sha1 filename')
 
@@ -118,17 +119,13 @@ def build_parser():
     return parser
 
 
+@command
 def main(argv=None):
     """Run the CLI; return 0, or exit with status 2 and a one-line error on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        fetch_model(args.model, args.dir, args.url, timeout=args.timeout,
-                    retries=args.retries, progress=not args.no_progress)
-    except FinetuneError as error:
-        parser.exit(2, f'finetune.fetch: error: {error}\n')
-    except KeyboardInterrupt:
-        parser.exit(130, 'finetune.fetch: interrupted; re-run to resume the download\n')
+    fetch_model(args.model, args.dir, args.url, timeout=args.timeout,
+                retries=args.retries, progress=not args.no_progress)
     return 0
 
 

@@ -35,7 +35,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from finetune.download import TransferError, check_url, fetch_bytes, sha1_of_file
-from finetune.errors import DataError, FinetuneError
+from finetune.errors import DataError
+from finetune.cli import command
 from finetune.fileio import atomic_write
 
 Entry = collections.namedtuple('Entry', 'url label')
@@ -507,27 +508,23 @@ def build_parser():
     return parser
 
 
+@command
 def main(argv=None):
     """Run the CLI; return 0, or exit with status 2 and a one-line error on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     report_path = args.report or os.path.join(args.out, REPORT_NAME)
-    try:
-        names = read_label_names(args.label_names) if args.label_names else None
-        entries = read_entries(args.list, args.url_column, args.label_column, names)
-        placeholders = set()
-        for path in args.placeholder_hashes:
-            placeholders |= read_placeholder_hashes(path)
-        for path in args.placeholder_image:
-            placeholders.add(sha1_of_file(path))
-        rows = gather(entries, args.out, jobs=args.jobs, timeout=args.timeout,
-                      retries=args.retries, max_bytes=args.max_bytes, min_size=args.min_size,
-                      placeholder_hashes=placeholders, report_path=report_path,
-                      progress=not args.no_progress)
-    except (FinetuneError, OSError) as error:
-        parser.exit(2, f'finetune.gather: error: {error}\n')
-    except KeyboardInterrupt:
-        parser.exit(130, 'finetune.gather: interrupted; re-run to continue\n')
+    names = read_label_names(args.label_names) if args.label_names else None
+    entries = read_entries(args.list, args.url_column, args.label_column, names)
+    placeholders = set()
+    for path in args.placeholder_hashes:
+        placeholders |= read_placeholder_hashes(path)
+    for path in args.placeholder_image:
+        placeholders.add(sha1_of_file(path))
+    rows = gather(entries, args.out, jobs=args.jobs, timeout=args.timeout,
+                  retries=args.retries, max_bytes=args.max_bytes, min_size=args.min_size,
+                  placeholder_hashes=placeholders, report_path=report_path,
+                  progress=not args.no_progress)
     print(summarize(rows, report_path))
     return 0
 

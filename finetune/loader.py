@@ -7,8 +7,10 @@ with prefetch. With the default ``fork`` start method it can deadlock
 ``try/finally``) so workers stop on errors and Ctrl-C.
 """
 import multiprocessing
+import zlib
 
 import chainer
+import numpy as np
 
 
 def make_iterator(dataset, batch_size, loaderjob, repeat=True, shuffle=True,
@@ -19,21 +21,39 @@ def make_iterator(dataset, batch_size, loaderjob, repeat=True, shuffle=True,
         loaderjob (int): worker processes; 0 loads in this process
             (``SerialIterator``: simplest to debug, no parallelism).
         n_prefetch (int): batches each worker pool prepares ahead.
-        seed (int): fixes the shuffling order (``SerialIterator`` only;
-            ``MultiprocessIterator`` shuffles with NumPy's global RNG).
+        seed (int): with ``shuffle``, makes every epoch's order a function
+            of the seed and the previous order (:class:`SeededOrderSampler`)
+            so a resumed run sees the same batches as an uninterrupted one.
     """
+    order = None
+    if shuffle and seed is not None:
+        order, shuffle = SeededOrderSampler(seed), None
     if loaderjob <= 0:
-        order = None
-        if shuffle and seed is not None:
-            order = chainer.iterators.ShuffleOrderSampler(
-                __import__('numpy').random.RandomState(seed))
         return chainer.iterators.SerialIterator(
-            dataset, batch_size, repeat=repeat,
-            shuffle=None if order else shuffle, order_sampler=order)
+            dataset, batch_size, repeat=repeat, shuffle=shuffle,
+            order_sampler=order)
     use_forkserver()
     return chainer.iterators.MultiprocessIterator(
         dataset, batch_size, repeat=repeat, shuffle=shuffle,
-        n_processes=loaderjob, n_prefetch=n_prefetch)
+        n_processes=loaderjob, n_prefetch=n_prefetch, order_sampler=order)
+
+
+class SeededOrderSampler(chainer.iterators.OrderSampler):
+    """Shuffles each epoch from the seed and the previous epoch's order.
+
+    Chainer's ``ShuffleOrderSampler`` draws from a RandomState that
+    snapshots do not save, so a resumed run would see new orders. Here the
+    next order depends only on the current one (which iterators serialize)
+    and the seed.
+    """
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def __call__(self, current_order, current_position):
+        digest = zlib.crc32(np.asarray(current_order, np.int64).tobytes())
+        rng = np.random.RandomState((digest ^ self.seed) & 0xFFFFFFFF)
+        return rng.permutation(len(current_order))
 
 
 def use_forkserver():

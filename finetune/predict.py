@@ -19,7 +19,7 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
-from finetune.cli import run_cli
+from finetune.cli import command
 from finetune.errors import DataError
 from finetune.errors import FinetuneError
 from finetune.fileio import atomic_write
@@ -126,6 +126,7 @@ def print_predictions(rows, names, k, out=sys.stdout):
     return failed
 
 
+@command
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m finetune.predict', description=__doc__.split('\n')[0])
@@ -161,4 +162,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(main())

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
+LENET = os.path.join(os.path.dirname(__file__), '..', 'examples', 'lenet')
 
 
 def data_path(*parts):
@@ -42,7 +43,8 @@ def alexnet_caffemodels(tmp_path_factory, alexnet_deploy):
 
 @pytest.fixture(scope='session')
 def lenet_files():
-    return {'prototxt': data_path('lenet', 'lenet_deploy.prototxt'),
-            'caffemodel': data_path('lenet', 'lenet_iter_10000.caffemodel'),
-            'labels': data_path('lenet', 'labels.txt'),
-            'samples': data_path('lenet', 'samples')}
+    """The real Caffe-trained LeNet shipped in examples/lenet."""
+    return {'prototxt': os.path.join(LENET, 'lenet_deploy.prototxt'),
+            'caffemodel': os.path.join(LENET, 'lenet_iter_10000.caffemodel'),
+            'labels': os.path.join(LENET, 'labels.txt'),
+            'samples': os.path.join(LENET, 'samples')}

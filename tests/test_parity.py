@@ -11,7 +11,6 @@ import chainer.functions as F
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import data_path
 from finetune.caffe.caffemodel import read_prototxt_param
@@ -107,9 +106,8 @@ def test_caffenet_matches_opencv(tmp_path):
     assert relative_error(chainer_outputs(alexnet, x)[0], ref_logits) > 1e-3
 
 
-def lenet_digits():
-    paths = sorted(glob.glob(os.path.join(data_path('lenet', 'samples'),
-                                          '*.png')))
+def lenet_digits(samples):
+    paths = sorted(glob.glob(os.path.join(samples, '*.png')))
     labels = [int(os.path.basename(p).split('_')[1]) for p in paths]
     prep = CaffePreprocess(size=(28, 28), crop_size=None, mean=None,
                            scale=1 / 256, channels=1)
@@ -120,7 +118,7 @@ def test_real_lenet_classifies_mnist_and_matches_opencv(lenet_files):
     model = CaffeGraph.from_prototxt(lenet_files['prototxt'])
     loaded = import_caffemodel(model, lenet_files['caffemodel'])
     assert loaded == ['conv1', 'conv2', 'ip1', 'ip2']
-    x, labels = lenet_digits()
+    x, labels = lenet_digits(lenet_files['samples'])
     assert len(labels) == 10
     logits, prob = chainer_outputs(model, x)
     assert list(prob.argmax(axis=1)) == labels

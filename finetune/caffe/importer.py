@@ -6,7 +6,6 @@ mismatches) runs before the first parameter is written, so a failed import
 never leaves a half-loaded model.
 """
 import chainer.links as L
-import numpy as np
 
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.errors import CaffeModelError

@@ -1,0 +1,168 @@
+"""Network surgery for fine-tuning: freeze layers, replace the head.
+
+Layer specs name layers of ``model.layer_names`` (the weighted layers in
+forward order): ``conv1-conv5`` (a range), ``conv1,conv2`` (a list),
+``conv1-conv3,fc6`` (both), ``none`` or ``all``.
+"""
+import chainer
+
+from finetune.checkpoint import build_model
+from finetune.errors import FinetuneError
+
+
+def parse_layer_spec(spec, layer_names):
+    """Names selected by ``spec``, in network order.
+
+    Raises:
+        FinetuneError: an unknown layer name or a backwards range.
+    """
+    spec = (spec or 'none').strip()
+    if spec == 'none':
+        return []
+    if spec == 'all':
+        return list(layer_names)
+    names = list(layer_names)
+    chosen = set()
+    for part in spec.split(','):
+        ends = [p.strip() for p in part.split('-')]
+        for end in ends:
+            if end not in names:
+                raise FinetuneError('unknown layer %r in %r; layers are: %s'
+                                    % (end, spec, ', '.join(names)))
+        first, last = names.index(ends[0]), names.index(ends[-1])
+        if len(ends) > 2 or last < first:
+            raise FinetuneError('bad layer range %r (layers are: %s)'
+                                % (part, ', '.join(names)))
+        chosen.update(names[first:last + 1])
+    return [n for n in names if n in chosen]
+
+
+def frozen_prefix(layer_names, frozen):
+    """How many leading layers are all in ``frozen``.
+
+    ``layer_names[:k]`` can run under ``chainer.no_backprop_mode()`` (no
+    graph, no activations kept, no backward), which :class:`FineTuneNet`
+    does. Frozen layers after the prefix still pass gradients back.
+    """
+    prefix = 0
+    for name in layer_names:
+        if name not in frozen:
+            break
+        prefix += 1
+    return prefix
+
+
+def freeze_layers(model, names):
+    """Stop the optimizer from updating the layers ``names``.
+
+    Call after ``optimizer.setup(model)``: Chainer's ``disable_update``
+    flags the update rules the optimizer creates, so freezing before the
+    set-up would be silently undone.
+
+    Raises:
+        ValueError: a parameter has no update rule yet.
+    """
+    for name in names:
+        for param in model[name].params():
+            if param.update_rule is None:
+                raise ValueError('freeze_layers before optimizer.setup: %s '
+                                 'would still be trained' % name)
+        model[name].disable_update()
+
+
+def replace_head(pretrained, meta, names, n_classes):
+    """A copy of ``pretrained`` with ``names`` newly initialized.
+
+    Args:
+        pretrained: the network with the imported weights.
+        meta (dict): its metadata (architecture, prototxt).
+        names (list of str): layers to re-initialize; must include the
+            last layer when ``n_classes`` differs from the pretrained one.
+        n_classes (int): outputs of the new last layer.
+
+    Returns:
+        A new network of the same architecture whose other layers hold
+        copies of the pretrained weights.
+    """
+    last = pretrained.layer_names[-1]
+    if n_classes != pretrained.n_classes and last not in names:
+        raise FinetuneError('the data has %d classes but %s has %d outputs: '
+                            'replace %s (e.g. --replace %s)'
+                            % (n_classes, last, pretrained.n_classes, last,
+                               last))
+    model = build_model(dict(meta, n_classes=n_classes))
+    for name in pretrained.layer_names:
+        if name in names:
+            continue
+        for theirs, ours in zip(pretrained[name].params(),
+                                model[name].params()):
+            ours.array[...] = theirs.array
+    return model
+
+
+class LearningRateMultiplier:
+    """Caffe's ``lr_mult``: scales one parameter's step by ``rate``.
+
+    Added to a parameter's update rule after its weight-decay hook, it
+    scales ``grad + decay * W`` together, exactly as Caffe's solver scales
+    the local rate.
+    """
+
+    name = 'LearningRateMultiplier'
+    call_for_each_param = True
+    timing = 'pre'
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, rule, param):
+        if param.grad is not None and self.rate != 1:
+            param.grad *= self.rate
+
+
+def set_caffe_lr_policy(model, head_names, weight_decay, head_lr_mult=10.0,
+                        bias_lr_mult=2.0):
+    """Per-parameter decay and rate multipliers as in Caffe's recipes.
+
+    Weights: decay ``weight_decay``, rate x1 (x``head_lr_mult`` in the new
+    head). Biases: no decay, rate x``bias_lr_mult`` (x both in the head):
+    BVLC AlexNet's ``param { lr_mult: 1 decay_mult: 1 } param { lr_mult:
+    2 decay_mult: 0 }`` and Flickr-Style's 10/20 for its new fc8. Call
+    after ``optimizer.setup(model)``.
+    """
+    for name in model.layer_names:
+        mult = head_lr_mult if name in head_names else 1.0
+        link = model[name]
+        for param_name, param in link.namedparams():
+            is_bias = param_name.endswith('/b')
+            rule = param.update_rule
+            if not is_bias and weight_decay:
+                rule.add_hook(chainer.optimizer_hooks.WeightDecay(
+                    weight_decay))
+            rate = mult * (bias_lr_mult if is_bias else 1.0)
+            if rate != 1:
+                rule.add_hook(LearningRateMultiplier(rate))
+
+
+class FineTuneNet(chainer.Chain):
+    """The network with its frozen prefix run without a graph.
+
+    ``forward(x)`` runs ``layer_names[:frozen]`` under
+    ``chainer.no_backprop_mode()`` (no backward, no stored activations) and
+    the rest normally; outputs are logits (N, n_classes).
+    """
+
+    def __init__(self, net, frozen):
+        super().__init__()
+        self.frozen = frozen
+        with self.init_scope():
+            self.net = net
+
+    def features(self, x):
+        """Output of the frozen prefix (no graph)."""
+        with chainer.no_backprop_mode():
+            return self.net.forward(x, stop=self.frozen)
+
+    def forward(self, x):
+        h = self.features(x) if self.frozen else x
+        return self.net.forward(h, start=self.frozen)

@@ -1,0 +1,342 @@
+"""Fine-tune pretrained Caffe weights on a folder of class sub-folders.
+
+    python -m finetune.train --data photos/ --freeze conv1-conv5
+
+reads ``photos/<class>/*.jpg``, imports ``pretrained/bvlc_alexnet.caffemodel``
+(converted once to .npz), freezes the named layers, replaces the head
+(fc6-fc8 by default) with one sized for the classes found, and trains with
+Caffe's fine-tuning defaults (MomentumSGD, lr 0.001, momentum 0.9, weight
+decay 5e-4, head lr x10). ``--out`` (default ``result/``) receives the log,
+plots, snapshots (resume with ``--resume auto``), ``model_best.npz`` and an
+evaluation report.
+"""
+import argparse
+import os
+import sys
+
+import chainer
+import numpy as np
+from chainer.training import extensions
+
+from finetune import data as data_lib
+from finetune import evaluation
+from finetune.checkpoint import load_model
+from finetune.checkpoint import save_model
+from finetune.cli import command
+from finetune.convert import ensure_converted
+from finetune.datasets import LabeledImageDataset
+from finetune.errors import FinetuneError
+from finetune.loader import make_iterator
+from finetune.lr_find import lr_range_test
+from finetune.lr_find import plot_lr_find
+from finetune.surgery import FineTuneNet
+from finetune.surgery import freeze_layers
+from finetune.surgery import frozen_prefix
+from finetune.surgery import parse_layer_spec
+from finetune.surgery import replace_head
+from finetune.surgery import set_caffe_lr_policy
+from finetune.training import Classifier
+from finetune.training import EpochOrIntervalTrigger
+from finetune.training import latest_snapshot
+from finetune.training import RandomCropConverter
+from finetune.training import RandomStateSnapshot
+from finetune.training import SaveBestModel
+from finetune.training import SNAPSHOT_PREFIX
+from finetune.transforms import CaffePreprocess
+
+DEFAULT_PRETRAINED = os.path.join('pretrained', 'bvlc_alexnet.caffemodel')
+
+
+def load_pretrained(path, prototxt=None):
+    """(model, meta, preprocess) from a .npz or .caffemodel (converted once).
+
+    Raises:
+        FinetuneError: the file is missing; the message says how to get it.
+    """
+    if not os.path.exists(path):
+        hint = ('run: python -m finetune.fetch alexnet'
+                if path == DEFAULT_PRETRAINED else
+                'pass --pretrained with a .caffemodel or .npz')
+        raise FinetuneError('%s: pretrained weights not found; %s'
+                            % (path, hint))
+    if path.endswith('.caffemodel'):
+        path, _ = ensure_converted(path, prototxt=prototxt)
+    return load_model(path)
+
+
+def choose_preprocess(preprocess, mean, prepared_mean):
+    """The pretrained net's preprocessing with the ``--mean`` choice."""
+    if mean == 'pretrained':
+        return preprocess
+    means = {'dataset': prepared_mean, 'none': None}
+    return CaffePreprocess(preprocess.size, preprocess.crop_size,
+                           means[mean], preprocess.scale,
+                           preprocess.channels)
+
+
+def prepare_lists(args, channels, size):
+    """Train/val lists: reused from ``--out`` when resuming, else built."""
+    train_txt = os.path.join(args.out, 'train.txt')
+    if args.resume and os.path.exists(train_txt):
+        train, names = data_lib.read_label_file(train_txt, args.data)
+        val, _ = data_lib.read_label_file(os.path.join(args.out, 'val.txt'),
+                                          args.data)
+        mean_path = os.path.join(args.out, 'mean.npy')
+        mean = data_lib.load_mean(mean_path) if os.path.exists(
+            mean_path) else None
+        return train, val, names, mean
+    prepared = data_lib.prepare_dataset(
+        args.data, args.out, val_split=args.val_split, seed=args.seed,
+        label_file=args.label_file, compute_mean=args.mean == 'dataset',
+        channels=channels, size=size, jobs=max(1, args.loaderjob))
+    return prepared.train, prepared.val, prepared.class_names, prepared.mean
+
+
+def build_network(args, n_classes):
+    """Pretrained net after surgery: (FineTuneNet, meta, preprocess, head)."""
+    pretrained, meta, preprocess = load_pretrained(args.pretrained,
+                                                   args.prototxt)
+    head = parse_layer_spec(args.replace, pretrained.layer_names)
+    frozen = parse_layer_spec(args.freeze, pretrained.layer_names)
+    overlap = set(head) & set(frozen)
+    if overlap:
+        raise FinetuneError('layers both replaced and frozen: %s'
+                            % ', '.join(sorted(overlap)))
+    net = replace_head(pretrained, meta, head, n_classes)
+    prefix = frozen_prefix(net.layer_names, frozen)
+    return FineTuneNet(net, prefix), meta, preprocess, head, frozen
+
+
+def make_optimizer(model, args, head):
+    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr,
+                                               momentum=args.momentum)
+    optimizer.setup(model)
+    set_caffe_lr_policy(model.predictor.net, head, args.weight_decay,
+                        args.head_lr_mult)
+    return optimizer
+
+
+def add_extensions(trainer, args, val_iter, eval_model, device, converter,
+                   save_best):
+    """Evaluation, logs, plots, progress bar, LR schedule, snapshots."""
+    epoch = (1, 'epoch')
+    log_trigger = EpochOrIntervalTrigger(args.log_interval)
+    if val_iter is not None:
+        trainer.extend(extensions.Evaluator(
+            val_iter, eval_model, converter=chainer.dataset.concat_examples,
+            device=device), trigger=epoch)
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+    trainer.extend(extensions.LogReport(trigger=log_trigger))
+    if args.lr_step:
+        trainer.extend(extensions.ExponentialShift('lr', args.lr_gamma),
+                       trigger=(args.lr_step, 'epoch'))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'iteration', 'main/loss', 'main/accuracy',
+         'validation/main/loss', 'validation/main/accuracy',
+         'validation/main/top5', 'lr', 'elapsed_time']), trigger=log_trigger)
+    trainer.extend(extensions.ProgressBar(update_interval=1))
+    if extensions.PlotReport.available():
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'epoch',
+            file_name='loss.png'), trigger=epoch)
+        trainer.extend(extensions.PlotReport(
+            ['main/accuracy', 'validation/main/accuracy',
+             'validation/main/top5'], 'epoch', file_name='accuracy.png'),
+            trigger=epoch)
+    trainer.extend(extensions.snapshot(
+        filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
+        n_retains=args.keep_snapshots),
+        trigger=(args.snapshot_interval, 'iteration'))
+    trainer.extend(SaveBestModel(save_best))
+    trainer.extend(RandomStateSnapshot(converter))
+
+
+def evaluate_and_report(args, net, root, val, names, preprocess, device):
+    """Probabilities on the validation set -> the evaluation report."""
+    if not val:
+        return None
+    dataset = LabeledImageDataset(root, val, preprocess)
+    iterator = make_iterator(dataset, args.val_batchsize, args.loaderjob,
+                             repeat=False, shuffle=False)
+    probs = []
+    try:
+        with chainer.using_config('train', False), \
+                chainer.no_backprop_mode():
+            for batch in iterator:
+                x, _ = chainer.dataset.concat_examples(batch, device)
+                probs.append(chainer.backend.CpuDevice().send(
+                    chainer.functions.softmax(net(x)).array))
+    finally:
+        iterator.finalize()
+    labels = np.array([label for _, label in val])
+    paths = [path for path, _ in val]
+    return evaluation.write_evaluation_report(
+        args.out, np.concatenate(probs), labels, paths, names)
+
+
+class Job:
+    """Everything a run is made of, built from the command-line arguments.
+
+    Attributes: model (Classifier over a FineTuneNet), optimizer,
+    train_iter, val_iter, converter, device, class_names, preprocess,
+    head and frozen (layer names), val_list.
+    """
+
+    def __init__(self, args):
+        np.random.seed(args.seed)
+        self.device = chainer.get_device(
+            '@cupy:%d' % args.gpu if args.gpu >= 0 else '@numpy')
+        _, _, pretrained_prep = load_pretrained(args.pretrained,
+                                                args.prototxt)
+        train_list, self.val_list, self.class_names, data_mean = \
+            prepare_lists(args, pretrained_prep.channels,
+                          pretrained_prep.size)
+        net, self.meta, prep, self.head, self.frozen = build_network(
+            args, len(self.class_names))
+        self.preprocess = choose_preprocess(prep, args.mean, data_mean)
+        p = self.preprocess
+        uncropped = CaffePreprocess(p.size, None, p.mean, p.scale,
+                                    p.channels)
+        self.train_iter = make_iterator(
+            LabeledImageDataset(args.data, train_list, uncropped),
+            args.batchsize, args.loaderjob, seed=args.seed)
+        self.val_iter = make_iterator(
+            LabeledImageDataset(args.data, self.val_list, p),
+            args.val_batchsize, args.loaderjob, repeat=False,
+            shuffle=False) if self.val_list else None
+        self.model = Classifier(net)
+        self.model.to_device(self.device)
+        self.device.use()
+        self.optimizer = make_optimizer(self.model, args, self.head)
+        freeze_layers(net.net, self.frozen)
+        self.converter = RandomCropConverter(p, args.seed)
+
+    @property
+    def net(self):
+        return self.model.predictor
+
+    def finalize(self):
+        for iterator in (self.train_iter, self.val_iter):
+            if iterator is not None:
+                iterator.finalize()
+
+
+def train(args):
+    """Run (or resume) one fine-tuning job; returns the final report."""
+    job = Job(args)
+    updater = chainer.training.StandardUpdater(
+        job.train_iter, job.optimizer, converter=job.converter,
+        device=job.device)
+    trainer = chainer.training.Trainer(updater, (args.epochs, 'epoch'),
+                                       out=args.out)
+
+    def save(path, **extra):
+        save_model(path, job.net.net, job.class_names, job.preprocess,
+                   frozen=job.frozen, replaced=job.head,
+                   source=os.path.basename(args.pretrained), **extra)
+
+    add_extensions(trainer, args, job.val_iter, job.model, job.device,
+                   job.converter,
+                   lambda acc: save(os.path.join(args.out, 'model_best.npz'),
+                                    val_accuracy=acc))
+    resume = latest_snapshot(args.out) if args.resume == 'auto' \
+        else args.resume
+    if resume:
+        print('resuming from %s' % resume, file=sys.stderr)
+        chainer.serializers.load_npz(resume, trainer)
+    try:
+        trainer.run()
+    finally:
+        job.finalize()
+    save(os.path.join(args.out, 'model_final.npz'))
+    summary = evaluate_and_report(args, job.net, args.data, job.val_list,
+                                  job.class_names, job.preprocess,
+                                  job.device)
+    if summary:
+        print(evaluation.format_summary(summary))
+    return summary
+
+
+def find_lr(args, n_steps=100, lr_min=1e-6, lr_max=1.0):
+    """Learning-rate range test from the current weights (restored after);
+    writes ``lr_find.png`` into ``--out`` and returns the result."""
+    job = Job(args)
+
+    def batches():
+        while True:
+            yield job.converter(job.train_iter.next(), job.device)
+
+    try:
+        with chainer.using_config('train', True):
+            result = lr_range_test(job.model, job.optimizer, batches(),
+                                   lr_min, lr_max, n_steps)
+    finally:
+        job.finalize()
+    path = os.path.join(args.out, 'lr_find.png')
+    plot_lr_find(result, path)
+    print('suggested learning rate: %.2g (--lr); loss curve: %s'
+          % (result.suggested_lr, path))
+    return result
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog='python -m finetune.train',
+                                description=__doc__.split('\n')[0])
+    p.add_argument('--data', required=True,
+                   help='folder with one sub-folder of images per class')
+    p.add_argument('--label-file', help="'path label' lines instead of "
+                   'sub-folders (paths relative to --data)')
+    p.add_argument('--pretrained', default=DEFAULT_PRETRAINED,
+                   help='.caffemodel or .npz (default: %(default)s)')
+    p.add_argument('--prototxt', help='deploy prototxt for a non-AlexNet '
+                   'caffemodel')
+    p.add_argument('--freeze', default='none',
+                   help="layers not trained: 'conv1-conv5', 'conv1,conv2', "
+                   "'none' (default)")
+    p.add_argument('--replace', default='fc6-fc8',
+                   help='layers re-initialized as the new head '
+                   '(default: %(default)s; Caffe Flickr-Style: fc8)')
+    p.add_argument('--head-lr-mult', type=float, default=10.0)
+    p.add_argument('--lr', type=float, default=0.001)
+    p.add_argument('--momentum', type=float, default=0.9)
+    p.add_argument('--weight-decay', type=float, default=5e-4)
+    p.add_argument('--lr-step', type=int, default=0,
+                   help='multiply lr by --lr-gamma every N epochs (0: never)')
+    p.add_argument('--lr-gamma', type=float, default=0.1)
+    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--batchsize', type=int, default=32)
+    p.add_argument('--val-batchsize', type=int, default=64)
+    p.add_argument('--val-split', type=float, default=0.1)
+    p.add_argument('--mean', choices=['pretrained', 'dataset', 'none'],
+                   default='pretrained',
+                   help="mean subtracted: the pretrained net's (ImageNet for "
+                   "AlexNet), the training set's, or none")
+    p.add_argument('--loaderjob', type=int, default=2,
+                   help='image-loading processes (0: in the main process)')
+    p.add_argument('--gpu', type=int, default=-1, help='GPU id; -1 is CPU')
+    p.add_argument('--out', default='result')
+    p.add_argument('--snapshot-interval', type=int, default=500,
+                   help='iterations between snapshots')
+    p.add_argument('--keep-snapshots', type=int, default=3)
+    p.add_argument('--log-interval', type=int, default=10,
+                   help='iterations between log lines, besides each '
+                   'epoch end (0: epoch ends only)')
+    p.add_argument('--resume', help="snapshot file, or 'auto' for the "
+                   'latest in --out')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--lr-find', action='store_true',
+                   help='run a learning-rate range test, plot it, and stop')
+    return p
+
+
+@command
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.lr_find:
+        find_lr(args)
+    else:
+        train(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

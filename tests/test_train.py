@@ -1,0 +1,235 @@
+"""Fine-tuning end to end on real data: the real Caffe LeNet, real digits.
+
+The digits are scikit-learn's bundled scans written as an image folder; the
+network is the Caffe-trained LeNet from examples/lenet.
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chainer
+import numpy as np
+import pytest
+
+from finetune.checkpoint import load_model
+from finetune.demo import convert_lenet
+from finetune.demo import write_digit_folders
+from finetune.errors import FinetuneError
+from finetune.surgery import parse_layer_spec
+from finetune.train import build_parser
+from finetune.train import train
+from finetune.training import latest_snapshot
+
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp('digits')
+    data = write_digit_folders(str(root / 'photos'), train_fraction=0.08)
+    pretrained = convert_lenet(str(root))
+    return data, pretrained
+
+
+def train_args(data, pretrained, out, *extra):
+    return ['--data', data, '--pretrained', pretrained, '--out', str(out),
+            '--batchsize', '16', '--val-split', '0.3', '--lr', '0.01',
+            '--loaderjob', '0', '--log-interval', '5'] + list(extra)
+
+
+def run_train(*argv):
+    return train(build_parser().parse_args(list(argv)))
+
+
+def params(npz_path):
+    model, _, _ = load_model(npz_path)
+    return {name: [p.array.copy() for p in model[name].params()]
+            for name in model.layer_names}
+
+
+def test_layer_specs():
+    assert parse_layer_spec('conv1-conv5', LAYERS) == list(LAYERS[:5])
+    assert parse_layer_spec('conv1,conv3', LAYERS) == ['conv1', 'conv3']
+    assert parse_layer_spec('fc6,conv1-conv2', LAYERS) == [
+        'conv1', 'conv2', 'fc6']
+    assert parse_layer_spec('none', LAYERS) == []
+    assert parse_layer_spec('all', LAYERS) == list(LAYERS)
+    with pytest.raises(FinetuneError, match='unknown layer'):
+        parse_layer_spec('conv9', LAYERS)
+    with pytest.raises(FinetuneError, match='bad layer range'):
+        parse_layer_spec('conv5-conv1', LAYERS)
+
+
+def test_frozen_layers_are_bitwise_unchanged(digits, tmp_path):
+    data, pretrained = digits
+    before = params(pretrained)
+    run_train(*train_args(data, pretrained, tmp_path, '--epochs', '2',
+                          '--freeze', 'conv1-conv2', '--replace', 'ip2'))
+    after = params(str(tmp_path / 'model_final.npz'))
+    for name in ('conv1', 'conv2'):
+        for b, a in zip(before[name], after[name]):
+            assert np.array_equal(a, b), name
+    # ip1 was trained from its pretrained value; ip2 is a new head
+    assert not np.array_equal(after['ip1'][0], before['ip1'][0])
+    assert after['ip2'][0].shape == before['ip2'][0].shape
+
+
+def test_frozen_prefix_records_no_graph(digits):
+    from finetune.surgery import FineTuneNet, frozen_prefix
+    model, _, _ = load_model(digits[1])
+    prefix = frozen_prefix(model.layer_names, ['conv1', 'conv2'])
+    net = FineTuneNet(model, prefix)
+    x = np.random.rand(2, 1, 28, 28).astype(np.float32)
+    net.cleargrads()
+    loss = chainer.functions.sum(net(x))
+    loss.backward()
+    assert prefix == 2
+    assert model.conv1.W.grad is None and model.conv2.W.grad is None
+    assert model.ip1.W.grad is not None and model.ip1.W.grad.any()
+    assert net.features(x).creator is None  # nothing recorded
+
+
+def test_freezing_before_optimizer_setup_is_refused(digits):
+    from finetune.surgery import freeze_layers
+    model, _, _ = load_model(digits[1])
+    with pytest.raises(ValueError, match='before optimizer.setup'):
+        freeze_layers(model, ['conv1'])
+
+
+def test_corrupt_files_are_skipped_and_reported(digits, tmp_path):
+    data, pretrained = digits
+    import shutil
+    photos = tmp_path / 'photos'
+    shutil.copytree(data, photos)
+    (photos / '3' / 'empty.png').write_bytes(b'')
+    (photos / '5' / 'notes.jpg').write_text('not an image')
+    good = open(photos / '7' / sorted(os.listdir(photos / '7'))[0],
+                'rb').read()
+    (photos / '7' / 'cut.png').write_bytes(good[:len(good) // 2])
+    out = tmp_path / 'out'
+    run_train(*train_args(str(photos), pretrained, out, '--epochs', '1',
+                          '--freeze', 'conv1-conv2', '--replace', 'ip2'))
+    problems = {os.path.basename(r['path']): r['reason']
+                for r in csv.DictReader(open(out / 'problems.csv'))}
+    assert set(problems) == {'empty.png', 'notes.jpg', 'cut.png'}
+    listed = open(out / 'train.txt').read() + open(out / 'val.txt').read()
+    assert 'empty.png' not in listed and 'cut.png' not in listed
+
+
+def read_log(out):
+    return json.load(open(os.path.join(out, 'log')))
+
+
+def test_predict_reproduces_the_evaluator_accuracy(digits, tmp_path):
+    data, pretrained = digits
+    run_train(*train_args(data, pretrained, tmp_path, '--epochs', '2',
+                          '--freeze', 'conv1-conv2', '--replace', 'ip1-ip2',
+                          '--log-interval', '0'))
+    evaluator = read_log(tmp_path)[-1]['validation/main/accuracy']
+    val = [line.rsplit(None, 1) for line in open(tmp_path / 'val.txt')]
+    out_csv = str(tmp_path / 'preds.csv')
+    result = subprocess.run(
+        [sys.executable, '-m', 'finetune.predict', '--model',
+         str(tmp_path / 'model_final.npz'), '--loaderjob', '0',
+         '--out', out_csv] + [os.path.join(data, p) for p, _ in val],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(out_csv)))
+    _, meta, _ = load_model(str(tmp_path / 'model_final.npz'))
+    names = meta['class_names']
+    correct = sum(row['label'] == names[int(label)]
+                  for row, (_, label) in zip(rows, val))
+    assert correct / len(val) == pytest.approx(evaluator, abs=1e-6)
+    for name in ('per_class_accuracy.csv', 'confusion_matrix.csv',
+                 'confusion_matrix.png', 'highest_loss.csv', 'loss.png',
+                 'accuracy.png', 'model_best.npz'):
+        assert os.path.exists(tmp_path / name), name
+
+
+def train_command(data, pretrained, out, *extra):
+    return [sys.executable, '-m', 'finetune.train'] + train_args(
+        data, pretrained, out, '--epochs', '4', '--freeze', 'conv1',
+        '--replace', 'ip2', '--snapshot-interval', '3', '--loaderjob', '2',
+        *extra)
+
+
+def test_sigkill_and_resume_gives_the_same_weights(digits, tmp_path):
+    data, pretrained = digits
+    straight = tmp_path / 'straight'
+    subprocess.run(train_command(data, pretrained, straight), check=True,
+                   capture_output=True)
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen(train_command(data, pretrained, killed),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(
+            killed / 'snapshot_iter_6'):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest_snapshot(str(killed)) is not None
+    assert not os.path.exists(killed / 'model_final.npz')
+    resumed = subprocess.run(
+        train_command(data, pretrained, killed, '--resume', 'auto'),
+        capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'resuming from' in resumed.stderr
+    a = params(str(straight / 'model_final.npz'))
+    b = params(str(killed / 'model_final.npz'))
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            assert np.array_equal(x, y), name
+    log_a, log_b = read_log(straight), read_log(killed)
+    assert [e['iteration'] for e in log_a] == [e['iteration'] for e in log_b]
+
+
+KILL_IN_SNAPSHOT = '''
+import os, sys
+import chainer.serializers.npz as npz
+from finetune.train import main
+real = npz.save_npz
+def dying_save(file, target, *args, **kwargs):
+    if str(getattr(file, 'name', file)).endswith('snapshot_iter_6'):
+        if isinstance(file, str):
+            file = open(file, 'wb')
+        file.write(b'PK partial')
+        file.flush()
+        os._exit(9)
+    return real(file, target, *args, **kwargs)
+npz.save_npz = dying_save
+main(sys.argv[1:])
+'''
+
+
+def test_kill_during_snapshot_write_keeps_the_last_good_one(digits,
+                                                            tmp_path):
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    argv = train_command(data, pretrained, out)[3:]
+    result = subprocess.run([sys.executable, '-c', KILL_IN_SNAPSHOT] + argv,
+                            capture_output=True)
+    assert result.returncode == 9
+    latest = latest_snapshot(str(out))
+    assert os.path.basename(latest) == 'snapshot_iter_3'
+    with np.load(latest) as snapshot:  # complete and readable
+        assert 'updater/iteration' in snapshot.files
+    resumed = subprocess.run(
+        train_command(data, pretrained, out, '--resume', 'auto'),
+        capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_missing_pretrained_says_how_to_fetch(tmp_path, digits):
+    result = subprocess.run(
+        [sys.executable, '-m', 'finetune.train', '--data', digits[0],
+         '--out', str(tmp_path)], capture_output=True, text=True,
+        cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().count('\n') == 0
+    assert 'python -m finetune.fetch alexnet' in result.stderr
