@@ -14,7 +14,8 @@ def data_path(*parts):
 
 @pytest.fixture(scope='session')
 def alexnet_deploy():
-    return data_path('caffe', 'bvlc_alexnet_deploy.prototxt')
+    return os.path.join(os.path.dirname(__file__), '..', 'examples',
+                        'bvlc_alexnet_deploy.prototxt')
 
 
 @pytest.fixture(scope='session')

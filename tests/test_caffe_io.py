@@ -103,8 +103,8 @@ def test_unpacked_and_double_blobs_are_read(tmp_path):
         assert np.array_equal(blob, values)
 
 
-def test_prototxt_ignores_fields_outside_the_schema():
-    net = read_prototxt(data_path('caffe', 'bvlc_alexnet_deploy.prototxt'))
+def test_prototxt_ignores_fields_outside_the_schema(alexnet_deploy):
+    net = read_prototxt(alexnet_deploy)
     assert net.inputs == {'data': (10, 3, 227, 227)}
     conv2 = net.layer('conv2').param.convolution_param
     assert (conv2.num_output, conv2.group, list(conv2.pad)) == (256, 2, [2])
