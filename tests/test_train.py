@@ -187,6 +187,17 @@ def test_sigkill_and_resume_gives_the_same_weights(digits, tmp_path):
             assert np.array_equal(x, y), name
     log_a, log_b = read_log(straight), read_log(killed)
     assert [e['iteration'] for e in log_a] == [e['iteration'] for e in log_b]
+    # the plots hold one point per epoch, none added by the resume
+    final = os.path.basename(latest_snapshot(str(straight)))
+    assert final == os.path.basename(latest_snapshot(str(killed)))
+    plots = []
+    for out in (straight, killed):
+        with np.load(os.path.join(out, final)) as snapshot:
+            key = [k for k in snapshot.files if k.endswith('_plot_loss.png')]
+            plots.append(json.loads(str(snapshot[key[0]])))
+    epochs = [point[0] for point in plots[1]['main/loss']]
+    assert len(epochs) >= 2 and epochs == list(range(1, len(epochs) + 1))
+    assert plots[0] == plots[1]
 
 
 KILL_IN_SNAPSHOT = '''
