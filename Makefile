@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test mpi-system clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# OpenMPI for multi-process training (and its test); needs root.
+mpi-system:
+	command -v mpiexec >/dev/null || { apt-get update -qq && \
+	  apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null; }
 
 clean:
 	rm -rf $(VENV) *.egg-info

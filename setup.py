@@ -38,8 +38,10 @@ setup(
         'onnx': ['onnx>=1.13,<1.19'],
         # the embedded demo's dataset: sklearn's bundled digits
         'demo': ['scikit-learn>=1.0'],
+        # multi-process training with ChainerMN (needs OpenMPI, see README)
+        'mpi': ['mpi4py>=3.1'],
         'test': ['pytest>=7', 'opencv-python-headless==4.11.0.86',
-                 'scikit-learn>=1.0', 'onnx>=1.13,<1.19'],
+                 'scikit-learn>=1.0', 'onnx>=1.13,<1.19', 'mpi4py>=3.1'],
     },
     entry_points={'console_scripts': [
         'finetune-train=finetune.train:main',

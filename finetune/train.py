@@ -25,6 +25,7 @@ from finetune.checkpoint import save_model
 from finetune.cli import command
 from finetune.convert import ensure_converted
 from finetune.datasets import LabeledImageDataset
+from finetune.distributed import ranks_for
 from finetune.errors import FinetuneError
 from finetune.loader import make_iterator
 from finetune.lr_find import lr_range_test
@@ -39,7 +40,7 @@ from finetune.training import Classifier
 from finetune.training import EpochOrIntervalTrigger
 from finetune.training import latest_snapshot
 from finetune.training import RandomCropConverter
-from finetune.training import RandomStateSnapshot
+from finetune.training import SeededUpdater
 from finetune.training import SaveBestModel
 from finetune.training import SNAPSHOT_PREFIX
 from finetune.transforms import CaffePreprocess
@@ -107,29 +108,32 @@ def build_network(args, n_classes):
     return FineTuneNet(net, prefix), meta, preprocess, head, frozen
 
 
-def make_optimizer(model, args, head):
-    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr,
-                                               momentum=args.momentum)
+def make_optimizer(model, args, head, ranks):
+    optimizer = ranks.optimizer(chainer.optimizers.MomentumSGD(
+        lr=args.lr, momentum=args.momentum))
     optimizer.setup(model)
     set_caffe_lr_policy(model.predictor.net, head, args.weight_decay,
                         args.head_lr_mult)
     return optimizer
 
 
-def add_extensions(trainer, args, val_iter, eval_model, device, converter,
-                   save_best):
-    """Evaluation, logs, plots, progress bar, LR schedule, snapshots."""
+def add_extensions(trainer, args, job, save_best):
+    """Evaluation and LR schedule on every rank; logs, plots, progress bar
+    and snapshots on rank 0 only."""
     epoch = (1, 'epoch')
     log_trigger = EpochOrIntervalTrigger(args.log_interval)
-    if val_iter is not None:
-        trainer.extend(extensions.Evaluator(
-            val_iter, eval_model, converter=chainer.dataset.concat_examples,
-            device=device), trigger=epoch)
-    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
-    trainer.extend(extensions.LogReport(trigger=log_trigger))
+    if job.val_iter is not None:
+        trainer.extend(job.ranks.evaluator(extensions.Evaluator(
+            job.val_iter, job.model,
+            converter=chainer.dataset.concat_examples, device=job.device)),
+            trigger=epoch)
     if args.lr_step:
         trainer.extend(extensions.ExponentialShift('lr', args.lr_gamma),
                        trigger=(args.lr_step, 'epoch'))
+    if not job.ranks.is_root:
+        return
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+    trainer.extend(extensions.LogReport(trigger=log_trigger))
     trainer.extend(extensions.PrintReport(
         ['epoch', 'iteration', 'main/loss', 'main/accuracy',
          'validation/main/loss', 'validation/main/accuracy',
@@ -148,7 +152,6 @@ def add_extensions(trainer, args, val_iter, eval_model, device, converter,
         n_retains=args.keep_snapshots),
         trigger=(args.snapshot_interval, 'iteration'))
     trainer.extend(SaveBestModel(save_best))
-    trainer.extend(RandomStateSnapshot(converter))
 
 
 def evaluate_and_report(args, net, root, val, names, preprocess, device):
@@ -184,13 +187,18 @@ class Job:
 
     def __init__(self, args):
         np.random.seed(args.seed)
+        self.ranks = ranks = ranks_for(args.communicator)
+        gpu = args.gpu + ranks.intra_rank if args.gpu >= 0 else -1
         self.device = chainer.get_device(
-            '@cupy:%d' % args.gpu if args.gpu >= 0 else '@numpy')
+            '@cupy:%d' % gpu if gpu >= 0 else '@numpy')
         _, _, pretrained_prep = load_pretrained(args.pretrained,
                                                 args.prototxt)
+        lists = None
+        if ranks.is_root:
+            lists = prepare_lists(args, pretrained_prep.channels,
+                                  pretrained_prep.size)
         train_list, self.val_list, self.class_names, data_mean = \
-            prepare_lists(args, pretrained_prep.channels,
-                          pretrained_prep.size)
+            ranks.bcast(lists)
         net, self.meta, prep, self.head, self.frozen = build_network(
             args, len(self.class_names))
         self.preprocess = choose_preprocess(prep, args.mean, data_mean)
@@ -198,16 +206,18 @@ class Job:
         uncropped = CaffePreprocess(p.size, None, p.mean, p.scale,
                                     p.channels)
         self.train_iter = make_iterator(
-            LabeledImageDataset(args.data, train_list, uncropped),
+            ranks.scatter(LabeledImageDataset(args.data, train_list,
+                                              uncropped), args.seed),
             args.batchsize, args.loaderjob, seed=args.seed)
         self.val_iter = make_iterator(
-            LabeledImageDataset(args.data, self.val_list, p),
+            ranks.scatter(LabeledImageDataset(args.data, self.val_list, p),
+                          args.seed),
             args.val_batchsize, args.loaderjob, repeat=False,
             shuffle=False) if self.val_list else None
         self.model = Classifier(net)
         self.model.to_device(self.device)
         self.device.use()
-        self.optimizer = make_optimizer(self.model, args, self.head)
+        self.optimizer = make_optimizer(self.model, args, self.head, ranks)
         freeze_layers(net.net, self.frozen)
         self.converter = RandomCropConverter(p, args.seed)
 
@@ -224,9 +234,8 @@ class Job:
 def train(args):
     """Run (or resume) one fine-tuning job; returns the final report."""
     job = Job(args)
-    updater = chainer.training.StandardUpdater(
-        job.train_iter, job.optimizer, converter=job.converter,
-        device=job.device)
+    updater = SeededUpdater(job.train_iter, job.optimizer, job.converter,
+                            job.device, seed=args.seed, rank=job.ranks.rank)
     trainer = chainer.training.Trainer(updater, (args.epochs, 'epoch'),
                                        out=args.out)
 
@@ -235,19 +244,26 @@ def train(args):
                    frozen=job.frozen, replaced=job.head,
                    source=os.path.basename(args.pretrained), **extra)
 
-    add_extensions(trainer, args, job.val_iter, job.model, job.device,
-                   job.converter,
+    add_extensions(trainer, args, job,
                    lambda acc: save(os.path.join(args.out, 'model_best.npz'),
                                     val_accuracy=acc))
     resume = latest_snapshot(args.out) if args.resume == 'auto' \
         else args.resume
     if resume:
-        print('resuming from %s' % resume, file=sys.stderr)
+        if job.ranks.is_root:
+            print('resuming from %s' % resume, file=sys.stderr)
         chainer.serializers.load_npz(resume, trainer)
     try:
         trainer.run()
     finally:
         job.finalize()
+    agree = job.ranks.weights_agree(job.net)
+    if not job.ranks.is_root:
+        return None
+    if job.ranks.size > 1:
+        print('%d ranks hold %s weights' % (
+            job.ranks.size, 'identical' if agree else 'DIFFERENT'),
+            file=sys.stderr)
     save(os.path.join(args.out, 'model_final.npz'))
     summary = evaluate_and_report(args, job.net, args.data, job.val_list,
                                   job.class_names, job.preprocess,
@@ -313,7 +329,12 @@ def build_parser():
                    "AlexNet), the training set's, or none")
     p.add_argument('--loaderjob', type=int, default=2,
                    help='image-loading processes (0: in the main process)')
-    p.add_argument('--gpu', type=int, default=-1, help='GPU id; -1 is CPU')
+    p.add_argument('--gpu', type=int, default=-1,
+                   help='GPU id (with --communicator: of rank 0 on each '
+                   'machine, the others use the next ones); -1 is CPU')
+    p.add_argument('--communicator',
+                   help="ChainerMN communicator for mpiexec runs: 'naive' "
+                   "(CPU), 'pure_nccl' (GPUs), ...")
     p.add_argument('--out', default='result')
     p.add_argument('--snapshot-interval', type=int, default=500,
                    help='iterations between snapshots')
@@ -333,6 +354,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.lr_find:
+        if args.communicator:
+            raise FinetuneError('--lr-find runs in one process: drop '
+                                '--communicator')
         find_lr(args)
     else:
         train(args)

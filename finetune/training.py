@@ -1,11 +1,11 @@
 """Pieces the trainer is assembled from: loss, batches, extensions.
 
-Everything random in a run is either a function of the seed and state that
-snapshots save (batch order: :class:`finetune.loader.SeededOrderSampler`)
-or drawn from generators whose state snapshots save
-(:class:`RandomStateSnapshot`: crops, mirrors, dropout). Workers only
-decode and resize. So a run killed and resumed ends with the same weights
-as one that never stopped.
+Everything random in a run is a function of the seed and state that
+snapshots save: the batch order (:class:`finetune.loader.SeededOrderSampler`)
+and, through :class:`SeededUpdater`, crops, mirrors and dropout, reseeded
+from (seed, rank, iteration) before every step. Workers only decode and
+resize. So a run killed and resumed ends with the same weights as one that
+never stopped, and each rank of a multi-process run draws differently.
 """
 import math
 import os
@@ -64,39 +64,29 @@ class RandomCropConverter:
         return concat_examples(cropped, device)
 
 
-def _serialize_random_state(serializer, key, get_state, set_state):
-    saving = isinstance(serializer, chainer.serializer.Serializer)
-    keys = np.zeros(624, np.uint32)
-    numbers = np.zeros(3, np.float64)
-    if saving:
-        _, keys, pos, has_gauss, cached = get_state()
-        numbers = np.array([pos, has_gauss, cached], np.float64)
-    keys = serializer(key + '_keys', keys)
-    numbers = serializer(key + '_numbers', numbers)
-    if not saving:
-        set_state(('MT19937', np.asarray(keys, np.uint32), int(numbers[0]),
-                   int(numbers[1]), float(numbers[2])))
+def step_seed(seed, rank, iteration):
+    """A 32-bit seed for one training step of one rank."""
+    return int(np.random.SeedSequence([seed, rank, iteration])
+               .generate_state(1)[0])
 
 
-class RandomStateSnapshot(extension.Extension):
-    """Saves and restores the crop generator and NumPy's global generator
-    (Chainer's CPU dropout draws from it) with each snapshot."""
+class SeededUpdater(chainer.training.StandardUpdater):
+    """StandardUpdater that reseeds the crop generator and NumPy's global
+    generator (Chainer's CPU dropout) from (seed, rank, iteration) before
+    each step, so randomness needs no state in snapshots."""
 
-    trigger = (1, 'iteration')
-    priority = extension.PRIORITY_READER
+    def __init__(self, iterator, optimizer, converter, device, seed=0,
+                 rank=0):
+        super().__init__(iterator, optimizer, converter=converter,
+                         device=device)
+        self.seed = seed
+        self.rank = rank
 
-    def __init__(self, converter):
-        self.converter = converter
-
-    def __call__(self, trainer):
-        pass
-
-    def serialize(self, serializer):
-        rng = self.converter.rng
-        _serialize_random_state(serializer, 'crop', rng.get_state,
-                                rng.set_state)
-        _serialize_random_state(serializer, 'global', np.random.get_state,
-                                np.random.set_state)
+    def update_core(self):
+        key = step_seed(self.seed, self.rank, self.iteration)
+        np.random.seed(key)
+        self.converter.rng.seed(key ^ 0x5EED)
+        super().update_core()
 
 
 class SaveBestModel(extension.Extension):

@@ -49,3 +49,14 @@ def lenet_files():
             'caffemodel': os.path.join(LENET, 'lenet_iter_10000.caffemodel'),
             'labels': os.path.join(LENET, 'labels.txt'),
             'samples': os.path.join(LENET, 'samples')}
+
+
+@pytest.fixture(scope='session')
+def digits(tmp_path_factory):
+    """(image folder of sklearn digits, the real LeNet converted to .npz)."""
+    from finetune.demo import convert_lenet
+    from finetune.demo import write_digit_folders
+    root = tmp_path_factory.mktemp('digits')
+    data = write_digit_folders(str(root / 'photos'), train_fraction=0.08)
+    pretrained = convert_lenet(str(root))
+    return data, pretrained

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 
 from finetune.checkpoint import load_model
-from finetune.demo import convert_lenet
-from finetune.demo import write_digit_folders
 from finetune.errors import FinetuneError
 from finetune.surgery import parse_layer_spec
 from finetune.train import build_parser
@@ -25,14 +23,6 @@ from finetune.train import train
 from finetune.training import latest_snapshot
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
-
-
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp('digits')
-    data = write_digit_folders(str(root / 'photos'), train_fraction=0.08)
-    pretrained = convert_lenet(str(root))
-    return data, pretrained
 
 
 def train_args(data, pretrained, out, *extra):
