@@ -149,12 +149,15 @@ class FineTuneNet(chainer.Chain):
 
     ``forward(x)`` runs ``layer_names[:frozen]`` under
     ``chainer.no_backprop_mode()`` (no backward, no stored activations) and
-    the rest normally; outputs are logits (N, n_classes).
+    the rest normally; outputs are logits (N, n_classes). With
+    ``from_features`` the input is already the frozen prefix's output
+    (cached features) and only the rest runs.
     """
 
-    def __init__(self, net, frozen):
+    def __init__(self, net, frozen, from_features=False):
         super().__init__()
         self.frozen = frozen
+        self.from_features = from_features
         with self.init_scope():
             self.net = net
 
@@ -164,5 +167,6 @@ class FineTuneNet(chainer.Chain):
             return self.net.forward(x, stop=self.frozen)
 
     def forward(self, x):
-        h = self.features(x) if self.frozen else x
+        h = self.features(x) if self.frozen and not self.from_features \
+            else x
         return self.net.forward(h, start=self.frozen)

@@ -27,6 +27,9 @@ from finetune.convert import ensure_converted
 from finetune.datasets import LabeledImageDataset
 from finetune.distributed import ranks_for
 from finetune.errors import FinetuneError
+from finetune.feature_cache import CachedCropConverter
+from finetune.feature_cache import CachedFeatureDataset
+from finetune.feature_cache import cached_features
 from finetune.loader import make_iterator
 from finetune.lr_find import lr_range_test
 from finetune.lr_find import plot_lr_find
@@ -124,8 +127,10 @@ def add_extensions(trainer, args, job, save_best):
     log_trigger = EpochOrIntervalTrigger(args.log_interval)
     if job.val_iter is not None:
         trainer.extend(job.ranks.evaluator(extensions.Evaluator(
-            job.val_iter, job.model,
-            converter=chainer.dataset.concat_examples, device=job.device)),
+            job.val_iter, job.eval_model,
+            converter=CachedCropConverter(0, train=False)
+            if job.eval_model is not job.model
+            else chainer.dataset.concat_examples, device=job.device)),
             trigger=epoch)
     if args.lr_step:
         trainer.extend(extensions.ExponentialShift('lr', args.lr_gamma),
@@ -202,28 +207,83 @@ class Job:
         net, self.meta, prep, self.head, self.frozen = build_network(
             args, len(self.class_names))
         self.preprocess = choose_preprocess(prep, args.mean, data_mean)
-        p = self.preprocess
-        uncropped = CaffePreprocess(p.size, None, p.mean, p.scale,
-                                    p.channels)
-        self.train_iter = make_iterator(
-            ranks.scatter(LabeledImageDataset(args.data, train_list,
-                                              uncropped), args.seed),
-            args.batchsize, args.loaderjob, seed=args.seed)
-        self.val_iter = make_iterator(
-            ranks.scatter(LabeledImageDataset(args.data, self.val_list, p),
-                          args.seed),
-            args.val_batchsize, args.loaderjob, repeat=False,
-            shuffle=False) if self.val_list else None
         self.model = Classifier(net)
         self.model.to_device(self.device)
         self.device.use()
         self.optimizer = make_optimizer(self.model, args, self.head, ranks)
         freeze_layers(net.net, self.frozen)
-        self.converter = RandomCropConverter(p, args.seed)
+        if args.cache_features and not net.frozen:
+            raise FinetuneError('--cache-features needs frozen leading '
+                                'layers, e.g. --freeze conv1-conv5')
+        self.train_iter, self.converter = self._train_input(args, train_list)
+        self.val_iter, self.eval_model = self._val_input(args)
+
+    def _uncropped(self, root, entries):
+        p = self.preprocess
+        return LabeledImageDataset(root, entries, CaffePreprocess(
+            p.size, None, p.mean, p.scale, p.channels))
+
+    def _cache(self, args, split, entries, mode):
+        """Path of the frozen-prefix features of ``entries`` (rank 0
+        builds it; the others wait and read the same file)."""
+        net = self.net
+        path = None
+        if self.ranks.is_root:
+            path, built = cached_features(
+                os.path.join(args.out, 'feature_cache'), split, net.net,
+                net.net.layer_names[:net.frozen], net.features, args.data,
+                entries, self._uncropped(args.data, entries),
+                self.preprocess, mode, self.device, args.val_batchsize,
+                args.loaderjob)
+            print('%s features: %s %s' % (split, 'cached in' if built
+                                          else 'reusing', path),
+                  file=sys.stderr)
+        return self.ranks.bcast(path)
+
+    def _train_input(self, args, entries):
+        """(iterator, converter): images, or cached features of 10 crops."""
+        if args.cache_features:
+            dataset = CachedFeatureDataset(
+                self._cache(args, 'train', entries, 'ten'),
+                [label for _, label in entries])
+            self.net.from_features = True
+            return (make_iterator(self.ranks.scatter(dataset, args.seed),
+                                  args.batchsize, 0, seed=args.seed),
+                    CachedCropConverter(args.seed))
+        return (make_iterator(self.ranks.scatter(self._uncropped(
+            args.data, entries), args.seed), args.batchsize, args.loaderjob,
+            seed=args.seed), RandomCropConverter(self.preprocess, args.seed))
+
+    def _val_input(self, args):
+        """(iterator, model) for evaluation each epoch; a frozen
+        trunk is evaluated on its cached center-crop features."""
+        if not self.val_list:
+            return None, None
+        if not self.net.frozen:
+            dataset = LabeledImageDataset(args.data, self.val_list,
+                                          self.preprocess)
+            return make_iterator(self.ranks.scatter(dataset, args.seed),
+                                 args.val_batchsize, args.loaderjob,
+                                 repeat=False, shuffle=False), self.model
+        dataset = CachedFeatureDataset(
+            self._cache(args, 'val', self.val_list, 'center'),
+            [label for _, label in self.val_list])
+        head = Classifier(FineTuneNet(self.net.net, self.net.frozen,
+                                      from_features=True))
+        iterator = make_iterator(self.ranks.scatter(dataset, args.seed),
+                                 args.val_batchsize, 0, repeat=False,
+                                 shuffle=False)
+        return iterator, head
 
     @property
     def net(self):
+        """The FineTuneNet (frozen prefix without a graph)."""
         return self.model.predictor
+
+    @property
+    def network(self):
+        """The plain network (AlexNet, CaffeGraph...) being trained."""
+        return self.model.predictor.net
 
     def finalize(self):
         for iterator in (self.train_iter, self.val_iter):
@@ -240,7 +300,7 @@ def train(args):
                                        out=args.out)
 
     def save(path, **extra):
-        save_model(path, job.net.net, job.class_names, job.preprocess,
+        save_model(path, job.network, job.class_names, job.preprocess,
                    frozen=job.frozen, replaced=job.head,
                    source=os.path.basename(args.pretrained), **extra)
 
@@ -265,9 +325,9 @@ def train(args):
             job.ranks.size, 'identical' if agree else 'DIFFERENT'),
             file=sys.stderr)
     save(os.path.join(args.out, 'model_final.npz'))
-    summary = evaluate_and_report(args, job.net, args.data, job.val_list,
-                                  job.class_names, job.preprocess,
-                                  job.device)
+    summary = evaluate_and_report(args, job.network, args.data,
+                                  job.val_list, job.class_names,
+                                  job.preprocess, job.device)
     if summary:
         print(evaluation.format_summary(summary))
     return summary
@@ -345,6 +405,9 @@ def build_parser():
     p.add_argument('--resume', help="snapshot file, or 'auto' for the "
                    'latest in --out')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--cache-features', action='store_true',
+                   help='compute the frozen layers once per image and crop '
+                   '(10 crops) and train the head on the cached features')
     p.add_argument('--lr-find', action='store_true',
                    help='run a learning-rate range test, plot it, and stop')
     return p

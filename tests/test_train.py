@@ -234,3 +234,63 @@ def test_missing_pretrained_says_how_to_fetch(tmp_path, digits):
     assert result.returncode == 2
     assert result.stderr.strip().count('\n') == 0
     assert 'python -m finetune.fetch alexnet' in result.stderr
+
+
+def test_cached_features_train_like_images(digits, tmp_path, capsys):
+    """LeNet has no crops, so the head sees the same inputs either way:
+    cached and uncached runs end with the same weights."""
+    data, pretrained = digits
+    common = ('--epochs', '2', '--freeze', 'conv1-conv2', '--replace',
+              'ip1-ip2', '--log-interval', '0')
+    run_train(*train_args(data, pretrained, tmp_path / 'images', *common))
+    run_train(*train_args(data, pretrained, tmp_path / 'cached', *common,
+                          '--cache-features'))
+    err = capsys.readouterr().err
+    assert 'train features: cached in' in err
+    images = params(str(tmp_path / 'images' / 'model_final.npz'))
+    cached = params(str(tmp_path / 'cached' / 'model_final.npz'))
+    for name in images:
+        for a, b in zip(images[name], cached[name]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert read_log(tmp_path / 'images')[-1]['validation/main/accuracy'] \
+        == read_log(tmp_path / 'cached')[-1]['validation/main/accuracy']
+    # a second run reuses the cache
+    run_train(*train_args(data, pretrained, tmp_path / 'cached', *common,
+                          '--cache-features'))
+    assert 'train features: reusing' in capsys.readouterr().err
+
+
+def test_feature_cache_key_follows_weights_preprocessing_and_files(
+        digits, tmp_path):
+    from finetune.data import scan_image_folder
+    from finetune.feature_cache import cache_key
+    from finetune.transforms import CaffePreprocess
+    data, pretrained = digits
+    model, _, prep = load_model(pretrained)
+    entries = scan_image_folder(data)[0][:20]
+    frozen = ['conv1', 'conv2']
+    key = cache_key(model, frozen, prep, data, entries, 'ten')
+    assert key == cache_key(model, frozen, prep, data, entries, 'ten')
+    assert key != cache_key(model, frozen, prep, data, entries, 'center')
+    other = CaffePreprocess(prep.size, prep.crop_size, [1.0], prep.scale,
+                            prep.channels)
+    assert key != cache_key(model, frozen, other, data, entries, 'ten')
+    model.conv2.W.array[0, 0, 0, 0] += 1
+    assert key != cache_key(model, frozen, prep, data, entries, 'ten')
+    model.conv2.W.array[0, 0, 0, 0] -= 1
+    path = os.path.join(data, entries[0][0])
+    os.utime(path, ns=(1, 1))
+    assert key != cache_key(model, frozen, prep, data, entries, 'ten')
+
+
+def test_ten_crops_are_corners_center_and_mirrors():
+    from finetune.feature_cache import crop_windows, take_crops
+    image = np.arange(2 * 6 * 7, dtype=np.float32).reshape(2, 6, 7)
+    windows = crop_windows((6, 7), 4, 'ten')
+    crops = take_crops(image, 4, windows)
+    assert crops.shape == (10, 2, 4, 4)
+    assert np.array_equal(crops[0], image[:, :4, :4])
+    assert np.array_equal(crops[3], image[:, 2:, 3:])
+    assert np.array_equal(crops[4], image[:, 1:5, 1:5])
+    assert np.array_equal(crops[9], image[:, 1:5, 1:5][:, :, ::-1])
+    assert crop_windows((6, 7), 4, 'center') == [(1, 1, False)]

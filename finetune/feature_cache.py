@@ -1,0 +1,175 @@
+"""Frozen-trunk feature cache: run the frozen layers once per image and crop.
+
+When the first layers of the net are frozen, their output for a given crop
+never changes, so it is computed once and stored on disk; the head then
+trains on the stored features (``--cache-features``) and evaluation reads
+them every epoch. Training crops are a fixed set per image (the 4 corners
+and the center, each also mirrored: Caffe's 10-crop set); each epoch
+samples one of them per image. Caches are memory-mapped ``.npy`` files, so
+datasets larger than memory work, and are keyed by a hash of the frozen
+weights, the preprocessing, the crop set and the image files (path, size,
+mtime): any change builds a new cache.
+"""
+import hashlib
+import json
+import os
+
+import chainer
+import numpy as np
+
+from finetune.fileio import atomic_write
+from finetune.loader import make_iterator
+
+FORMAT_VERSION = 1
+
+
+def crop_windows(size, crop_size, mode):
+    """(top, left, mirrored) windows of a ``size`` image.
+
+    ``mode`` 'ten': corners + center, each plain and mirrored; 'center':
+    the center only. With no crop (``crop_size`` None) there is one window.
+    """
+    if crop_size is None:
+        return [(0, 0, False)]
+    height, width = size
+    center = ((height - crop_size) // 2, (width - crop_size) // 2)
+    if mode == 'center':
+        return [center + (False,)]
+    bottom, right = height - crop_size, width - crop_size
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), center]
+    return [c + (m,) for m in (False, True) for c in corners]
+
+
+def take_crops(array, crop_size, windows):
+    """The windows of ``array`` (C, H, W) stacked: (K, C, crop, crop)."""
+    if crop_size is None:
+        return array[np.newaxis]
+    crops = []
+    for top, left, mirrored in windows:
+        crop = array[:, top:top + crop_size, left:left + crop_size]
+        crops.append(crop[:, :, ::-1] if mirrored else crop)
+    return np.stack(crops)
+
+
+def cache_key(net, frozen_names, preprocess, root, entries, mode):
+    """Hex digest of everything the cached features depend on."""
+    digest = hashlib.sha1()
+    digest.update(json.dumps([FORMAT_VERSION, list(frozen_names), mode,
+                              list(preprocess.size), preprocess.crop_size,
+                              preprocess.scale, preprocess.channels]).encode())
+    digest.update(np.ascontiguousarray(preprocess.mean).tobytes())
+    for name in frozen_names:
+        for param_name, param in sorted(net[name].namedparams()):
+            digest.update(param_name.encode())
+            digest.update(chainer.backend.CpuDevice().send(
+                param.array).tobytes())
+    for path, label in entries:
+        stat = os.stat(os.path.join(root, path))
+        digest.update(('%s\0%d\0%d\0%d\n' % (path, label, stat.st_size,
+                                            stat.st_mtime_ns)).encode())
+    return digest.hexdigest()
+
+
+def build_feature_cache(path, trunk, dataset, preprocess, mode, device,
+                        batch_size=32, loaderjob=2):
+    """Write the frozen-prefix features of every image and window.
+
+    Args:
+        path (str): destination ``.npy`` (written atomically).
+        trunk (callable): batch (N, C, crop, crop) -> features (no graph).
+        dataset: uncropped ``(image (C, H, W), label)`` examples.
+        mode (str): 'ten' or 'center' (see :func:`crop_windows`).
+
+    Returns:
+        numpy.memmap of shape (N, K, *feature_shape), float32.
+    """
+    windows = crop_windows(preprocess.size, preprocess.crop_size, mode)
+    iterator = make_iterator(dataset, batch_size, loaderjob, repeat=False,
+                             shuffle=False)
+    out = None
+    index = 0
+    try:
+        with atomic_write(path, suffix='.npy') as tmp:
+            for batch in iterator:
+                crops = np.concatenate([take_crops(x, preprocess.crop_size,
+                                                   windows)
+                                        for x, _ in batch])
+                with chainer.using_config('train', False), \
+                        chainer.no_backprop_mode():
+                    h = trunk(device.send(crops)).array
+                h = chainer.backend.CpuDevice().send(h)
+                h = h.reshape((len(batch), len(windows)) + h.shape[1:])
+                if out is None:
+                    out = np.lib.format.open_memmap(
+                        tmp, mode='w+', dtype=np.float32,
+                        shape=(len(dataset),) + h.shape[1:])
+                out[index:index + len(batch)] = h
+                index += len(batch)
+            out.flush()
+            del out
+    finally:
+        iterator.finalize()
+    return np.load(path, mmap_mode='r')
+
+
+def cached_features(cache_dir, split, net, frozen_names, trunk, root,
+                    entries, dataset, preprocess, mode, device, batch_size,
+                    loaderjob):
+    """The cached features for ``entries``, built if missing or stale.
+
+    Returns:
+        tuple: (path of the cache .npy, True if it was built now).
+    """
+    key = cache_key(net, frozen_names, preprocess, root, entries, mode)
+    path = os.path.join(cache_dir, '%s-%s.npy' % (split, key[:20]))
+    if os.path.exists(path):
+        return path, False
+    os.makedirs(cache_dir, exist_ok=True)
+    for name in os.listdir(cache_dir):  # stale caches of this split
+        if name.startswith(split + '-') and name.endswith('.npy'):
+            os.remove(os.path.join(cache_dir, name))
+    build_feature_cache(path, trunk, dataset, preprocess, mode, device,
+                        batch_size, loaderjob)
+    return path, True
+
+
+class CachedFeatureDataset(chainer.dataset.DatasetMixin):
+    """``(features of every window (K, ...), label)`` per image, read
+    lazily from the memory-mapped cache file.
+
+    Pickles as the file name (not the data), so worker processes and other
+    ranks open the file themselves.
+    """
+
+    def __init__(self, path, labels):
+        self.path = path
+        self.labels = np.asarray(labels, np.int32)
+        self._features = None
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getstate__(self):
+        return dict(self.__dict__, _features=None)
+
+    def get_example(self, i):
+        if self._features is None:
+            self._features = np.load(self.path, mmap_mode='r')
+        return self._features[i], self.labels[i]
+
+
+class CachedCropConverter:
+    """Picks one cached window per example: at random when training (from
+    a seeded generator, like :class:`finetune.training.RandomCropConverter`)
+    or the first (the center crop) otherwise."""
+
+    def __init__(self, seed, train=True):
+        self.rng = np.random.RandomState(seed)
+        self.train = train
+
+    def __call__(self, batch, device=None):
+        picked = []
+        for features, label in batch:
+            k = self.rng.randint(len(features)) if self.train else 0
+            picked.append((np.array(features[k]), label))
+        return chainer.dataset.concat_examples(picked, device)
