@@ -60,3 +60,15 @@ def digits(tmp_path_factory):
     data = write_digit_folders(str(root / 'photos'), train_fraction=0.08)
     pretrained = convert_lenet(str(root))
     return data, pretrained
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A local HTTP server on 127.0.0.1 (tests/http_server.py); proxies from
+    the environment are cleared so requests to it go direct."""
+    from http_server import LocalHTTPServer
+    for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
+                 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+    with LocalHTTPServer() as running:
+        yield running

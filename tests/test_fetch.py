@@ -9,27 +9,11 @@ from finetune import fetch
 from finetune.download import TransferError, download_file, fetch_bytes
 from finetune.errors import DownloadError
 
-try:
-    from tests.http_server import LocalHTTPServer, Response
-except ImportError:  # pytest put tests/ itself on sys.path
-    from http_server import LocalHTTPServer, Response
+from http_server import Response
 
 WEIGHTS = os.urandom(300_000)
 WEIGHTS_SHA1 = hashlib.sha1(WEIGHTS).hexdigest()
 FILENAME = 'bvlc_alexnet.caffemodel'
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    """Requests to 127.0.0.1 must not go through a proxy from the environment."""
-    for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def server():
-    with LocalHTTPServer() as running:
-        yield running
 
 
 @pytest.fixture

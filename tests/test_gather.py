@@ -14,10 +14,7 @@ from finetune import gather as gather_module
 from finetune.errors import DataError
 from finetune.gather import Entry, gather, read_entries, read_label_names
 
-try:
-    from tests.http_server import LocalHTTPServer, Response
-except ImportError:  # pytest put tests/ itself on sys.path
-    from http_server import LocalHTTPServer, Response
+from http_server import Response
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 FAST = {'timeout': 0.3, 'retries': 1, 'backoff': 0.01, 'jobs': 4, 'progress': False}
@@ -46,19 +43,6 @@ def report_reasons(path):
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == ['url', 'label', 'status', 'reason', 'path']
     return {row['url']: (row['status'], row['reason'], row['path']) for row in rows}
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    """Requests to 127.0.0.1 must not go through a proxy from the environment."""
-    for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def server():
-    with LocalHTTPServer() as running:
-        yield running
 
 
 CAT = image_bytes(1, 'JPEG')
