@@ -110,9 +110,13 @@ def median(values):
     return statistics.median(values)
 
 
-def interleaved(fns, rounds, warmup=1):
+def interleaved(fns, rounds, warmup=1, pause=0.1):
     """Time each callable of ``fns`` (name -> fn) once per round, rounds
     interleaved so that drifts of a noisy machine hit all alike.
+
+    ``pause`` seconds of sleep precede each timed call, so that the
+    previous framework's spinning worker threads (OpenBLAS, OpenMP) are
+    idle when the next one starts.
 
     ``warmup`` is the number of untimed calls per callable, or a dict
     name -> count. Returns name -> dict(times=[s...], utime, stime, minflt)
@@ -127,6 +131,7 @@ def interleaved(fns, rounds, warmup=1):
            for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(pause)
             r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             fn()

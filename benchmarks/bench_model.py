@@ -374,10 +374,11 @@ def section_malloc(args, figures):
         configs += [('MALLOC_ARENA_MAX=2', {'MALLOC_ARENA_MAX': '2'}, ''),
                     ('mallopt() in process', {}, 'mallopt')]
     rounds = 1 if args.quick else 2
+    calls = 2 if args.quick else args.repeat
     results = {name: [] for name, _, _ in configs}
     for _ in range(rounds):
         for name, env, variants in configs:
-            results[name].append(run_child(env, batch, args.repeat, variants,
+            results[name].append(run_child(env, batch, calls, variants,
                                            args.unset_openblas_env))
     base = C.median([r['img_s'] for r in results['default']])
     rows = []
@@ -412,6 +413,11 @@ LADDER = [
     ('+ lrn: sqrt for pow(-0.75)', ['lrn']),
     ('+ detach frozen features', ['detach']),
 ]
+LADDER_QUICK = [
+    ('as shipped', []),
+    ('+ mallopt: keep freed heap', ['mallopt']),
+    ('+ conv, pool, lrn, detach', ['conv', 'pool', 'lrn', 'detach']),
+]
 
 
 def section_variants(args, weights, peak, figures):
@@ -425,7 +431,9 @@ def section_variants(args, weights, peak, figures):
     applied = []
     first = prev = None
     ref_logits = None
-    for label, names in LADDER:
+    ladder = LADDER_QUICK if args.quick else LADDER
+    rounds = 2 if args.quick else args.repeat
+    for label, names in ladder:
         applied += _variants.apply(names)
         cnet_f, cnet_ft = chainer_net(weights), chainer_net(weights)
         fns = {'ch fwd': chainer_forward_fn(cnet_f, x),
@@ -435,7 +443,7 @@ def section_variants(args, weights, peak, figures):
         if ref_logits is None:
             ref_logits = logits
         err = rel_err(logits, ref_logits)
-        recs = C.interleaved(fns, args.repeat, 1)
+        recs = C.interleaved(fns, rounds, 1)
         r = {k: C.rate(v, batch) for k, v in recs.items()}
         if first is None:
             first = prev = r
@@ -452,10 +460,12 @@ def section_variants(args, weights, peak, figures):
          'frz/pt', 'step gain', 'fwd x', 'frz x', 'logit err'], rows,
         '\n== MONKEYPATCHED variants (benchmarks/_variants.py), batch %d, '
         'img/s; PyTorch re-measured interleaved at every row ==' % batch))
-    pt = figures['variants'][LADDER[-1][0]]
+    pt = figures['variants'][ladder[-1][0]]
     C.emit(['PyTorch in the last row: forward %.1f, frozen step %.1f img/s; '
             '"x" columns: vs "as shipped" row' % (pt['pt fwd'],
                                                   pt['pt frozen'])])
+    if args.quick:
+        return
     # the full training step with every variant (forward patches only help
     # partly: the conv backward is Chainer's own)
     cnet, tnet = chainer_net(weights), torch_net(weights)

@@ -22,6 +22,7 @@ import numpy as np
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.importer import import_caffemodel
 from finetune.checkpoint import save_model
+from finetune.data import read_class_names
 from finetune.cli import command
 from finetune.errors import CaffeModelError
 from finetune.models import AlexNet
@@ -74,22 +75,15 @@ def default_preprocess(model, mean=None, scale=1.0):
     return CaffePreprocess((height, width), None, mean, scale, channels)
 
 
-def read_class_names(path):
-    """One class name per line (Caffe's synset_words/labels.txt style).
-
-    A leading integer or WordNet id (``0 zero``, ``n01440764 tench``) is
-    dropped.
-    """
-    names = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            head, _, rest = line.partition(' ')
-            is_id = head.isdigit() or (head[:1] == 'n' and head[1:].isdigit())
-            names.append(rest.strip() if is_id and rest else line)
-    return names
+def strip_label_ids(names):
+    """Drop a leading integer or WordNet id from Caffe label lines
+    (``0 zero``, ``n01440764 tench, Tinca tinca``)."""
+    stripped = []
+    for line in names:
+        head, _, rest = line.partition(' ')
+        is_id = head.isdigit() or (head[:1] == 'n' and head[1:].isdigit())
+        stripped.append(rest.strip() if is_id and rest.strip() else line)
+    return stripped
 
 
 def convert_caffemodel(caffemodel, out=None, prototxt=None, labels=None,
@@ -108,7 +102,7 @@ def convert_caffemodel(caffemodel, out=None, prototxt=None, labels=None,
     out = out or os.path.splitext(caffemodel)[0] + '.npz'
     model = caffemodel_to_model(caffemodel, prototxt)
     if labels:
-        names = read_class_names(labels)
+        names = strip_label_ids(read_class_names(labels))
     elif model.n_classes == 1000:
         names = imagenet_class_names()
     else:
