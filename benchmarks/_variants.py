@@ -28,13 +28,21 @@ Variants (each can be applied alone; ``apply(names)`` applies several):
     ``u ** -0.75`` computed as ``1 / (sqrt(u) * sqrt(sqrt(u)))`` (beta 0.75
     only; other betas use Chainer's code). Keeps ``unit_scale``/``scale``
     so Chainer's backward is unchanged.
+``threads``
+    the memory-bound loops of the ``conv`` (im2col, split by channel),
+    ``pool`` and ``lrn`` (split by image) variants run on
+    ``OMP_NUM_THREADS`` Python threads (NumPy releases the GIL in copies and
+    ufuncs), as PyTorch spreads its elementwise kernels over its threads.
+    Only has an effect together with those variants.
 ``detach``
     ``FineTuneNet.features`` returns a plain array, so the first trained
     layer (fc6) does not compute a gradient for its frozen input (Chainer
     computes gx of fc6, (N, 9216), and throws it away).
 """
+import concurrent.futures
 import ctypes
 import ctypes.util
+import os
 
 import chainer
 import numpy as np
@@ -43,7 +51,7 @@ from chainer.functions.connection import convolution_2d as _conv_mod
 from chainer.functions.normalization import (
     local_response_normalization as _lrn_mod)
 
-ALL = ('mallopt', 'conv', 'pool', 'lrn', 'detach')
+ALL = ('mallopt', 'conv', 'pool', 'lrn', 'threads', 'detach')
 
 _ORIG = {}
 
@@ -72,6 +80,30 @@ def mallopt_tuning():
             mallopt(M_TOP_PAD, ctypes.c_int(256 << 20))]
 
 
+# ---------------------------------------------------------------- threads
+_POOL = {'threads': 1, 'executor': None}
+
+
+def _split(n, parts):
+    """[(start, stop)...]: ``range(n)`` in ``parts`` nearly equal pieces."""
+    parts = max(1, min(parts, n))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _parallel(fn, n):
+    """Run ``fn(start, stop)`` over ``range(n)`` split between the threads."""
+    pieces = _split(n, _POOL['threads'])
+    if len(pieces) == 1:
+        fn(0, n)
+        return
+    if _POOL['executor'] is None:
+        _POOL['executor'] = concurrent.futures.ThreadPoolExecutor(
+            _POOL['threads'])
+    for future in [_POOL['executor'].submit(fn, a, b) for a, b in pieces]:
+        future.result()
+
+
 # ---------------------------------------------------------------- conv
 def _im2col_gemm_order(x, kh, kw, sy, sx, ph, pw):
     """x (N, C, H, W) -> col (C, kh, kw, N, oH, oW), C-contiguous."""
@@ -79,20 +111,28 @@ def _im2col_gemm_order(x, kh, kw, sy, sx, ph, pw):
     oh = (h + 2 * ph - kh) // sy + 1
     ow = (w + 2 * pw - kw) // sx + 1
     xt = x.transpose(1, 0, 2, 3)  # contiguous when x came from _fast_conv
+    padded = None
     if ph or pw:
         padded = np.empty((c, n, h + 2 * ph, w + 2 * pw), x.dtype)
-        if ph:
-            padded[:, :, :ph] = 0
-            padded[:, :, h + ph:] = 0
-        if pw:
-            padded[:, :, :, :pw] = 0
-            padded[:, :, :, w + pw:] = 0
-        padded[:, :, ph:ph + h, pw:pw + w] = xt
-        xt = padded
     col = np.empty((c, kh, kw, n, oh, ow), x.dtype)
-    for j in range(kh):
-        for i in range(kw):
-            col[:, j, i] = xt[:, :, j:j + sy * oh:sy, i:i + sx * ow:sx]
+
+    def fill(c0, c1):
+        src = xt[c0:c1]
+        if padded is not None:
+            dst = padded[c0:c1]
+            if ph:
+                dst[:, :, :ph] = 0
+                dst[:, :, h + ph:] = 0
+            if pw:
+                dst[:, :, :, :pw] = 0
+                dst[:, :, :, w + pw:] = 0
+            dst[:, :, ph:ph + h, pw:pw + w] = src
+            src = dst
+        for j in range(kh):
+            for i in range(kw):
+                col[c0:c1, j, i] = src[:, :, j:j + sy * oh:sy,
+                                       i:i + sx * ow:sx]
+    _parallel(fill, c)
     return col, oh, ow
 
 
@@ -140,11 +180,15 @@ class FastMaxPool2D(function_node.FunctionNode):
         self.retain_inputs((0,))
         self.retain_outputs((0,))
         y = np.empty_like(x[:, :, :self.oh, :self.ow])  # x's memory order
-        np.copyto(y, self._view(x, 0, 0))
-        for j in range(self.kh):
-            for i in range(self.kw):
-                if j or i:
-                    np.maximum(y, self._view(x, j, i), out=y)
+
+        def part(a, b):
+            xs, ys = x[a:b], y[a:b]
+            np.copyto(ys, self._view(xs, 0, 0))
+            for j in range(self.kh):
+                for i in range(self.kw):
+                    if j or i:
+                        np.maximum(ys, self._view(xs, j, i), out=ys)
+        _parallel(part, x.shape[0])
         return y,
 
     def backward(self, indexes, grad_outputs):
@@ -153,15 +197,19 @@ class FastMaxPool2D(function_node.FunctionNode):
         gy, = grad_outputs
         x, y, gy = x.array, y.array, gy.array
         gx = np.zeros_like(x)
-        taken = np.zeros(y.shape, bool)
-        hit = np.empty(y.shape, bool)
-        for j in range(self.kh):
-            for i in range(self.kw):
-                np.equal(self._view(x, j, i), y, out=hit)
-                hit &= ~taken
-                taken |= hit
-                view = self._view(gx, j, i)
-                view += gy * hit
+
+        def part(a, b):
+            xs, ys, gys, gxs = x[a:b], y[a:b], gy[a:b], gx[a:b]
+            taken = np.zeros(ys.shape, bool)
+            hit = np.empty(ys.shape, bool)
+            for j in range(self.kh):
+                for i in range(self.kw):
+                    np.equal(self._view(xs, j, i), ys, out=hit)
+                    hit &= ~taken
+                    taken |= hit
+                    view = self._view(gxs, j, i)
+                    view += gys * hit
+        _parallel(part, x.shape[0])
         return chainer.Variable(gx),
 
 
@@ -188,20 +236,26 @@ def _fast_lrn_forward_cpu(self, inputs):
     self.retain_inputs((0,))
     self.retain_outputs((0,))
     half_n = self.n // 2
-    x2 = np.square(x)
-    s = x2.copy()
-    for i in range(1, half_n + 1):
-        s[:, i:] += x2[:, :-i]
-        s[:, :-i] += x2[:, i:]
-    s *= self.alpha
-    s += self.k                      # unit_scale = k + alpha * sum
-    r = np.sqrt(s, out=x2)           # u ** 0.5
-    scale = np.sqrt(r)               # u ** 0.25
-    scale *= r                       # u ** 0.75
-    np.reciprocal(scale, out=scale)  # u ** -0.75
+    s, scale, y = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+
+    def part(a, b):
+        xs, ss, cs, ys = x[a:b], s[a:b], scale[a:b], y[a:b]
+        x2 = np.square(xs, out=cs)
+        np.copyto(ss, x2)
+        for i in range(1, half_n + 1):
+            ss[:, i:] += x2[:, :-i]
+            ss[:, :-i] += x2[:, i:]
+        ss *= self.alpha
+        ss += self.k                 # unit_scale = k + alpha * sum
+        r = np.sqrt(ss, out=ys)      # u ** 0.5
+        np.sqrt(r, out=cs)           # u ** 0.25
+        cs *= r                      # u ** 0.75
+        np.reciprocal(cs, out=cs)    # u ** -0.75
+        np.multiply(xs, cs, out=ys)
+    _parallel(part, x.shape[0])
     self.unit_scale = s
     self.scale = scale
-    return x * scale,
+    return y,
 
 
 # ---------------------------------------------------------------- detach
@@ -232,6 +286,9 @@ def apply(names):
         cls = _lrn_mod.LocalResponseNormalization
         _ORIG['lrn'] = cls.forward_cpu
         cls.forward_cpu = _fast_lrn_forward_cpu
+    if 'threads' in names:
+        _POOL['threads'] = int(os.environ.get('OMP_NUM_THREADS') or
+                               os.cpu_count() or 1)
     if 'detach' in names and 'detach' not in _ORIG:
         from finetune import surgery
         _ORIG['detach'] = surgery.FineTuneNet.features
@@ -241,6 +298,7 @@ def apply(names):
 
 def restore():
     """Undo every monkeypatch (mallopt settings stay)."""
+    _POOL['threads'] = 1
     if 'conv' in _ORIG:
         _conv_mod.Convolution2DFunction.forward_cpu = _ORIG.pop('conv')
     if 'pool' in _ORIG:

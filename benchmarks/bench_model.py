@@ -411,12 +411,14 @@ LADDER = [
     ('+ conv: im2col in GEMM order', ['conv']),
     ('+ pool: strided max', ['pool']),
     ('+ lrn: sqrt for pow(-0.75)', ['lrn']),
+    ('+ threads: im2col/pool/LRN on 2 threads', ['threads']),
     ('+ detach frozen features', ['detach']),
 ]
 LADDER_QUICK = [
     ('as shipped', []),
     ('+ mallopt: keep freed heap', ['mallopt']),
-    ('+ conv, pool, lrn, detach', ['conv', 'pool', 'lrn', 'detach']),
+    ('+ conv, pool, lrn, threads, detach',
+     ['conv', 'pool', 'lrn', 'threads', 'detach']),
 ]
 
 
@@ -462,8 +464,9 @@ def section_variants(args, weights, peak, figures):
         'img/s; PyTorch re-measured interleaved at every row ==' % batch))
     pt = figures['variants'][ladder[-1][0]]
     C.emit(['PyTorch in the last row: forward %.1f, frozen step %.1f img/s; '
-            '"x" columns: vs "as shipped" row' % (pt['pt fwd'],
-                                                  pt['pt frozen'])])
+            '"x" columns: vs "as shipped" row. PyTorch shares this '
+            "process's malloc: from the mallopt row on it runs with the "
+            'tuned heap too' % (pt['pt fwd'], pt['pt frozen'])])
     if args.quick:
         return
     # the full training step with every variant (forward patches only help

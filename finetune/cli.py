@@ -1,5 +1,6 @@
 """What every command-line tool shares: one-line errors, exit status 2."""
 import functools
+import signal
 import sys
 
 from finetune.errors import FinetuneError
@@ -10,11 +11,14 @@ def command(main):
 
     A :class:`FinetuneError` or ``OSError`` prints ``error: <file>: <what
     is wrong>`` on stderr and exits with status 2 instead of a traceback;
-    Ctrl-C exits with 130. Otherwise ``main``'s return value is returned,
+    Ctrl-C (or SIGTERM) exits with 130 after cleaning up. Otherwise ``main``'s return value is returned,
     so ``sys.exit(main())`` gives the right status.
     """
     @functools.wraps(main)
     def run(argv=None):
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # let `finally` blocks stop loader processes on `kill`
+            signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return main(argv) or 0
         except (FinetuneError, OSError) as e:
@@ -25,3 +29,7 @@ def command(main):
                   file=sys.stderr)
             sys.exit(130)
     return run
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -135,6 +135,7 @@ def add_extensions(trainer, args, job, save_best):
     if args.lr_step:
         trainer.extend(extensions.ExponentialShift('lr', args.lr_gamma),
                        trigger=(args.lr_step, 'epoch'))
+    trainer.extend(extensions.FailOnNonNumber())
     if not job.ranks.is_root:
         return
     trainer.extend(extensions.observe_lr(), trigger=log_trigger)
@@ -315,6 +316,14 @@ def train(args):
         chainer.serializers.load_npz(resume, trainer)
     try:
         trainer.run()
+    except RuntimeError as e:
+        if 'diverge' not in str(e):
+            raise
+        raise FinetuneError(
+            'training diverged (NaN or inf weights) by iteration %d; lower '
+            '--lr (python -m finetune.train ... --lr-find suggests one); '
+            'snapshots before it are in %s' % (updater.iteration, args.out)
+        ) from None
     finally:
         job.finalize()
     agree = job.ranks.weights_agree(job.net)

@@ -294,3 +294,40 @@ def test_ten_crops_are_corners_center_and_mirrors():
     assert np.array_equal(crops[4], image[:, 1:5, 1:5])
     assert np.array_equal(crops[9], image[:, 1:5, 1:5][:, :, ::-1])
     assert crop_windows((6, 7), 4, 'center') == [(1, 1, False)]
+
+
+def test_divergence_stops_with_one_line(digits, tmp_path):
+    data, pretrained = digits
+    result = subprocess.run(
+        [sys.executable, '-m', 'finetune.train'] + train_args(
+            data, pretrained, tmp_path, '--epochs', '3', '--lr', '1e6',
+            '--replace', 'ip2'), capture_output=True, text=True)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: training diverged') and '--lr' in last
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_loader_workers(digits, tmp_path, sig):
+    data, pretrained = digits
+    proc = subprocess.Popen(
+        train_command(data, pretrained, tmp_path, '--epochs', '50'),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(
+            tmp_path / 'snapshot_iter_3'):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert 'interrupted' in err
+    for _ in range(100):  # loader workers and the forkserver exit too
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail('processes of the run were left behind')
