@@ -139,13 +139,16 @@ def main(argv=None):
     parser.add_argument('--loaderjob', type=int, default=2,
                         help='image-loading processes (0: in this process)')
     parser.add_argument('--top', type=int, default=5)
+    parser.add_argument('--backend', choices=['auto', 'opencv', 'chainer'],
+                        default='auto', help="CPU engine: OpenCV's dnn "
+                        "('auto' when installed; exact, faster) or Chainer")
     parser.add_argument('--out', help='write CSV predictions here')
     args = parser.parse_args(argv)
     if not args.model.endswith('.npz'):
         raise FinetuneError('%s: give the .npz model file (convert a '
                             'caffemodel with python -m finetune.convert)'
                             % args.model)
-    predictor = load(args.model, device=args.gpu)
+    predictor = load(args.model, device=args.gpu, backend=args.backend)
     paths = list_images(args.images)
     if not paths:
         raise DataError('no images found in %s' % ' '.join(args.images))

@@ -108,7 +108,8 @@ def build_network(args, n_classes):
                             % ', '.join(sorted(overlap)))
     net = replace_head(pretrained, meta, head, n_classes)
     prefix = frozen_prefix(net.layer_names, frozen)
-    return FineTuneNet(net, prefix), meta, preprocess, head, frozen
+    return (FineTuneNet(net, prefix, trunk_backend=args.trunk_backend),
+            meta, preprocess, head, frozen)
 
 
 def make_optimizer(model, args, head, ranks):
@@ -270,7 +271,8 @@ class Job:
             self._cache(args, 'val', self.val_list, 'center'),
             [label for _, label in self.val_list])
         head = Classifier(FineTuneNet(self.net.net, self.net.frozen,
-                                      from_features=True))
+                                      from_features=True,
+                                      trunk_backend=args.trunk_backend))
         iterator = make_iterator(self.ranks.scatter(dataset, args.seed),
                                  args.val_batchsize, 0, repeat=False,
                                  shuffle=False)
@@ -417,6 +419,10 @@ def build_parser():
     p.add_argument('--cache-features', action='store_true',
                    help='compute the frozen layers once per image and crop '
                    '(10 crops) and train the head on the cached features')
+    p.add_argument('--trunk-backend', choices=['auto', 'opencv', 'chainer'],
+                   default='auto', help='what runs the frozen leading '
+                   "layers on the CPU: OpenCV's dnn (exact, several times "
+                   "faster; 'auto' uses it when installed) or Chainer")
     p.add_argument('--lr-find', action='store_true',
                    help='run a learning-rate range test, plot it, and stop')
     return p

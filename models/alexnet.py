@@ -85,6 +85,10 @@ class AlexNet(chainer.Chain):
             return F.dropout(h, self.dropout)
         return h
 
+    def definition(self):
+        """BVLC's deploy prototxt text for this net (fc8 sized n_classes)."""
+        return deploy_prototxt(self.n_classes, self.pool_before_norm)
+
     def forward(self, x, start=None, stop=None):
         """Run the stages ``layer_names[start:stop]`` (default: all).
 
@@ -95,6 +99,63 @@ class AlexNet(chainer.Chain):
         for name in stage_slice(self.layer_names, start, stop):
             x = self.stage(name, x)
         return x
+
+
+_CONVS = (  # name, outputs, kernel, stride, pad, group
+    ('conv1', 96, 11, 4, 0, 1), ('conv2', 256, 5, 1, 2, 2),
+    ('conv3', 384, 3, 1, 1, 1), ('conv4', 384, 3, 1, 1, 2),
+    ('conv5', 256, 3, 1, 1, 2))
+_POOL = 'pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
+_NORM = 'lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }'
+
+
+def _layer(name, kind, bottom, top, params=''):
+    return ('layer { name: "%s" type: "%s" bottom: "%s" top: "%s" %s }\n'
+            % (name, kind, bottom, top, params))
+
+
+def deploy_prototxt(n_classes=1000, pool_before_norm=False):
+    """The deploy definition of AlexNet (or CaffeNet) as prototxt text.
+
+    Same layers, names and parameters as BVLC's models/bvlc_alexnet/
+    deploy.prototxt (CaffeNet: each pooling before its normalization).
+    """
+    text = ['name: "%s"\n' % ('CaffeNet' if pool_before_norm else 'AlexNet'),
+            'layer { name: "data" type: "Input" top: "data" input_param '
+            '{ shape: { dim: 10 dim: 3 dim: 227 dim: 227 } } }\n']
+    bottom = 'data'
+    for name, out, kernel, stride, pad, group in _CONVS:
+        i = name[-1]
+        text.append(_layer(name, 'Convolution', bottom, name,
+                           'convolution_param { num_output: %d kernel_size:'
+                           ' %d%s%s%s }'
+                           % (out, kernel,
+                              ' stride: %d' % stride if stride > 1 else '',
+                              ' pad: %d' % pad if pad else '',
+                              ' group: %d' % group if group > 1 else '')))
+        text.append(_layer('relu' + i, 'ReLU', name, name))
+        bottom = name
+        if i in '12':
+            pool = ('pool' + i, 'Pooling', _POOL)
+            norm = ('norm' + i, 'LRN', _NORM)
+            for top, kind, params in ((pool, norm) if pool_before_norm
+                                      else (norm, pool)):
+                text.append(_layer(top, kind, bottom, top, params))
+                bottom = top
+        elif i == '5':
+            text.append(_layer('pool5', 'Pooling', name, 'pool5', _POOL))
+            bottom = 'pool5'
+    for name, out in (('fc6', 4096), ('fc7', 4096), ('fc8', n_classes)):
+        text.append(_layer(name, 'InnerProduct', bottom, name,
+                           'inner_product_param { num_output: %d }' % out))
+        if name != 'fc8':
+            i = name[-1]
+            text.append(_layer('relu' + i, 'ReLU', name, name))
+            text.append(_layer('drop' + i, 'Dropout', name, name,
+                               'dropout_param { dropout_ratio: 0.5 }'))
+        bottom = name
+    text.append(_layer('prob', 'Softmax', 'fc8', 'prob'))
+    return ''.join(text)
 
 
 def stage_slice(names, start, stop):
