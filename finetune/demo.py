@@ -15,6 +15,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from finetune.allocator import keep_freed_memory
 from finetune.cli import command
 from finetune.convert import ensure_converted
 
@@ -108,6 +109,7 @@ def main(argv=None):
                         help='part of the digits used (train + val)')
     parser.add_argument('--loaderjob', type=int, default=2)
     args = parser.parse_args(argv)
+    keep_freed_memory()
     run_demo(args.out, args.epochs, args.fraction, args.loaderjob)
 
 

@@ -19,6 +19,7 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
+from finetune.allocator import keep_freed_memory
 from finetune.cli import command
 from finetune.errors import DataError
 from finetune.errors import FinetuneError
@@ -144,6 +145,7 @@ def main(argv=None):
                         "('auto' when installed; exact, faster) or Chainer")
     parser.add_argument('--out', help='write CSV predictions here')
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if not args.model.endswith('.npz'):
         raise FinetuneError('%s: give the .npz model file (convert a '
                             'caffemodel with python -m finetune.convert)'

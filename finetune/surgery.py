@@ -178,7 +178,10 @@ class FineTuneNet(chainer.Chain):
             return chainer.Variable(fast(chainer.backend.CpuDevice().send(
                 getattr(x, 'array', x))), requires_grad=False)
         with chainer.no_backprop_mode():
-            return self.net.forward(x, stop=self.frozen)
+            h = self.net.forward(x, stop=self.frozen)
+        # a leaf that needs no gradient: the first trained layer then skips
+        # computing one for its input
+        return chainer.Variable(h.array, requires_grad=False)
 
     def _trunk_runner(self):
         """The OpenCV runner of the frozen prefix, built on first use (after

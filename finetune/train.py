@@ -22,6 +22,7 @@ from finetune import data as data_lib
 from finetune import evaluation
 from finetune.checkpoint import load_model
 from finetune.checkpoint import save_model
+from finetune.allocator import keep_freed_memory
 from finetune.cli import command
 from finetune.convert import ensure_converted
 from finetune.datasets import LabeledImageDataset
@@ -431,6 +432,7 @@ def build_parser():
 @command
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     if args.lr_find:
         if args.communicator:
             raise FinetuneError('--lr-find runs in one process: drop '
