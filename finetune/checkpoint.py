@@ -24,14 +24,18 @@ VERSION = 1
 ARCHS = {'alexnet': AlexNet, 'caffenet': CaffeNet}
 
 
-def build_model(meta):
-    """Make the (untrained) network described by ``meta``."""
+def build_model(meta, initialW=None):
+    """Make the (untrained) network described by ``meta``.
+
+    ``initialW`` as in the models (``chainer.initializers.Zero()`` when the
+    weights are loaded next: drawing 61M randoms costs a second).
+    """
     arch = meta['arch']
     if arch in ARCHS:
-        return ARCHS[arch](n_classes=meta['n_classes'])
+        return ARCHS[arch](n_classes=meta['n_classes'], initialW=initialW)
     if arch == 'caffe':
         return CaffeGraph.from_text(meta['prototxt'], meta['n_classes'],
-                                    source='checkpoint')
+                                    source='checkpoint', initialW=initialW)
     raise CheckpointError('unknown architecture %r' % arch)
 
 
@@ -105,7 +109,7 @@ def load_model(path):
                               % (path, e)) from None
     with npz:
         meta = read_meta(npz, path)
-        model = build_model(meta)
+        model = build_model(meta, chainer.initializers.Zero())
         try:
             chainer.serializers.NpzDeserializer(npz, strict=True).load(model)
         except (KeyError, ValueError) as e:

@@ -49,13 +49,14 @@ def detect_alexnet(net, source):
 def caffemodel_to_model(caffemodel, prototxt=None):
     """Read ``caffemodel`` and return the network with its weights."""
     net = read_caffemodel(caffemodel)
+    zero = chainer.initializers.Zero()  # the weights are loaded next
     if prototxt:
-        model = CaffeGraph.from_prototxt(prototxt)
+        model = CaffeGraph.from_prototxt(prototxt, initialW=zero)
     else:
         fc8 = net.layer('fc8')
         n_classes = fc8.blobs[0].shape[-2] if fc8 and fc8.blobs else 1000
-        model = detect_alexnet(net, caffemodel)(
-            n_classes=n_classes, initialW=chainer.initializers.Zero())
+        model = detect_alexnet(net, caffemodel)(n_classes=n_classes,
+                                                initialW=zero)
     model.cleargrads()  # Chainer allocates NaN grads: free them before the
     import_caffemodel(model, net, source=caffemodel)  # weights are paged in
     return model

@@ -75,12 +75,17 @@ class CaffeGraph(chainer.Chain):
         n_classes (int): if given, replaces the last InnerProduct's
             num_output (the new head of a fine-tuned net).
         source (str): file name used in error messages.
+        initialW: Chainer initializer of the weights (Chainer's default
+            when ``None``; ``chainer.initializers.Zero()`` skips drawing
+            randoms when weights are about to be loaded).
     """
 
     arch = 'caffe'
 
-    def __init__(self, net_param, n_classes=None, source='prototxt'):
+    def __init__(self, net_param, n_classes=None, source='prototxt',
+                 initialW=None):
         super().__init__()
+        self.initialW = initialW
         net_param = _copy(net_param)
         net = prototxt_net(net_param)
         unsupported = ['%s (%s)' % (l.name, l.type) for l in net.layers
@@ -130,7 +135,8 @@ class CaffeGraph(chainer.Chain):
             with self.init_scope():
                 setattr(self, layer.name, L.Convolution2D(
                     shape[0], p.num_output, kernel, stride, pad,
-                    nobias=not p.bias_term, dilate=dilation, groups=p.group))
+                    nobias=not p.bias_term, dilate=dilation, groups=p.group,
+                    initialW=self.initialW))
             out = [(n + 2 * pd - dl * (k - 1) - 1) // s + 1 for n, k, s, pd, dl
                    in zip(shape[1:], kernel, stride, pad, dilation)]
             return self[layer.name], (p.num_output, *out)
@@ -139,7 +145,7 @@ class CaffeGraph(chainer.Chain):
             with self.init_scope():
                 setattr(self, layer.name, L.Linear(
                     int(np.prod(shape)), p.num_output,
-                    nobias=not p.bias_term))
+                    nobias=not p.bias_term, initialW=self.initialW))
             return self[layer.name], (p.num_output,)
         if kind == 'Pooling':
             p = layer.param.pooling_param
@@ -187,14 +193,15 @@ class CaffeGraph(chainer.Chain):
         return text_format.MessageToString(self.net_param)
 
     @classmethod
-    def from_prototxt(cls, path, n_classes=None):
+    def from_prototxt(cls, path, n_classes=None, initialW=None):
         """Build from a deploy prototxt file."""
-        return cls(read_prototxt_param(path), n_classes, source=path)
+        return cls(read_prototxt_param(path), n_classes, path, initialW)
 
     @classmethod
-    def from_text(cls, text, n_classes=None, source='prototxt'):
+    def from_text(cls, text, n_classes=None, source='prototxt',
+                  initialW=None):
         """Build from deploy prototxt text."""
-        return cls(parse_net_text(text, source), n_classes, source)
+        return cls(parse_net_text(text, source), n_classes, source, initialW)
 
 
 def _copy(message):
