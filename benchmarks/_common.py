@@ -82,7 +82,8 @@ def environment_report(threads, removed):
              'python %s, numpy %s, %s' % (platform.python_version(),
                                           numpy.__version__,
                                           platform.platform()),
-             'cpu: %s, %d logical cores' % (cpu_model(), os.cpu_count()),
+             'cpu: %s, %d logical cores, load average %.2f %.2f %.2f'
+             % ((cpu_model(), os.cpu_count()) + os.getloadavg()),
              'threads: %s = %d for every framework' % (
                  '/'.join(THREAD_VARS), threads)]
     for name in OPENBLAS_TUNING_VARS:
@@ -110,7 +111,7 @@ def median(values):
     return statistics.median(values)
 
 
-def interleaved(fns, rounds, warmup=1, pause=0.1):
+def interleaved(fns, rounds, warmup=1, pause=0.05):
     """Time each callable of ``fns`` (name -> fn) once per round, rounds
     interleaved so that drifts of a noisy machine hit all alike.
 
@@ -146,6 +147,14 @@ def interleaved(fns, rounds, warmup=1, pause=0.1):
         for key in ('utime', 'stime', 'minflt'):
             rec[key] = median(rec[key])
     return out
+
+
+def paired_ratio(recs, a, b):
+    """Median over rounds of time(b) / time(a): the rate ratio a/b from
+    calls made back to back, so that slow spells of a shared machine
+    cancel out."""
+    return median([tb / ta for ta, tb in zip(recs[a]['times'],
+                                              recs[b]['times'])])
 
 
 def rate(rec, batch):

@@ -37,7 +37,8 @@ Variants (each can be applied alone; ``apply(names)`` applies several):
 ``detach``
     ``FineTuneNet.features`` returns a plain array, so the first trained
     layer (fc6) does not compute a gradient for its frozen input (Chainer
-    computes gx of fc6, (N, 9216), and throws it away).
+    computes gx of fc6, (N, 9216), and throws it away). finetune does the
+    same since commit 99419df; the variant then changes nothing.
 """
 import concurrent.futures
 import ctypes
@@ -116,23 +117,35 @@ def _im2col_gemm_order(x, kh, kw, sy, sx, ph, pw):
         padded = np.empty((c, n, h + 2 * ph, w + 2 * pw), x.dtype)
     col = np.empty((c, kh, kw, n, oh, ow), x.dtype)
 
-    def fill(c0, c1):
-        src = xt[c0:c1]
-        if padded is not None:
-            dst = padded[c0:c1]
-            if ph:
-                dst[:, :, :ph] = 0
-                dst[:, :, h + ph:] = 0
-            if pw:
-                dst[:, :, :, :pw] = 0
-                dst[:, :, :, w + pw:] = 0
-            dst[:, :, ph:ph + h, pw:pw + w] = src
-            src = dst
-        for j in range(kh):
-            for i in range(kw):
-                col[c0:c1, j, i] = src[:, :, j:j + sy * oh:sy,
+    def pad(c0, c1):
+        dst = padded[c0:c1]
+        if ph:
+            dst[:, :, :ph] = 0
+            dst[:, :, h + ph:] = 0
+        if pw:
+            dst[:, :, :, :pw] = 0
+            dst[:, :, :, w + pw:] = 0
+        dst[:, :, ph:ph + h, pw:pw + w] = xt[c0:c1]
+
+    if padded is not None:
+        _parallel(pad, c)
+        xt = padded
+
+    if c >= 4 * _POOL['threads']:
+        def fill(c0, c1):  # many channels: split them between threads
+            for j in range(kh):
+                for i in range(kw):
+                    col[c0:c1, j, i] = xt[c0:c1, :, j:j + sy * oh:sy,
+                                          i:i + sx * ow:sx]
+        _parallel(fill, c)
+    else:
+        def fill_rows(u0, u1):  # few channels (conv1): split (c, j) pairs
+            for u in range(u0, u1):
+                ci, j = divmod(u, kh)
+                for i in range(kw):
+                    col[ci, j, i] = xt[ci, :, j:j + sy * oh:sy,
                                        i:i + sx * ow:sx]
-    _parallel(fill, c)
+        _parallel(fill_rows, c * kh)
     return col, oh, ow
 
 
@@ -260,6 +273,9 @@ def _fast_lrn_forward_cpu(self, inputs):
 
 # ---------------------------------------------------------------- detach
 def _detached_features(self, x):
+    runner = getattr(self, '_trunk_runner', None)
+    if runner is not None and runner() is not None:
+        return _ORIG['detach'](self, x)  # OpenCV trunk: already detached
     with chainer.no_backprop_mode():
         h = self.net.forward(x, stop=self.frozen)
     return h.array if isinstance(h, chainer.Variable) else h

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Training-path image loading rate vs the model's consumption rate.
 
-    .venv/bin/python benchmarks/bench_loader.py            # ~3 min
-    .venv/bin/python benchmarks/bench_loader.py --quick    # < 1.5 min
+    .venv/bin/python benchmarks/bench_loader.py            # ~1.5 min
+    .venv/bin/python benchmarks/bench_loader.py --quick    # < 1 min
 
 Makes a temporary folder of JPEGs of realistic sizes (500x375 and 1024x768,
 cut and scaled from the photos in tests/data, with mild noise so they
@@ -18,7 +18,8 @@ compress like photos), then measures images/s of one process for
   (``SerialIterator``), 1 and 2 worker processes, crop included,
 
 and compares them with the Chainer train-step rates at batch 32 (frozen
-trunk and full) measured in the same run, printing how many workers a
+trunk on Chainer, frozen trunk on the default 'auto' backend (OpenCV dnn)
+where this finetune has it, and full) measured in the same run, printing how many workers a
 consumer at rate R needs (R / per-worker rate), GPU-class rates included.
 """
 import argparse
@@ -168,12 +169,17 @@ def iterator_rate(folder, entries, batch, jobs, batches):
 
 
 def model_rates(batch, repeat):
-    """Chainer train-step img/s (as shipped) at ``batch``: frozen, full."""
+    """Chainer train-step img/s (as shipped) at ``batch``: frozen trunk on
+    Chainer, frozen trunk on the default backend ('auto': OpenCV dnn, where
+    this finetune has it), full."""
     import bench_model as M
     weights = M.random_caffe_weights()
     x, t = M.inputs(batch)
     fns = {'frozen': M.chainer_train_fn(M.chainer_net(weights), x, t, 5),
+           'frozen, default trunk': M.chainer_train_fn(
+               M.chainer_net(weights), x, t, 5, 'auto'),
            'full': M.chainer_train_fn(M.chainer_net(weights), x, t, 0)}
+    fns = {k: v for k, v in fns.items() if v is not None}
     recs = C.interleaved(fns, repeat, 1)
     return {k: C.rate(v, batch) for k, v in recs.items()}
 
@@ -185,8 +191,7 @@ def main(argv=None):
     import PIL
     C.emit(['# bench_loader.py ' + ' '.join(sys.argv[1:])] +
            C.environment_report(args.threads, removed) +
-           ['pillow %s, load average %.2f %.2f %.2f'
-            % ((PIL.__version__,) + os.getloadavg())])
+           ['pillow %s' % PIL.__version__])
     folder = tempfile.mkdtemp(prefix='bench_loader_')
     try:
         entries, info = make_jpegs(folder, args.images)
@@ -231,8 +236,11 @@ def main(argv=None):
         if not args.skip_model:
             m = model_rates(args.batch, args.repeat)
             consumers += [('Chainer frozen-trunk step (this CPU)',
-                           m['frozen']),
-                          ('Chainer full train step (this CPU)', m['full'])]
+                           m['frozen'])]
+            if 'frozen, default trunk' in m:
+                consumers += [('frozen step, OpenCV trunk (this CPU)',
+                               m['frozen, default trunk'])]
+            consumers += [('Chainer full train step (this CPU)', m['full'])]
         consumers += [('GPU-class consumer', r) for r in GPU_RATES]
         rows = [(name, rate, rate / worker, rate / worker_nd)
                 for name, rate in consumers]

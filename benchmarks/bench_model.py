@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """AlexNet on this CPU: Chainer (this project) vs PyTorch vs OpenCV dnn.
 
-    .venv/bin/python benchmarks/bench_model.py            # ~7 min
+    .venv/bin/python benchmarks/bench_model.py            # ~7-8 min
     .venv/bin/python benchmarks/bench_model.py --quick    # < 2 min
 
 Measures, at each batch size, forward (inference) and training-step
@@ -14,16 +14,21 @@ images/s of
 (c) OpenCV dnn (``cv2.dnn.readNetFromCaffe``) on the BVLC deploy prototxt
     and a random-weights caffemodel written by ``finetune.caffe.writer``,
 (d) frozen-trunk fine-tuning (conv1-conv5 frozen, fc6-fc8 trained):
-    ``FineTuneNet(net, 5)`` + MomentumSGD vs PyTorch with the trunk under
+    ``FineTuneNet(net, 5)`` + MomentumSGD with the trunk on Chainer, and
+    with the project's default trunk backend ('auto': OpenCV dnn) where
+    this version of finetune has it, vs PyTorch with the trunk under
     ``torch.no_grad()``,
 
 the ratio Chainer/PyTorch, the fraction of the float32 GEMM rate measured
 on this machine, and user vs system CPU time of the Chainer forward. It then
 runs the Chainer forward in child processes with glibc malloc tuned through
-the environment, side by side with the default, and finally measures a
-ladder of MONKEYPATCHED variants (benchmarks/_variants.py) that estimate
-what changes to the project would gain. All timings of one table are taken
-interleaved (round-robin, median of --repeat rounds) in this one run.
+the environment (and with mallopt() called in process), side by side with
+the default, then measures a ladder of MONKEYPATCHED variants
+(benchmarks/_variants.py) that estimate what changes to the project would
+gain, and finally the per-layer forward time (Chainer as shipped, with the
+variants, PyTorch). All timings of one table are taken interleaved
+(round-robin, median of --repeat rounds) in this one run; ratios are
+medians of per-round paired ratios.
 """
 import argparse
 import json
@@ -45,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument('--batches', default=None,
                    help='comma-separated batch sizes (default 32,64,128)')
     p.add_argument('--repeat', type=int, default=None,
-                   help='timed rounds per measurement (median; default 3)')
+                   help='timed rounds per measurement (median; default 3, '
+                   '2 with --quick)')
     p.add_argument('--threads', type=int, default=2,
                    help='threads of every framework (default 2)')
     p.add_argument('--unset-openblas-env', action='store_true',
@@ -54,7 +60,7 @@ def parse_args(argv=None):
                    help='batch of the monkeypatched-variant ladder')
     p.add_argument('--skip', default='',
                    help='comma-separated sections to skip: peak,forward,'
-                   'train,frozen,malloc,variants')
+                   'train,frozen,malloc,variants,ops')
     p.add_argument('--profile', action='store_true',
                    help='only print cProfile tables of the Chainer forward '
                    '(as shipped and with all variants) and exit')
@@ -69,7 +75,7 @@ def parse_args(argv=None):
         args.batches = '32' if args.quick else '32,64,128'
     args.batches = [int(b) for b in args.batches.split(',')]
     if args.repeat is None:
-        args.repeat = 3
+        args.repeat = 2 if args.quick else 3
     args.skip = set(filter(None, args.skip.split(',')))
     return args
 
@@ -167,14 +173,28 @@ def chainer_forward_fn(net, x):
     return run
 
 
-def chainer_train_fn(net, x, t, frozen):
+def finetune_net(net, frozen, backend='chainer'):
+    """FineTuneNet(net, frozen) with its frozen prefix run by ``backend``:
+    'chainer', or 'auto' (OpenCV's dnn on the CPU, the project's default
+    since the OpenCV trunk backend was added). None when this version of
+    finetune has no such backend."""
+    from finetune.surgery import FineTuneNet
+    try:
+        return FineTuneNet(net, frozen, trunk_backend=backend)
+    except TypeError:  # finetune before --trunk-backend
+        return FineTuneNet(net, frozen) if backend == 'chainer' else None
+
+
+def chainer_train_fn(net, x, t, frozen, backend='chainer'):
     """One MomentumSGD step (lr 0.001, momentum 0.9, weight decay 5e-4),
     as finetune.train sets it up: Classifier(FineTuneNet(net, frozen))."""
     import chainer
-    from finetune.surgery import FineTuneNet
     from finetune.surgery import freeze_layers
     from finetune.training import Classifier
-    model = Classifier(FineTuneNet(net, frozen))
+    predictor = finetune_net(net, frozen, backend)
+    if predictor is None:
+        return None
+    model = Classifier(predictor)
     opt = chainer.optimizers.MomentumSGD(lr=0.001, momentum=0.9)
     opt.setup(model)
     opt.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
@@ -246,22 +266,31 @@ def rel_err(a, b):
 # ---------------------------------------------------------------- child
 def child_forward(args):
     """Chainer forward in this (child) process; prints one JSON line."""
-    import resource
     import _variants
     if args.child_variants:
         _variants.apply(args.child_variants.split(','))
-    import chainer  # noqa: F401
     from finetune.models import AlexNet
     net = AlexNet()
     x, _ = inputs(args.child_forward)
     run = chainer_forward_fn(net, x)
     recs = C.interleaved({'f': run}, args.child_calls, 1)['f']
-    ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({'img_s': C.rate(recs, args.child_forward),
                       'utime': recs['utime'], 'stime': recs['stime'],
-                      'minflt': recs['minflt'], 'maxrss_mb': ru.ru_maxrss /
-                      1024}))
+                      'minflt': recs['minflt'], 'hwm_mb': vm_hwm_mb()}))
     return 0
+
+
+def vm_hwm_mb():
+    """This process's peak RSS (VmHWM; ru_maxrss would include the parent's
+    peak, which Linux carries over at exec)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float('nan')
 
 
 def run_child(env_extra, batch, calls, variants='', unset_openblas=False):
@@ -281,8 +310,7 @@ def run_child(env_extra, batch, calls, variants='', unset_openblas=False):
 
 # ---------------------------------------------------------------- sections
 def section_peak(args, figures):
-    sizes = (2048,) if args.quick else (2048, 4096)
-    peak = C.matmul_peak(sizes, repeat=args.repeat if args.quick else 5)
+    peak = C.matmul_peak((2048,), repeat=args.repeat if args.quick else 5)
     rows = [(lib, n, peak[(lib, n)]) for (lib, n) in sorted(
         k for k in peak if k != 'peak')]
     C.emit(C.table(['library', 'n', 'GFLOP/s'], rows,
@@ -315,12 +343,13 @@ def section_forward(args, weights, caffemodel, peak, figures):
             C.emit(['\nsame network check (logits vs OpenCV, rel. error): '
                     'Chainer %.1e, PyTorch %.1e' % (errs['chainer'],
                                                     errs['pytorch'])])
-        recs = C.interleaved(fns, args.repeat,
+        recs = C.interleaved(fns, rounds_for(args, batch),
                              {'chainer': int(i == 0), 'pytorch': 1,
                               'opencv': 1})
         r = {k: C.rate(v, batch) for k, v in recs.items()}
         rows.append((batch, r['chainer'], r['pytorch'], r['opencv'],
-                     r['chainer'] / r['pytorch'], r['opencv'] / r['pytorch'],
+                     C.paired_ratio(recs, 'chainer', 'pytorch'),
+                     C.paired_ratio(recs, 'opencv', 'pytorch'),
                      pct(r['chainer'], C.FORWARD_GFLOP, peak),
                      pct(r['pytorch'], C.FORWARD_GFLOP, peak),
                      pct(r['opencv'], C.FORWARD_GFLOP, peak)))
@@ -332,10 +361,17 @@ def section_forward(args, weights, caffemodel, peak, figures):
     C.emit(C.table(
         ['batch', 'chainer', 'pytorch', 'opencv', 'ch/pt', 'cv/pt',
          'ch %pk', 'pt %pk', 'cv %pk'], rows,
-        '\n== forward (inference), images/s; %pk = % of GEMM peak =='))
+        '\n== forward (inference), images/s; %pk = % of GEMM peak; ratios '
+        '= median of per-round paired ratios =='))
     C.emit(C.table(
         ['batch', 'wall s', 'user s', 'sys s', 'sys %', 'minflt'], cpu_rows,
         '\n== Chainer forward CPU time per call (getrusage, median) =='))
+
+
+def rounds_for(args, batch):
+    """--repeat rounds at batch 32 (the baseline's); one fewer (at least 2)
+    at larger batches, to keep the default run under 8 minutes."""
+    return max(2, args.repeat - 1) if batch > 32 else args.repeat
 
 
 def median_time(rec):
@@ -347,23 +383,41 @@ def section_train(args, weights, peak, figures, frozen):
     gflop = C.FROZEN_GFLOP if frozen else C.TRAIN_GFLOP
     rows = []
     cnet, tnet = chainer_net(weights), torch_net(weights)
+    cvnet = chainer_net(weights) if frozen else None
     for i, batch in enumerate(args.batches):
         x, t = inputs(batch)
         fns = {'chainer': chainer_train_fn(cnet, x, t, 5 if frozen else 0),
                'pytorch': torch_train_fn(tnet, x, t, frozen)}
-        recs = C.interleaved(fns, args.repeat,
-                             {'chainer': int(i == 0), 'pytorch': 1})
+        if frozen:
+            fns['cv trunk'] = chainer_train_fn(cvnet, x, t, 5, 'auto')
+            if fns['cv trunk'] is None:
+                del fns['cv trunk']
+        recs = C.interleaved(fns, rounds_for(args, batch),
+                             {'chainer': int(i == 0), 'pytorch': 1,
+                              'cv trunk': 1})
         r = {k: C.rate(v, batch) for k, v in recs.items()}
-        rows.append((batch, r['chainer'], r['pytorch'],
-                     r['chainer'] / r['pytorch'],
-                     pct(r['chainer'], gflop, peak),
-                     pct(r['pytorch'], gflop, peak)))
+        row = [batch, r['chainer'], r['pytorch'],
+               C.paired_ratio(recs, 'chainer', 'pytorch'),
+               pct(r['chainer'], gflop, peak),
+               pct(r['pytorch'], gflop, peak)]
+        if 'cv trunk' in r:
+            row[2:2] = [r['cv trunk']]
+            row.insert(5, C.paired_ratio(recs, 'cv trunk', 'pytorch'))
+        rows.append(row)
         figures.setdefault(key, {})[batch] = r
-    title = ('frozen-trunk fine-tuning step (conv1-conv5 frozen, fc6-fc8 '
-             'trained)' if frozen else 'full training step (all layers)')
-    C.emit(C.table(['batch', 'chainer', 'pytorch', 'ch/pt', 'ch %pk',
-                    'pt %pk'], rows,
-                   '\n== %s, images/s ==' % title))
+    if frozen:
+        title = ('frozen-trunk fine-tuning step (conv1-conv5 frozen, fc6-fc8 '
+                 'trained), images/s; "chainer" = FineTuneNet(net, 5, '
+                 "trunk_backend='chainer'), \"cv trunk\" = the project's "
+                 "default 'auto' (OpenCV dnn runs the frozen trunk, Chainer "
+                 'the head)')
+    else:
+        title = 'full training step (all layers), images/s'
+    headers = ['batch', 'chainer', 'pytorch', 'ch/pt', 'ch %pk', 'pt %pk']
+    if rows and len(rows[0]) > len(headers):
+        headers[2:2] = ['cv trunk']
+        headers.insert(5, 'cvt/pt')
+    C.emit(C.table(headers, rows, '\n== %s ==' % title))
 
 
 def section_malloc(args, figures):
@@ -373,8 +427,8 @@ def section_malloc(args, figures):
     if not args.quick:
         configs += [('MALLOC_ARENA_MAX=2', {'MALLOC_ARENA_MAX': '2'}, ''),
                     ('mallopt() in process', {}, 'mallopt')]
-    rounds = 1 if args.quick else 2
-    calls = 2 if args.quick else args.repeat
+    rounds = 1
+    calls = 2
     results = {name: [] for name, _, _ in configs}
     for _ in range(rounds):
         for name, env, variants in configs:
@@ -389,13 +443,13 @@ def section_malloc(args, figures):
                      C.median([r['utime'] for r in rs]),
                      C.median([r['stime'] for r in rs]),
                      C.median([r['minflt'] for r in rs]),
-                     C.median([r['maxrss_mb'] for r in rs])))
+                     C.median([r['hwm_mb'] for r in rs])))
         figures.setdefault('malloc', {})[name] = img_s
     C.emit(C.table(
         ['malloc setting', 'img/s', 'vs default', 'user s', 'sys s',
-         'minflt', 'maxrss MB'], rows,
-        '\n== Chainer forward (batch %d) in child processes, %d round(s) '
-        'interleaved ==' % (batch, rounds)))
+         'minflt', 'peak RSS MB'], rows,
+        '\n== Chainer forward (batch %d) in child processes (median of %d '
+        'calls each, as shipped unless named) ==' % (batch, calls)))
     C.emit(['MALLOC_* env = ' + ' '.join(
         '%s=%s' % kv for kv in sorted(C_malloc_env().items()))])
 
@@ -411,15 +465,27 @@ LADDER = [
     ('+ conv: im2col in GEMM order', ['conv']),
     ('+ pool: strided max', ['pool']),
     ('+ lrn: sqrt for pow(-0.75)', ['lrn']),
-    ('+ threads: im2col/pool/LRN on 2 threads', ['threads']),
-    ('+ detach frozen features', ['detach']),
+    ('+ detach (frozen only; fwd = row above)', ['detach']),
 ]
+# the 'threads' variant is measured per layer in section_ops
 LADDER_QUICK = [
     ('as shipped', []),
-    ('+ mallopt: keep freed heap', ['mallopt']),
-    ('+ conv, pool, lrn, threads, detach',
-     ['conv', 'pool', 'lrn', 'threads', 'detach']),
+    ('+ all: mallopt, conv, pool, lrn, threads, detach',
+     ['mallopt', 'conv', 'pool', 'lrn', 'threads', 'detach']),
 ]
+
+
+def detach_shipped():
+    """True when this finetune's FineTuneNet already returns frozen
+    features that need no gradient (so the 'detach' variant changes
+    nothing)."""
+    import chainer
+    import numpy as np
+    from finetune.models import AlexNet
+    net = finetune_net(AlexNet(n_classes=10,
+                               initialW=chainer.initializers.Zero()), 5)
+    h = net.features(np.zeros((1, 3, 227, 227), np.float32))
+    return not getattr(h, 'requires_grad', False)
 
 
 def section_variants(args, weights, peak, figures):
@@ -431,27 +497,41 @@ def section_variants(args, weights, peak, figures):
             'pt frozen': torch_train_fn(tnet_ft, x, t, True)}
     rows = []
     applied = []
-    first = prev = None
+    first = prev = prev_recs = None
     ref_logits = None
     ladder = LADDER_QUICK if args.quick else LADDER
     rounds = 2 if args.quick else args.repeat
+    shipped_detach = detach_shipped()
     for label, names in ladder:
+        if names == ['detach'] and shipped_detach:
+            label = '+ detach (already shipped: no change)'
         applied += _variants.apply(names)
         cnet_f, cnet_ft = chainer_net(weights), chainer_net(weights)
         fns = {'ch fwd': chainer_forward_fn(cnet_f, x),
                'ch frozen': chainer_train_fn(cnet_ft, x, t, 5)}
         fns.update(tfns)
-        logits = fns['ch fwd']()
+        logits = fns['ch fwd']()  # also the warm-up of 'ch fwd'
         if ref_logits is None:
             ref_logits = logits
         err = rel_err(logits, ref_logits)
-        recs = C.interleaved(fns, rounds, 1)
+        if names == ['detach'] and prev is not None:
+            # forward unchanged by this variant: carry the row above over
+            for key in ('ch fwd', 'pt fwd'):
+                del fns[key]
+        warm = {'ch fwd': 0, 'ch frozen': 1, 'pt fwd': int(first is None),
+                'pt frozen': int(first is None)}
+        recs = C.interleaved(fns, rounds, warm)
+        if 'ch fwd' not in recs:
+            recs.update(prev_recs)
+        prev_recs = {k: recs[k] for k in ('ch fwd', 'pt fwd')}
         r = {k: C.rate(v, batch) for k, v in recs.items()}
         if first is None:
             first = prev = r
-        rows.append((label, r['ch fwd'], r['ch fwd'] / r['pt fwd'],
+        rows.append((label, r['ch fwd'],
+                     C.paired_ratio(recs, 'ch fwd', 'pt fwd'),
                      r['ch fwd'] / prev['ch fwd'],
-                     r['ch frozen'], r['ch frozen'] / r['pt frozen'],
+                     r['ch frozen'],
+                     C.paired_ratio(recs, 'ch frozen', 'pt frozen'),
                      r['ch frozen'] / prev['ch frozen'],
                      r['ch fwd'] / first['ch fwd'],
                      r['ch frozen'] / first['ch frozen'], '%.0e' % err))
@@ -462,7 +542,7 @@ def section_variants(args, weights, peak, figures):
          'frz/pt', 'step gain', 'fwd x', 'frz x', 'logit err'], rows,
         '\n== MONKEYPATCHED variants (benchmarks/_variants.py), batch %d, '
         'img/s; PyTorch re-measured interleaved at every row ==' % batch))
-    pt = figures['variants'][ladder[-1][0]]
+    pt = figures['variants'][label]  # the last row
     C.emit(['PyTorch in the last row: forward %.1f, frozen step %.1f img/s; '
             '"x" columns: vs "as shipped" row. PyTorch shares this '
             "process's malloc: from the mallopt row on it runs with the "
@@ -474,16 +554,107 @@ def section_variants(args, weights, peak, figures):
     cnet, tnet = chainer_net(weights), torch_net(weights)
     recs = C.interleaved({'chainer': chainer_train_fn(cnet, x, t, 0),
                           'pytorch': torch_train_fn(tnet, x, t, False)},
-                         args.repeat, 1)
+                         max(2, args.repeat - 1), 1)
     r = {k: C.rate(v, batch) for k, v in recs.items()}
     shipped = figures.get('train', {}).get(batch, {}).get('chainer')
     C.emit(['full training step with all variants (MONKEYPATCHED), batch '
             '%d: Chainer %.1f img/s, PyTorch %.1f, ratio %.2f%s'
             % (batch, r['chainer'], r['pytorch'],
-               r['chainer'] / r['pytorch'],
+               C.paired_ratio(recs, 'chainer', 'pytorch'),
                ', vs as-shipped Chainer %.2fx (measured in the train '
                'section)' % (r['chainer'] / shipped) if shipped else '')])
     figures['variants_train'] = r
+
+
+OPS = ['conv1', 'relu1', 'norm1', 'pool1', 'conv2', 'relu2', 'norm2',
+       'pool2', 'conv3', 'relu3', 'conv4', 'relu4', 'conv5', 'relu5',
+       'pool5', 'fc6', 'relu6', 'fc7', 'relu7', 'fc8']
+
+
+def chainer_op(net, name):
+    import chainer.functions as F
+    from finetune.models import alexnet
+    kind = name.rstrip('0123456789')
+    if kind in ('conv', 'fc'):
+        return net[name]
+    if kind == 'relu':
+        return F.relu
+    if kind == 'norm':
+        return alexnet._norm   # -> caffe_lrn
+    return alexnet._pool       # -> alexnet.caffe_pooling_2d (patchable)
+
+
+def torch_op(net, name):
+    import torch.nn.functional as F
+    kind = name.rstrip('0123456789')
+    if name == 'fc6':
+        return lambda h: net.fc6(h.flatten(1))
+    if kind in ('conv', 'fc'):
+        return getattr(net, name)
+    return {'relu': F.relu, 'norm': net.norm, 'pool': net.pool}[kind]
+
+
+def section_ops(args, weights, figures):
+    """Per-layer forward time: Chainer as shipped, Chainer with the code
+    variants (one thread, then two), PyTorch; each op on its own chain's
+    intermediate arrays (the variants keep a channel-major layout)."""
+    import chainer
+    import torch
+    import _variants
+    one = ['conv', 'pool', 'lrn']
+    two = one + ['threads']
+    batch = args.variant_batch
+    x, _ = inputs(batch)
+    cnet, tnet = chainer_net(weights), torch_net(weights).eval()
+
+    def chainer_call(op, h):
+        def run():
+            with chainer.using_config('train', False), \
+                    chainer.no_backprop_mode():
+                return op(h).array
+        return run
+
+    def patched(fn, names):
+        def run():
+            _variants.apply(names)
+            try:
+                return fn()
+            finally:
+                _variants.restore()
+        return run
+
+    def torch_call(op, h):
+        def run():
+            with torch.no_grad():
+                return op(h)
+        return run
+
+    keys = ('shipped', 'variant', 'variant 2t', 'pytorch')
+    hs = h1 = h2 = x
+    ht = torch.from_numpy(x)
+    rows, totals = [], [0.0] * len(keys)
+    for name in OPS:
+        op = chainer_op(cnet, name)
+        fns = {'shipped': chainer_call(op, hs),
+               'variant': patched(chainer_call(op, h1), one),
+               'variant 2t': patched(chainer_call(op, h2), two),
+               'pytorch': torch_call(torch_op(tnet, name), ht)}
+        recs = C.interleaved(fns, 5, 1, pause=0)
+        ms = [1e3 * C.median(recs[k]['times']) for k in keys]
+        hs, h1, h2, ht = (fns[k]() for k in keys)
+        totals = [a + b for a, b in zip(totals, ms)]
+        rows.append([name, 'x'.join(map(str, hs.shape[1:]))] + ms +
+                    [ms[0] / ms[3], ms[2] / ms[3]])
+        figures.setdefault('ops', {})[name] = ms
+    rows.append(['total', ''] + totals + [totals[0] / totals[3],
+                                          totals[2] / totals[3]])
+    C.emit(C.table(
+        ['op', 'output', 'shipped ms', 'var 1t ms', 'var 2t ms',
+         'pytorch ms', 'ship/pt', 'var2t/pt'], rows,
+        '\n== per-layer forward, batch %d, median of 5 (this process has '
+        'the mallopt tuning from here on); "var" = MONKEYPATCHED %s, on 1 '
+        'thread (1t) or with the threads variant (2t) =='
+        % (batch, '+'.join(one))))
 
 
 def pooling_pad_report():
@@ -526,6 +697,14 @@ def profile(args):
     return 0
 
 
+LAPS = [('start', time.time())]
+
+
+def lap(name):
+    LAPS.append((name, time.time() - sum(t for _, t in LAPS[1:]) -
+                 LAPS[0][1]))
+
+
 def main(argv=None):
     args = parse_args(argv)
     removed = C.setup_threads(args.threads, args.unset_openblas_env)
@@ -533,7 +712,6 @@ def main(argv=None):
         return child_forward(args)
     start = time.time()
     import cv2
-    import numpy as np  # noqa: F401
     import torch
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -546,13 +724,15 @@ def main(argv=None):
             % (chainer.__version__, torch.__version__,
                torch.get_num_threads(), cv2.__version__,
                cv2.getNumThreads()),
-            'batches %s, %d timed rounds each (median), interleaved'
-            % (args.batches, args.repeat)])
+            'batches %s, %d timed rounds each (median; %d above batch 32),'
+            ' interleaved' % (args.batches, args.repeat,
+                              max(2, args.repeat - 1))])
     C.emit(pooling_pad_report())
     figures = {}
     peak = 1.0
     if 'peak' not in args.skip:
         peak = section_peak(args, figures)
+        lap('peak')
     weights = random_caffe_weights()
     from finetune.caffe.caffemodel import read_prototxt_param
     from finetune.caffe.writer import write_caffemodel
@@ -562,14 +742,26 @@ def main(argv=None):
                          v1=True)
         if 'forward' not in args.skip:
             section_forward(args, weights, caffemodel, peak, figures)
+            lap('forward')
     if 'train' not in args.skip:
         section_train(args, weights, peak, figures, frozen=False)
+        lap('train')
     if 'frozen' not in args.skip:
         section_train(args, weights, peak, figures, frozen=True)
+        lap('frozen')
     if 'malloc' not in args.skip:
         section_malloc(args, figures)
+        lap('malloc')
     if 'variants' not in args.skip:
         section_variants(args, weights, peak, figures)
+        lap('variants')
+    if 'ops' not in args.skip and not args.quick:
+        import _variants
+        _variants.apply(['mallopt'])
+        section_ops(args, weights, figures)
+        lap('ops')
+    C.emit(['section times: ' + ', '.join('%s %.0f s' % kv
+                                           for kv in LAPS[1:])])
     C.emit(['\ntotal time %.0f s' % (time.time() - start)])
     if args.json:
         with open(args.json, 'w') as f:
