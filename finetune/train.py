@@ -158,7 +158,7 @@ def add_extensions(trainer, args, job, save_best):
     trainer.extend(extensions.snapshot(
         filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
         n_retains=args.keep_snapshots),
-        trigger=(args.snapshot_interval, 'iteration'))
+        trigger=EpochOrIntervalTrigger(args.snapshot_interval))
     trainer.extend(SaveBestModel(save_best))
 
 
@@ -409,7 +409,8 @@ def build_parser():
                    "(CPU), 'pure_nccl' (GPUs), ...")
     p.add_argument('--out', default='result')
     p.add_argument('--snapshot-interval', type=int, default=500,
-                   help='iterations between snapshots')
+                   help='iterations between snapshots, besides one at '
+                   'each epoch end')
     p.add_argument('--keep-snapshots', type=int, default=3)
     p.add_argument('--log-interval', type=int, default=10,
                    help='iterations between log lines, besides each '
