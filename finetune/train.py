@@ -31,9 +31,11 @@ from finetune.errors import FinetuneError
 from finetune.feature_cache import CachedCropConverter
 from finetune.feature_cache import CachedFeatureDataset
 from finetune.feature_cache import cached_features
+from finetune.inference import Predictor
 from finetune.loader import make_iterator
 from finetune.lr_find import lr_range_test
 from finetune.lr_find import plot_lr_find
+from finetune.predict import predict_paths
 from finetune.surgery import FineTuneNet
 from finetune.surgery import freeze_layers
 from finetune.surgery import frozen_prefix
@@ -97,10 +99,8 @@ def prepare_lists(args, channels, size):
     return prepared.train, prepared.val, prepared.class_names, prepared.mean
 
 
-def build_network(args, n_classes):
-    """Pretrained net after surgery: (FineTuneNet, meta, preprocess, head)."""
-    pretrained, meta, preprocess = load_pretrained(args.pretrained,
-                                                   args.prototxt)
+def build_network(args, pretrained, meta, n_classes):
+    """The pretrained net after surgery: (FineTuneNet, head, frozen)."""
     head = parse_layer_spec(args.replace, pretrained.layer_names)
     frozen = parse_layer_spec(args.freeze, pretrained.layer_names)
     overlap = set(head) & set(frozen)
@@ -110,7 +110,7 @@ def build_network(args, n_classes):
     net = replace_head(pretrained, meta, head, n_classes)
     prefix = frozen_prefix(net.layer_names, frozen)
     return (FineTuneNet(net, prefix, trunk_backend=args.trunk_backend),
-            meta, preprocess, head, frozen)
+            head, frozen)
 
 
 def make_optimizer(model, args, head, ranks):
@@ -163,26 +163,22 @@ def add_extensions(trainer, args, job, save_best):
 
 
 def evaluate_and_report(args, net, root, val, names, preprocess, device):
-    """Probabilities on the validation set -> the evaluation report."""
+    """Probabilities on the validation set -> the evaluation report.
+
+    Images that can no longer be read are left out of the report.
+    """
     if not val:
         return None
-    dataset = LabeledImageDataset(root, val, preprocess)
-    iterator = make_iterator(dataset, args.val_batchsize, args.loaderjob,
-                             repeat=False, shuffle=False)
-    probs = []
-    try:
-        with chainer.using_config('train', False), \
-                chainer.no_backprop_mode():
-            for batch in iterator:
-                x, _ = chainer.dataset.concat_examples(batch, device)
-                probs.append(chainer.backend.CpuDevice().send(
-                    chainer.functions.softmax(net(x)).array))
-    finally:
-        iterator.finalize()
-    labels = np.array([label for _, label in val])
-    paths = [path for path, _ in val]
+    predictor = Predictor(net, names, preprocess, device=device,
+                          backend=args.trunk_backend)
+    rows = predict_paths(predictor, [os.path.join(root, p) for p, _ in val],
+                         args.val_batchsize, args.loaderjob, progress=False)
+    kept = [(path, label, probs) for (path, label), (_, probs, _)
+            in zip(val, rows) if probs is not None]
     return evaluation.write_evaluation_report(
-        args.out, np.concatenate(probs), labels, paths, names)
+        args.out, np.stack([probs for _, _, probs in kept]),
+        np.array([label for _, label, _ in kept]),
+        [path for path, _, _ in kept], names)
 
 
 class Job:
@@ -199,16 +195,15 @@ class Job:
         gpu = args.gpu + ranks.intra_rank if args.gpu >= 0 else -1
         self.device = chainer.get_device(
             '@cupy:%d' % gpu if gpu >= 0 else '@numpy')
-        _, _, pretrained_prep = load_pretrained(args.pretrained,
-                                                args.prototxt)
+        pretrained, self.meta, prep = load_pretrained(args.pretrained,
+                                                      args.prototxt)
         lists = None
         if ranks.is_root:
-            lists = prepare_lists(args, pretrained_prep.channels,
-                                  pretrained_prep.size)
+            lists = prepare_lists(args, prep.channels, prep.size)
         train_list, self.val_list, self.class_names, data_mean = \
             ranks.bcast(lists)
-        net, self.meta, prep, self.head, self.frozen = build_network(
-            args, len(self.class_names))
+        net, self.head, self.frozen = build_network(
+            args, pretrained, self.meta, len(self.class_names))
         self.preprocess = choose_preprocess(prep, args.mean, data_mean)
         self.model = Classifier(net)
         self.model.to_device(self.device)
