@@ -137,6 +137,13 @@ def highest_loss_examples(probs, labels, paths, class_names, k=20):
              'loss': float(loss[i])} for i in order]
 
 
+def top_k(probs, k):
+    """Indices (N, k) of the k largest probabilities per row, best first
+    (ties: lower class index first, as ``argmax``); k is clipped to C."""
+    order = np.argsort(-probs, axis=1, kind='stable')
+    return order[:, :min(k, probs.shape[1])]
+
+
 def topk_accuracy(probs, labels, k):
     """Fraction of rows whose true class is among the k most probable.
 
@@ -152,10 +159,7 @@ def topk_accuracy(probs, labels, k):
     labels = np.asarray(labels)
     if len(labels) == 0:
         return float('nan')
-    probs = np.asarray(probs)
-    # Same ranking as finetune.inference.top_k (kept local: no chainer here).
-    order = np.argsort(-probs, axis=1, kind='stable')
-    best = order[:, :min(k, probs.shape[1])]
+    best = top_k(np.asarray(probs), k)
     return float(np.mean((best == labels[:, None]).any(axis=1)))
 
 

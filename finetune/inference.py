@@ -8,13 +8,6 @@ from finetune.errors import FinetuneError
 from finetune.opencv_backend import fast_stages
 
 
-def top_k(probs, k):
-    """Indices (N, k) of the k largest probabilities per row, best first."""
-    k = min(k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind='stable')
-    return order[:, :k]
-
-
 class Predictor:
     """A ready model: its network, class names and preprocessing.
 

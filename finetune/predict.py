@@ -23,9 +23,9 @@ from finetune.allocator import keep_freed_memory
 from finetune.cli import command
 from finetune.errors import DataError
 from finetune.errors import FinetuneError
+from finetune.evaluation import top_k
 from finetune.fileio import atomic_write
 from finetune.inference import load
-from finetune.inference import top_k
 from finetune.loader import make_iterator
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
@@ -66,7 +66,7 @@ class ImagePathDataset(chainer.dataset.DatasetMixin):
             return blank, str(e)
 
 
-def predict_paths(predictor, paths, batch_size=64, loaderjob=2, k=5,
+def predict_paths(predictor, paths, batch_size=64, loaderjob=2,
                   progress=True):
     """Yield ``(path, probs or None, error)`` for each path, in order."""
     dataset = ImagePathDataset(paths, predictor.preprocess)
@@ -155,7 +155,7 @@ def main(argv=None):
     if not paths:
         raise DataError('no images found in %s' % ' '.join(args.images))
     rows = predict_paths(predictor, paths, args.batch, args.loaderjob,
-                         args.top, progress=bool(args.out))
+                         progress=bool(args.out))
     names = predictor.class_names
     if args.out:
         done, failed = write_predictions(args.out, rows, names, args.top)
