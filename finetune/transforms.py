@@ -36,7 +36,8 @@ def _to_8bit_rgb_or_gray(img, channels):
         img = img.convert('RGBA')
         background = Image.new('RGBA', img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
-    return img.convert('RGB' if channels == 3 else 'L')
+    mode = 'RGB' if channels == 3 else 'L'
+    return img if img.mode == mode else img.convert(mode)
 
 
 def to_array(img, channels=3):
