@@ -85,7 +85,6 @@ class CaffeGraph(chainer.Chain):
     def __init__(self, net_param, n_classes=None, source='prototxt',
                  initialW=None):
         super().__init__()
-        self.initialW = initialW
         net_param = _copy(net_param)
         net = prototxt_net(net_param)
         unsupported = ['%s (%s)' % (l.name, l.type) for l in net.layers
@@ -102,10 +101,10 @@ class CaffeGraph(chainer.Chain):
         self.insize = self.net_input_shape[1]
         self.stages = {}
         self.layer_names = []
-        self._build(layers, net, source)
+        self._build(layers, net, source, initialW)
         self.n_classes = self._out_size
 
-    def _build(self, layers, net, source):
+    def _build(self, layers, net, source, initialW):
         shape = _input_shape(net, source)
         blob = next(iter(net.inputs))
         ops = []
@@ -116,7 +115,7 @@ class CaffeGraph(chainer.Chain):
                     '(it reads %s, the previous output is %s)'
                     % (source, layer.name, list(layer.bottom), blob))
             blob = layer.top[0]
-            op, shape = self._make_op(layer, shape)
+            op, shape = self._make_op(layer, shape, initialW)
             if layer.type in PARAM_TYPES:
                 self.layer_names.append(layer.name)
                 ops = self.stages[layer.name] = []
@@ -126,7 +125,7 @@ class CaffeGraph(chainer.Chain):
         self.layer_names = tuple(self.layer_names)
         self._out_size = int(np.prod(shape))
 
-    def _make_op(self, layer, shape):
+    def _make_op(self, layer, shape, initialW):
         """Return (function of h, output shape) for one layer."""
         kind = layer.type
         if kind == 'Convolution':
@@ -136,7 +135,7 @@ class CaffeGraph(chainer.Chain):
                 setattr(self, layer.name, L.Convolution2D(
                     shape[0], p.num_output, kernel, stride, pad,
                     nobias=not p.bias_term, dilate=dilation, groups=p.group,
-                    initialW=self.initialW))
+                    initialW=initialW))
             out = [(n + 2 * pd - dl * (k - 1) - 1) // s + 1 for n, k, s, pd, dl
                    in zip(shape[1:], kernel, stride, pad, dilation)]
             return self[layer.name], (p.num_output, *out)
@@ -145,7 +144,7 @@ class CaffeGraph(chainer.Chain):
             with self.init_scope():
                 setattr(self, layer.name, L.Linear(
                     int(np.prod(shape)), p.num_output,
-                    nobias=not p.bias_term, initialW=self.initialW))
+                    nobias=not p.bias_term, initialW=initialW))
             return self[layer.name], (p.num_output,)
         if kind == 'Pooling':
             p = layer.param.pooling_param
