@@ -101,50 +101,6 @@ def replace_head(pretrained, meta, names, n_classes):
     return model
 
 
-class LearningRateMultiplier:
-    """Caffe's ``lr_mult``: scales one parameter's step by ``rate``.
-
-    Added to a parameter's update rule after its weight-decay hook, it
-    scales ``grad + decay * W`` together, exactly as Caffe's solver scales
-    the local rate.
-    """
-
-    name = 'LearningRateMultiplier'
-    call_for_each_param = True
-    timing = 'pre'
-
-    def __init__(self, rate):
-        self.rate = rate
-
-    def __call__(self, rule, param):
-        if param.grad is not None and self.rate != 1:
-            param.grad *= self.rate
-
-
-def set_caffe_lr_policy(model, head_names, weight_decay, head_lr_mult=10.0,
-                        bias_lr_mult=2.0):
-    """Per-parameter decay and rate multipliers as in Caffe's recipes.
-
-    Weights: decay ``weight_decay``, rate x1 (x``head_lr_mult`` in the new
-    head). Biases: no decay, rate x``bias_lr_mult`` (x both in the head):
-    BVLC AlexNet's ``param { lr_mult: 1 decay_mult: 1 } param { lr_mult:
-    2 decay_mult: 0 }`` and Flickr-Style's 10/20 for its new fc8. Call
-    after ``optimizer.setup(model)``.
-    """
-    for name in model.layer_names:
-        mult = head_lr_mult if name in head_names else 1.0
-        link = model[name]
-        for param_name, param in link.namedparams():
-            is_bias = param_name.endswith('/b')
-            rule = param.update_rule
-            if not is_bias and weight_decay:
-                rule.add_hook(chainer.optimizer_hooks.WeightDecay(
-                    weight_decay))
-            rate = mult * (bias_lr_mult if is_bias else 1.0)
-            if rate != 1:
-                rule.add_hook(LearningRateMultiplier(rate))
-
-
 class FineTuneNet(chainer.Chain):
     """The network with its frozen prefix run without a graph.
 

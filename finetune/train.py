@@ -36,12 +36,13 @@ from finetune.loader import make_iterator
 from finetune.lr_find import lr_range_test
 from finetune.lr_find import plot_lr_find
 from finetune.predict import predict_paths
+from finetune.solver import CaffeSGD
+from finetune.solver import set_caffe_lr_policy
 from finetune.surgery import FineTuneNet
 from finetune.surgery import freeze_layers
 from finetune.surgery import frozen_prefix
 from finetune.surgery import parse_layer_spec
 from finetune.surgery import replace_head
-from finetune.surgery import set_caffe_lr_policy
 from finetune.training import Classifier
 from finetune.training import EpochOrIntervalTrigger
 from finetune.training import latest_snapshot
@@ -114,7 +115,7 @@ def build_network(args, pretrained, meta, n_classes):
 
 
 def make_optimizer(model, args, head, ranks):
-    optimizer = ranks.optimizer(chainer.optimizers.MomentumSGD(
+    optimizer = ranks.optimizer(CaffeSGD(
         lr=args.lr, momentum=args.momentum))
     optimizer.setup(model)
     set_caffe_lr_policy(model.predictor.net, head, args.weight_decay,
