@@ -49,6 +49,7 @@ from finetune.training import latest_snapshot
 from finetune.training import RandomCropConverter
 from finetune.training import SeededUpdater
 from finetune.training import SaveBestModel
+from finetune.training import save_snapshot
 from finetune.training import SNAPSHOT_PREFIX
 from finetune.transforms import CaffePreprocess
 
@@ -157,6 +158,7 @@ def add_extensions(trainer, args, job, save_best):
              'validation/main/top5'], 'epoch', file_name='accuracy.png'),
             trigger=epoch)
     trainer.extend(extensions.snapshot(
+        savefun=save_snapshot,
         filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
         n_retains=args.keep_snapshots),
         trigger=EpochOrIntervalTrigger(args.snapshot_interval))

@@ -131,6 +131,13 @@ class EpochOrIntervalTrigger:
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 
 
+def save_snapshot(path, target):
+    """Trainer snapshots as uncompressed .npz: zlib saves ~7 % of float
+    weights and takes 30x the time (AlexNet's weights and momentum: 11 s
+    vs 0.4 s, 396 vs 425 MiB), at every epoch end."""
+    chainer.serializers.npz.save_npz(path, target, compression=False)
+
+
 def latest_snapshot(directory):
     """Path of the snapshot with the highest iteration, or ``None``."""
     best = None

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import chainer
 import numpy as np
@@ -220,6 +221,9 @@ def test_kill_during_snapshot_write_keeps_the_last_good_one(digits,
     assert os.path.basename(latest) == 'snapshot_iter_3'
     with np.load(latest) as snapshot:  # complete and readable
         assert 'updater/iteration' in snapshot.files
+    with zipfile.ZipFile(latest) as snapshot:  # written without zlib
+        assert {m.compress_type for m in snapshot.infolist()} == {
+            zipfile.ZIP_STORED}
     resumed = subprocess.run(
         train_command(data, pretrained, out, '--resume', 'auto'),
         capture_output=True, text=True)
