@@ -30,7 +30,8 @@ class Classifier(chainer.Chain):
     """Softmax cross-entropy with top-1/top-5 accuracy reported.
 
     Reports ``loss``, ``accuracy`` and ``top5`` (as ``main/...`` in
-    training and ``validation/main/...`` in evaluation).
+    training and ``validation/main/...`` in evaluation), each as a
+    (batch mean, batch size) pair.
     """
 
     def __init__(self, predictor):
@@ -41,8 +42,13 @@ class Classifier(chainer.Chain):
     def forward(self, x, t):
         y = self.predictor(x)
         loss = F.softmax_cross_entropy(y, t)
-        chainer.report({'loss': loss, 'accuracy': F.accuracy(y, t),
-                        'top5': top_k_accuracy(y.array, t)}, self)
+        # weighted by the batch size, so an evaluation whose last batch is
+        # short reports the accuracy over all images, not a mean of batch
+        # means (Chainer's DictSummary takes (value, weight) pairs)
+        n = len(t)
+        chainer.report({'loss': (loss.array, n),
+                        'accuracy': (F.accuracy(y, t).array, n),
+                        'top5': (top_k_accuracy(y.array, t), n)}, self)
         return loss
 
 

@@ -335,3 +335,22 @@ def test_interrupt_stops_loader_workers(digits, tmp_path, sig):
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail('processes of the run were left behind')
+
+
+def test_evaluation_accuracy_counts_images_not_batches():
+    """5 images, batches of 4: the short last batch must weigh 1/5, not
+    1/2 (Chainer averages batch means unless given weights)."""
+    from chainer.training.extensions import Evaluator
+    from finetune.training import Classifier
+
+    class Logits(chainer.Link):
+        def forward(self, x):
+            return chainer.functions.identity(x)
+
+    x = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]]
+    t = np.array([0, 1, 2, 0, 2], np.int32)  # the last one is wrong
+    iterator = chainer.iterators.SerialIterator(
+        chainer.datasets.TupleDataset(x, t), 4, repeat=False, shuffle=False)
+    result = Evaluator(iterator, Classifier(Logits()))()
+    assert result['main/accuracy'] == pytest.approx(4 / 5)
+    assert result['main/top5'] == pytest.approx(1.0)
