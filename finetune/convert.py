@@ -62,18 +62,33 @@ def caffemodel_to_model(caffemodel, prototxt=None):
     return model
 
 
-def default_preprocess(model, mean=None, scale=1.0):
+def default_preprocess(model, mean=None, scale=1.0, resize=None):
     """Caffe's preprocessing for ``model``: AlexNet's, or the deploy input's.
 
     AlexNet/CaffeNet: resize 256x256, ImageNet mean image, crop 227. A
     prototxt net: resize to its declared input size, no mean, no crop.
+    ``resize`` (H, W) larger than the input instead resizes to that and
+    takes random (training) or center (evaluation) crops of the input's
+    side, as Caffe's ``transform_param { crop_size }`` does.
+
+    Raises:
+        CaffeModelError: ``resize`` smaller than the input, or crops asked
+            of a net with a non-square input.
     """
     if model.arch in ('alexnet', 'caffenet'):
-        return CaffePreprocess((256, 256), 227,
-                               imagenet_mean() if mean is None else mean,
-                               scale, 3)
-    channels, height, width = model.net_input_shape
-    return CaffePreprocess((height, width), None, mean, scale, channels)
+        channels, height, width = 3, 227, 227
+        size, crop = (256, 256), 227
+        mean = imagenet_mean() if mean is None else mean
+    else:
+        channels, height, width = model.net_input_shape
+        size, crop = (height, width), None
+    if resize is not None and tuple(resize) != size:
+        if height != width or min(resize) < height:
+            raise CaffeModelError(
+                '--resize %dx%d: crops must be square and fit in it; the '
+                'net takes %dx%d' % (tuple(resize) + (height, width)))
+        size, crop = tuple(resize), height
+    return CaffePreprocess(size, crop, mean, scale, channels)
 
 
 def strip_label_ids(names):
@@ -88,7 +103,7 @@ def strip_label_ids(names):
 
 
 def convert_caffemodel(caffemodel, out=None, prototxt=None, labels=None,
-                       mean=None, scale=1.0):
+                       mean=None, scale=1.0, resize=None):
     """Convert ``caffemodel`` to a model file; returns its path.
 
     Args:
@@ -99,6 +114,8 @@ def convert_caffemodel(caffemodel, out=None, prototxt=None, labels=None,
             when the net has 1,000 outputs, else ``class0, class1...``.
         mean: mean image/pixel override (see CaffePreprocess).
         scale (float): input multiplier after mean subtraction.
+        resize (tuple): (H, W) images are resized to before cropping
+            (see :func:`default_preprocess`).
     """
     out = out or os.path.splitext(caffemodel)[0] + '.npz'
     model = caffemodel_to_model(caffemodel, prototxt)
@@ -112,7 +129,7 @@ def convert_caffemodel(caffemodel, out=None, prototxt=None, labels=None,
         raise CaffeModelError('%s: %d class names for a net with %d outputs'
                               % (labels, len(names), model.n_classes))
     stat = os.stat(caffemodel)
-    save_model(out, model, names, default_preprocess(model, mean, scale),
+    save_model(out, model, names, default_preprocess(model, mean, scale, resize),
                source=os.path.basename(caffemodel),
                source_size=stat.st_size, source_mtime=stat.st_mtime)
     return out
@@ -163,6 +180,16 @@ def parse_mean(text):
     return np.array([float(v) for v in text.split(',')], np.float32)
 
 
+def parse_size(text):
+    """``--resize``: 'H,W' or one number for both."""
+    sides = [int(v) for v in text.split(',')]
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise argparse.ArgumentTypeError('expected H,W, got %r' % text)
+    return tuple(sides)
+
+
 @command
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -174,11 +201,17 @@ def main(argv=None):
     parser.add_argument('--mean', help="'imagenet' (AlexNet default), "
                         "'none', an .npy image or 'B,G,R'")
     parser.add_argument('--scale', type=float, default=1.0)
+    parser.add_argument('--resize', type=parse_size, metavar='H,W',
+                        help='resize images to H,W and take crops of the '
+                        "net's input size (random ones in training); "
+                        'default: resize to the input, no crop (AlexNet: '
+                        '256,256 and 227 crops)')
     parser.add_argument('--force', action='store_true',
                         help='convert even if the .npz is up to date')
     args = parser.parse_args(argv)
     kwargs = dict(prototxt=args.prototxt, labels=args.labels,
-                  mean=parse_mean(args.mean), scale=args.scale)
+                  mean=parse_mean(args.mean), scale=args.scale,
+                  resize=args.resize)
     out, converted = ensure_converted(args.caffemodel, args.out, args.force,
                                       **kwargs)
     print('%s %s' % ('wrote' if converted else 'up to date:', out))

@@ -159,3 +159,33 @@ def test_predict_reports_a_bad_model_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count('\n') == 1
     assert str(bogus) in result.stderr
+
+
+def test_convert_resize_gives_crops_of_the_input(tmp_path, lenet_files):
+    """``--resize 32`` on the 28x28 LeNet: images go to 32x32 and the net
+    sees 28x28 crops (center ones when predicting); a size the crop does
+    not fit in is refused in one line."""
+    npz = str(tmp_path / 'lenet32.npz')
+    common = ['finetune.convert', lenet_files['caffemodel'], '--prototxt',
+              lenet_files['prototxt'], '--labels', lenet_files['labels'],
+              '--scale', '0.00390625']
+    result = run(*common, '--out', npz, '--resize', '32')
+    assert result.returncode == 0, result.stderr
+    _, _, preprocess = load_model(npz)
+    assert (preprocess.size, preprocess.crop_size) == ((32, 32), 28)
+    model = finetune.load(npz)
+    samples = sorted(os.listdir(lenet_files['samples']))
+    paths = [os.path.join(lenet_files['samples'], f) for f in samples]
+    assert model.preprocess(paths[0]).shape == (1, 28, 28)
+    labels, _ = model.predict(paths)
+    names = [l.split(None, 1)[1].strip() for l in open(
+        lenet_files['labels'])]
+    digits = [int(f.split('_')[1]) for f in samples]
+    assert sum(names.index(label) == d for label, d in
+               zip(labels, digits)) >= 9
+    small = run(*common, '--out', str(tmp_path / 'bad.npz'), '--resize',
+                '24,40')
+    assert small.returncode == 2
+    assert small.stderr.strip() == ('error: --resize 24x40: crops must be '
+                                    'square and fit in it; the net takes '
+                                    '28x28')
