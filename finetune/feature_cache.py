@@ -3,10 +3,14 @@
 When the first layers of the net are frozen, their output for a given crop
 never changes, so it is computed once and stored on disk; the head then
 trains on the stored features (``--cache-features``) and evaluation reads
-them every epoch. Training crops are a fixed set per image (the 4 corners
-and the center, each also mirrored: Caffe's 10-crop set); each epoch
-samples one of them per image. Caches are memory-mapped ``.npy`` files, so
-datasets larger than memory work, and are keyed by a hash of the frozen
+them every epoch. Training crops are a fixed set per image: ``count``
+(default 10) crops drawn exactly as the uncached run draws its random
+crops and mirrors, from a generator seeded by the image's index; each epoch
+samples one of them per image. (Caffe's 10-crop set of corners and center
+was measured and rejected: 4 of its 5 positions are the extreme shifts, so
+the head trains on a harder distribution than the centered evaluation
+crops; see benchmarks/README.md.) Caches are memory-mapped ``.npy`` files,
+so datasets larger than memory work, and are keyed by a hash of the frozen
 weights, the preprocessing, the crop set and the image files (path, size,
 mtime): any change builds a new cache.
 """
@@ -20,41 +24,37 @@ import numpy as np
 from finetune.fileio import atomic_write
 from finetune.loader import make_iterator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Seeds the crops of the cache (with each image's index), so caches do not
+#: depend on the run's ``--seed`` and are reused across runs.
+CROP_SEED = 0x5EED
 
 
-def crop_windows(size, crop_size, mode):
-    """(top, left, mirrored) windows of a ``size`` image.
+def crop_windows(preprocess, index, mode, count=10):
+    """Windows (top, left, mirrored) cached for image number ``index``.
 
-    ``mode`` 'ten': corners + center, each plain and mirrored; 'center':
-    the center only. With no crop (``crop_size`` None) there is one window.
+    ``mode`` 'random': ``count`` crops drawn by
+    :meth:`~finetune.transforms.CaffePreprocess.crop_window` as in
+    training; 'center': the evaluation crop. With no crop there is one
+    window, ``None`` (the whole image).
     """
-    if crop_size is None:
-        return [(0, 0, False)]
-    height, width = size
-    center = ((height - crop_size) // 2, (width - crop_size) // 2)
-    if mode == 'center':
-        return [center + (False,)]
-    bottom, right = height - crop_size, width - crop_size
-    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), center]
-    return [c + (m,) for m in (False, True) for c in corners]
+    if preprocess.crop_size is None or mode == 'center':
+        return [preprocess.crop_window()]
+    rng = np.random.RandomState([CROP_SEED, index])
+    return [preprocess.crop_window(True, rng) for _ in range(count)]
 
 
-def take_crops(array, crop_size, windows):
+def take_crops(array, preprocess, windows):
     """The windows of ``array`` (C, H, W) stacked: (K, C, crop, crop)."""
-    if crop_size is None:
-        return array[np.newaxis]
-    crops = []
-    for top, left, mirrored in windows:
-        crop = array[:, top:top + crop_size, left:left + crop_size]
-        crops.append(crop[:, :, ::-1] if mirrored else crop)
-    return np.stack(crops)
+    return np.stack([preprocess.crop(array, window=w) for w in windows])
 
 
-def cache_key(net, frozen_names, preprocess, root, entries, mode):
+def cache_key(net, frozen_names, preprocess, root, entries, mode,
+              count=10):
     """Hex digest of everything the cached features depend on."""
     digest = hashlib.sha1()
-    digest.update(json.dumps([FORMAT_VERSION, list(frozen_names), mode,
+    digest.update(json.dumps([FORMAT_VERSION, CROP_SEED, count,
+                              list(frozen_names), mode,
                               list(preprocess.size), preprocess.crop_size,
                               preprocess.scale, preprocess.channels]).encode())
     digest.update(np.ascontiguousarray(preprocess.mean).tobytes())
@@ -71,19 +71,19 @@ def cache_key(net, frozen_names, preprocess, root, entries, mode):
 
 
 def build_feature_cache(path, trunk, dataset, preprocess, mode, device,
-                        batch_size=32, loaderjob=2):
+                        batch_size=32, loaderjob=2, count=10):
     """Write the frozen-prefix features of every image and window.
 
     Args:
         path (str): destination ``.npy`` (written atomically).
         trunk (callable): batch (N, C, crop, crop) -> features (no graph).
         dataset: uncropped ``(image (C, H, W), label)`` examples.
-        mode (str): 'ten' or 'center' (see :func:`crop_windows`).
+        mode (str): 'random' or 'center'; ``count`` crops per image in
+            'random' mode (see :func:`crop_windows`).
 
     Returns:
         numpy.memmap of shape (N, K, *feature_shape), float32.
     """
-    windows = crop_windows(preprocess.size, preprocess.crop_size, mode)
     iterator = make_iterator(dataset, batch_size, loaderjob, repeat=False,
                              shuffle=False)
     out = None
@@ -91,14 +91,15 @@ def build_feature_cache(path, trunk, dataset, preprocess, mode, device,
     try:
         with atomic_write(path, suffix='.npy') as tmp:
             for batch in iterator:
-                crops = np.concatenate([take_crops(x, preprocess.crop_size,
-                                                   windows)
-                                        for x, _ in batch])
+                crops = np.concatenate([
+                    take_crops(x, preprocess, crop_windows(
+                        preprocess, index + i, mode, count))
+                    for i, (x, _) in enumerate(batch)])
                 with chainer.using_config('train', False), \
                         chainer.no_backprop_mode():
                     h = trunk(device.send(crops)).array
                 h = chainer.backend.CpuDevice().send(h)
-                h = h.reshape((len(batch), len(windows)) + h.shape[1:])
+                h = h.reshape((len(batch), -1) + h.shape[1:])
                 if out is None:
                     out = np.lib.format.open_memmap(
                         tmp, mode='w+', dtype=np.float32,
@@ -114,13 +115,14 @@ def build_feature_cache(path, trunk, dataset, preprocess, mode, device,
 
 def cached_features(cache_dir, split, net, frozen_names, trunk, root,
                     entries, dataset, preprocess, mode, device, batch_size,
-                    loaderjob):
+                    loaderjob, count=10):
     """The cached features for ``entries``, built if missing or stale.
 
     Returns:
         tuple: (path of the cache .npy, True if it was built now).
     """
-    key = cache_key(net, frozen_names, preprocess, root, entries, mode)
+    key = cache_key(net, frozen_names, preprocess, root, entries, mode,
+                    count)
     path = os.path.join(cache_dir, '%s-%s.npy' % (split, key[:20]))
     if os.path.exists(path):
         return path, False
@@ -129,7 +131,7 @@ def cached_features(cache_dir, split, net, frozen_names, trunk, root,
         if name.startswith(split + '-') and name.endswith('.npy'):
             os.remove(os.path.join(cache_dir, name))
     build_feature_cache(path, trunk, dataset, preprocess, mode, device,
-                        batch_size, loaderjob)
+                        batch_size, loaderjob, count)
     return path, True
 
 

@@ -235,17 +235,18 @@ class Job:
                 net.net.layer_names[:net.frozen], net.features, args.data,
                 entries, self._uncropped(args.data, entries),
                 self.preprocess, mode, self.device, args.val_batchsize,
-                args.loaderjob)
+                args.loaderjob, args.cache_crops)
             print('%s features: %s %s' % (split, 'cached in' if built
                                           else 'reusing', path),
                   file=sys.stderr)
         return self.ranks.bcast(path)
 
     def _train_input(self, args, entries):
-        """(iterator, converter): images, or cached features of 10 crops."""
+        """(iterator, converter): images, or cached features of
+        ``--cache-crops`` random crops per image."""
         if args.cache_features:
             dataset = CachedFeatureDataset(
-                self._cache(args, 'train', entries, 'ten'),
+                self._cache(args, 'train', entries, 'random'),
                 [label for _, label in entries])
             self.net.from_features = True
             return (make_iterator(self.ranks.scatter(dataset, args.seed),
@@ -418,7 +419,10 @@ def build_parser():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--cache-features', action='store_true',
                    help='compute the frozen layers once per image and crop '
-                   '(10 crops) and train the head on the cached features')
+                   'and train the head on the cached features')
+    p.add_argument('--cache-crops', type=int, default=10,
+                   help='random crops (and mirrors) cached per training '
+                   'image; each epoch uses one (default: %(default)s)')
     p.add_argument('--trunk-backend', choices=['auto', 'opencv', 'chainer'],
                    default='auto', help='what runs the frozen leading '
                    "layers on the CPU: OpenCV's dnn (exact, several times "

@@ -134,22 +134,32 @@ class CaffePreprocess:
             array *= self.scale
         return array
 
-    def crop(self, array, train=False, rng=None):
-        """Step 6: center crop, or random crop and mirror when training."""
+    def crop_window(self, train=False, rng=None):
+        """(top, left, mirrored) of a crop of the resized image: the
+        center one, or when training a uniformly random one, mirrored with
+        probability 1/2 (drawn from ``rng``, default NumPy's global one).
+        ``None`` when there is no crop."""
         if self.crop_size is None:
-            return array
-        _, height, width = array.shape
+            return None
+        height, width = self.size
         side = self.crop_size
-        if train:
-            rng = rng or np.random
-            top = rng.randint(0, height - side + 1)
-            left = rng.randint(0, width - side + 1)
-        else:
-            top, left = (height - side) // 2, (width - side) // 2
+        if not train:
+            return (height - side) // 2, (width - side) // 2, False
+        rng = rng or np.random
+        top = rng.randint(0, height - side + 1)
+        left = rng.randint(0, width - side + 1)
+        return top, left, bool(rng.randint(2))
+
+    def crop(self, array, train=False, rng=None, window=None):
+        """Step 6: center crop, or random crop and mirror when training
+        (see :meth:`crop_window`); or the given ``window``."""
+        window = window or self.crop_window(train, rng)
+        if window is None:
+            return array
+        top, left, mirrored = window
+        side = self.crop_size
         array = array[:, top:top + side, left:left + side]
-        if train and rng.randint(2):
-            array = array[:, :, ::-1]
-        return np.ascontiguousarray(array)
+        return np.ascontiguousarray(array[:, :, ::-1] if mirrored else array)
 
     def __call__(self, img, train=False, rng=None):
         """PIL image or path -> float32 (C, crop_size, crop_size)."""

@@ -273,31 +273,45 @@ def test_feature_cache_key_follows_weights_preprocessing_and_files(
     model, _, prep = load_model(pretrained)
     entries = scan_image_folder(data)[0][:20]
     frozen = ['conv1', 'conv2']
-    key = cache_key(model, frozen, prep, data, entries, 'ten')
-    assert key == cache_key(model, frozen, prep, data, entries, 'ten')
+    key = cache_key(model, frozen, prep, data, entries, 'random')
+    assert key == cache_key(model, frozen, prep, data, entries, 'random')
     assert key != cache_key(model, frozen, prep, data, entries, 'center')
+    assert key != cache_key(model, frozen, prep, data, entries, 'random',
+                            count=5)
     other = CaffePreprocess(prep.size, prep.crop_size, [1.0], prep.scale,
                             prep.channels)
-    assert key != cache_key(model, frozen, other, data, entries, 'ten')
+    assert key != cache_key(model, frozen, other, data, entries, 'random')
     model.conv2.W.array[0, 0, 0, 0] += 1
-    assert key != cache_key(model, frozen, prep, data, entries, 'ten')
+    assert key != cache_key(model, frozen, prep, data, entries, 'random')
     model.conv2.W.array[0, 0, 0, 0] -= 1
     path = os.path.join(data, entries[0][0])
     os.utime(path, ns=(1, 1))
-    assert key != cache_key(model, frozen, prep, data, entries, 'ten')
+    assert key != cache_key(model, frozen, prep, data, entries, 'random')
 
 
-def test_ten_crops_are_corners_center_and_mirrors():
+def test_cached_crops_are_drawn_like_training_crops():
+    """Per image, ``count`` windows from the same draw as
+    RandomCropConverter's, seeded by the image index (not the run)."""
     from finetune.feature_cache import crop_windows, take_crops
+    from finetune.transforms import CaffePreprocess
+    prep = CaffePreprocess((6, 7), 4, None)
+    first = crop_windows(prep, 0, 'random', count=200)
+    assert first == crop_windows(prep, 0, 'random', count=200)
+    assert first != crop_windows(prep, 1, 'random', count=200)
+    tops, lefts, mirrors = zip(*first)
+    assert set(tops) == {0, 1, 2} and set(lefts) == {0, 1, 2, 3}
+    assert set(mirrors) == {False, True}
     image = np.arange(2 * 6 * 7, dtype=np.float32).reshape(2, 6, 7)
-    windows = crop_windows((6, 7), 4, 'ten')
-    crops = take_crops(image, 4, windows)
-    assert crops.shape == (10, 2, 4, 4)
-    assert np.array_equal(crops[0], image[:, :4, :4])
-    assert np.array_equal(crops[3], image[:, 2:, 3:])
-    assert np.array_equal(crops[4], image[:, 1:5, 1:5])
-    assert np.array_equal(crops[9], image[:, 1:5, 1:5][:, :, ::-1])
-    assert crop_windows((6, 7), 4, 'center') == [(1, 1, False)]
+    rng = np.random.RandomState(3)
+    expected = prep.crop(image, train=True, rng=rng)
+    window = prep.crop_window(True, np.random.RandomState(3))
+    crops = take_crops(image, prep, [window, prep.crop_window()])
+    assert crops.shape == (2, 2, 4, 4)
+    assert np.array_equal(crops[0], expected)
+    assert np.array_equal(crops[1], image[:, 1:5, 1:5])
+    assert crop_windows(prep, 5, 'center') == [(1, 1, False)]
+    assert crop_windows(CaffePreprocess((6, 7), None, None), 0,
+                        'random') == [None]
 
 
 def test_divergence_stops_with_one_line(digits, tmp_path):
