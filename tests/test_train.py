@@ -264,6 +264,42 @@ def test_cached_features_train_like_images(digits, tmp_path, capsys):
     assert 'train features: reusing' in capsys.readouterr().err
 
 
+def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
+                                                          tmp_path):
+    """LeNet converted with --resize 32 trains on 28x28 crops: each cached
+    entry is the frozen conv1-conv2 output of that image's crop."""
+    from finetune.convert import convert_caffemodel
+    from finetune.demo import LENET_DIR
+    from finetune.feature_cache import crop_windows
+    from finetune.data import read_label_file
+    data, _ = digits
+    lenet = str(tmp_path / 'lenet32.npz')
+    convert_caffemodel(
+        os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'), lenet,
+        prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
+        scale=1 / 256, resize=(32, 32))
+    out = tmp_path / 'out'
+    run_train(*train_args(data, lenet, out, '--epochs', '1', '--freeze',
+                          'conv1-conv2', '--replace', 'ip1-ip2',
+                          '--cache-features', '--cache-crops', '4'))
+    cache_dir = out / 'feature_cache'
+    train_file = [f for f in os.listdir(cache_dir) if f.startswith('train')]
+    cached = np.load(str(cache_dir / train_file[0]), mmap_mode='r')
+    entries, _ = read_label_file(str(out / 'train.txt'), data)
+    model, _, prep = load_model(lenet)
+    assert (prep.size, prep.crop_size) == ((32, 32), 28)
+    assert cached.shape == (len(entries), 4, 50, 4, 4)
+    for i in (0, len(entries) - 1):
+        image = prep.image_array(os.path.join(data, entries[i][0]))
+        windows = crop_windows(prep, i, 'random', 4)
+        assert len(set(windows)) > 1
+        crops = np.stack([prep.crop(image, window=w) for w in windows])
+        with chainer.using_config('train', False):
+            expected = model.forward(crops, stop=2).array
+        np.testing.assert_allclose(cached[i], expected, rtol=1e-4,
+                                   atol=1e-4)
+
+
 def test_feature_cache_key_follows_weights_preprocessing_and_files(
         digits, tmp_path):
     from finetune.data import scan_image_folder
