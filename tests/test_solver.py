@@ -37,10 +37,12 @@ class ScaleGrad:
 
 
 def reference_optimizer(model, lr, momentum, decay, head, head_mult,
-                        bias_mult):
-    """Chainer's own pieces: MomentumSGD + WeightDecay + ScaleGrad."""
+                        bias_mult, target=None):
+    """Chainer's own pieces: MomentumSGD + WeightDecay + ScaleGrad, for
+    the layers of ``model``, optimizing ``target`` (default ``model``:
+    e.g. a Classifier around it)."""
     optimizer = chainer.optimizers.MomentumSGD(lr=lr, momentum=momentum)
-    optimizer.setup(model)
+    optimizer.setup(model if target is None else target)
     for name in model.layer_names:
         for param_name, param in model[name].namedparams():
             is_bias = param_name.endswith('/b')
