@@ -23,6 +23,8 @@ Variants (each can be applied alone; ``apply(names)`` applies several):
     Caffe max pooling (AlexNet's 3x3/2, no padding) as 9 ``np.maximum`` over
     strided views instead of im2col + ``max`` + ``argmax``; the backward
     recomputes the first-max mask from x and y (same tie-break as argmax).
+    Shipped on 2026-11-24 as ``TiledMaxPooling2D`` in models/functions.py
+    (without the threads), so from then on "as shipped" already has it.
 ``lrn``
     ``LocalResponseNormalization.forward_cpu`` with in-place arithmetic and
     ``u ** -0.75`` computed as ``1 / (sqrt(u) * sqrt(sqrt(u)))`` (beta 0.75

@@ -116,7 +116,20 @@ def _convert_pad(params):
                                  mode='constant', pads=pads, value=value),
 
 
-EXTERNAL_CONVERTERS = {'Pad': _convert_pad}
+def _convert_tiled_max_pooling(params):
+    """:class:`~finetune.models.functions.TiledMaxPooling2D` (the CPU fast
+    path of Caffe max pooling) -> ``MaxPool``: no padding, and its windows
+    lie inside the input, so floor rounding gives the same output size."""
+    from onnx_chainer import onnx_helper
+    func = params.func
+    return onnx_helper.make_node(
+        'MaxPool', list(params.input_names), params.output_names,
+        kernel_shape=list(func.kernel), strides=list(func.stride),
+        pads=[0, 0, 0, 0]),
+
+
+EXTERNAL_CONVERTERS = {'Pad': _convert_pad,
+                       'TiledMaxPooling2D': _convert_tiled_max_pooling}
 
 
 def _float_list(array):
