@@ -186,18 +186,22 @@ def finetune_net(net, frozen, backend='chainer'):
 
 
 def chainer_train_fn(net, x, t, frozen, backend='chainer'):
-    """One MomentumSGD step (lr 0.001, momentum 0.9, weight decay 5e-4),
-    as finetune.train sets it up: Classifier(FineTuneNet(net, frozen))."""
+    """One SGD step (lr 0.001, momentum 0.9, weight decay 5e-4) as
+    finetune.train sets it up: Classifier(FineTuneNet(net, frozen)),
+    CaffeSGD with Caffe's multipliers (the layers after ``frozen`` are the
+    new head: x10; biases x2, no decay)."""
     import chainer
+    from finetune.solver import CaffeSGD, set_caffe_lr_policy
     from finetune.surgery import freeze_layers
     from finetune.training import Classifier
     predictor = finetune_net(net, frozen, backend)
     if predictor is None:
         return None
     model = Classifier(predictor)
-    opt = chainer.optimizers.MomentumSGD(lr=0.001, momentum=0.9)
+    opt = CaffeSGD(lr=0.001, momentum=0.9)
     opt.setup(model)
-    opt.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    set_caffe_lr_policy(net, net.layer_names[frozen:] if frozen else [],
+                        5e-4)
     freeze_layers(net, net.layer_names[:frozen])
 
     def run():
