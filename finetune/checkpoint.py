@@ -71,8 +71,12 @@ def save_model(path, model, class_names, preprocess, **extra):
     meta = model_meta(model, class_names, preprocess, **extra)
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(model)
-    arrays = {key: chainer.backend.CpuDevice().send(value)
-              for key, value in serializer.target.items()}
+    arrays = {}
+    for key, value in serializer.target.items():
+        value = chainer.backend.CpuDevice().send(value)
+        # float32 on disk, also after float16 training
+        arrays[key] = value.astype(np.float32) \
+            if value.dtype == np.float16 else value
     arrays['__meta__'] = np.array(json.dumps(meta))
     arrays['__mean__'] = np.asarray(preprocess.mean, dtype=np.float32)
     with atomic_write(path, suffix='.npz') as tmp:

@@ -76,8 +76,8 @@ class OpenCVStages:
         kept, self.output = truncated_definition(
             definition, list(model.layer_names), stop)
         names = {layer.name for layer in kept.layer}
-        weights = {name: [p.array for p in (link.W, link.b)
-                          if p is not None]
+        weights = {name: [p.array.astype(np.float32, copy=False)
+                          for p in (link.W, link.b) if p is not None]
                    for name, link in weighted_links(model).items()
                    if name in names}
         proto = text_format.MessageToString(kept).encode()

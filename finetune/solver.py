@@ -75,6 +75,28 @@ class CaffeSGDRule(momentum_sgd.MomentumSGDRule):
                          self.hyperparam.lr * self.lr_mult,
                          self.hyperparam.momentum, self.decay, slice_size)
 
+    def update(self, param):
+        if getattr(self, '_resumed_fp32', None) is not None:
+            self._fp32_param = chainer.Parameter(
+                param.device.send(self._resumed_fp32))
+            self._resumed_fp32 = None
+        super().update(param)
+
+    def serialize(self, serializer):
+        """Also the float32 master copy of a float16 parameter
+        (``use_fp32_update``), which Chainer leaves out of snapshots: a
+        resumed float16 run then continues from the same weights."""
+        super().serialize(serializer)
+        if not self._use_fp32_update:
+            return
+        if isinstance(serializer, chainer.serializer.Deserializer):
+            try:
+                self._resumed_fp32 = serializer('fp32_param', None)
+            except KeyError:  # no update had happened
+                pass
+        elif self._fp32_param is not None:
+            serializer('fp32_param', self._fp32_param.array)
+
     def update_core_cpu(self, param):
         self._update(param, CPU_SLICE)
 
@@ -88,6 +110,20 @@ class CaffeSGD(momentum_sgd.MomentumSGD):
 
     def create_update_rule(self):
         return CaffeSGDRule(self.hyperparam)
+
+    def serialize(self, serializer):
+        """Also the dynamic loss scale (``loss_scaling()``), which Chainer
+        leaves out of snapshots."""
+        super().serialize(serializer)
+        if not self._loss_scaling_is_dynamic:
+            return
+        try:
+            self._loss_scale = float(serializer('loss_scale',
+                                                self._loss_scale))
+            self._loss_scaling_isnan_ever = bool(serializer(
+                'loss_scale_overflowed', self._loss_scaling_isnan_ever))
+        except KeyError:  # a snapshot of a float32 run
+            pass
 
 
 def set_caffe_lr_policy(model, head_names, weight_decay, head_lr_mult=10.0,

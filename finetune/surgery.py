@@ -101,6 +101,22 @@ def replace_head(pretrained, meta, names, n_classes):
     return model
 
 
+def set_param_dtype(link, dtype):
+    """Cast every parameter of ``link`` to ``dtype`` in place (e.g.
+    float16 for mixed-precision training, float32 afterwards). Call before
+    ``optimizer.setup``: update rules keep their states' dtype."""
+    for param in link.params():
+        if param.array is not None and param.dtype != dtype:
+            param.array = param.array.astype(dtype)
+
+
+def _cast(x, dtype):
+    """``x`` (array or Variable) as ``dtype``; unchanged when it is."""
+    if getattr(x, 'dtype', None) == dtype:
+        return x
+    return chainer.functions.cast(x, dtype)
+
+
 class FineTuneNet(chainer.Chain):
     """The network with its frozen prefix run without a graph.
 
@@ -108,7 +124,9 @@ class FineTuneNet(chainer.Chain):
     ``chainer.no_backprop_mode()`` (no backward, no stored activations) and
     the rest normally; outputs are logits (N, n_classes). With
     ``from_features`` the input is already the frozen prefix's output
-    (cached features) and only the rest runs.
+    (cached features) and only the rest runs. Inputs (float32 images or
+    features) are cast to the parameters' dtype, so the same data feeds a
+    float16 network.
     """
 
     def __init__(self, net, frozen, from_features=False,
@@ -131,10 +149,11 @@ class FineTuneNet(chainer.Chain):
         """
         fast = self._trunk_runner()
         if fast is not None:
-            return chainer.Variable(fast(chainer.backend.CpuDevice().send(
-                getattr(x, 'array', x))), requires_grad=False)
+            h = fast(chainer.backend.CpuDevice().send(getattr(x, 'array', x)))
+            return chainer.Variable(h.astype(self.dtype, copy=False),
+                                    requires_grad=False)
         with chainer.no_backprop_mode():
-            h = self.net.forward(x, stop=self.frozen)
+            h = self.net.forward(_cast(x, self.dtype), stop=self.frozen)
         # a leaf that needs no gradient: the first trained layer then skips
         # computing one for its input
         return chainer.Variable(h.array, requires_grad=False)
@@ -153,7 +172,12 @@ class FineTuneNet(chainer.Chain):
                                     'exactly (LRN k != 1)')
         return self._fast_trunk or None
 
+    @property
+    def dtype(self):
+        """The parameters' dtype (float32, or float16 with --dtype)."""
+        return next(self.net.params()).dtype
+
     def forward(self, x):
         h = self.features(x) if self.frozen and not self.from_features \
-            else x
+            else _cast(x, self.dtype)
         return self.net.forward(h, start=self.frozen)

@@ -43,6 +43,7 @@ from finetune.surgery import freeze_layers
 from finetune.surgery import frozen_prefix
 from finetune.surgery import parse_layer_spec
 from finetune.surgery import replace_head
+from finetune.surgery import set_param_dtype
 from finetune.training import Classifier
 from finetune.training import EpochOrIntervalTrigger
 from finetune.training import latest_snapshot
@@ -116,8 +117,13 @@ def build_network(args, pretrained, meta, n_classes):
 
 
 def make_optimizer(model, args, head, ranks):
-    optimizer = ranks.optimizer(CaffeSGD(
-        lr=args.lr, momentum=args.momentum))
+    """CaffeSGD with Caffe's multipliers; with ``--dtype float16`` it
+    keeps float32 master weights and scales the loss dynamically."""
+    solver = CaffeSGD(lr=args.lr, momentum=args.momentum)
+    if args.dtype == 'float16':
+        solver.use_fp32_update()
+        solver.loss_scaling()
+    optimizer = ranks.optimizer(solver)
     optimizer.setup(model)
     set_caffe_lr_policy(model.predictor.net, head, args.weight_decay,
                         args.head_lr_mult)
@@ -207,6 +213,7 @@ class Job:
             ranks.bcast(lists)
         net, self.head, self.frozen = build_network(
             args, pretrained, self.meta, len(self.class_names))
+        set_param_dtype(net, np.dtype(args.dtype))
         self.preprocess = choose_preprocess(prep, args.mean, data_mean)
         self.model = Classifier(net)
         self.model.to_device(self.device)
@@ -335,6 +342,7 @@ def train(args):
         print('%d ranks hold %s weights' % (
             job.ranks.size, 'identical' if agree else 'DIFFERENT'),
             file=sys.stderr)
+    set_param_dtype(job.network, np.float32)  # evaluated as it is saved
     save(os.path.join(args.out, 'model_final.npz'))
     summary = evaluate_and_report(args, job.network, args.data,
                                   job.val_list, job.class_names,
@@ -403,6 +411,11 @@ def build_parser():
     p.add_argument('--gpu', type=int, default=-1,
                    help='GPU id (with --communicator: of rank 0 on each '
                    'machine, the others use the next ones); -1 is CPU')
+    p.add_argument('--dtype', choices=['float32', 'float16'],
+                   default='float32',
+                   help='float16: mixed precision (float16 weights and '
+                   'activations, float32 master weights, dynamic loss '
+                   'scaling) for GPUs; model files stay float32')
     p.add_argument('--communicator',
                    help="ChainerMN communicator for mpiexec runs: 'naive' "
                    "(CPU), 'pure_nccl' (GPUs), ...")
@@ -436,6 +449,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     keep_freed_memory()
+    if args.dtype == 'float16' and args.gpu < 0:
+        print('note: --dtype float16 on the CPU is slow (NumPy has no '
+              'float16 matrix multiply); it is meant for GPUs',
+              file=sys.stderr)
     if args.lr_find:
         if args.communicator:
             raise FinetuneError('--lr-find runs in one process: drop '

@@ -41,6 +41,8 @@ class Classifier(chainer.Chain):
 
     def forward(self, x, t):
         y = self.predictor(x)
+        if y.dtype != np.float32:  # float16 logits: the loss in float32
+            y = F.cast(y, np.float32)
         loss = F.softmax_cross_entropy(y, t)
         # weighted by the batch size, so an evaluation whose last batch is
         # short reports the accuracy over all images, not a mean of batch

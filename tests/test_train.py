@@ -404,3 +404,38 @@ def test_evaluation_accuracy_counts_images_not_batches():
     result = Evaluator(iterator, Classifier(Logits()))()
     assert result['main/accuracy'] == pytest.approx(4 / 5)
     assert result['main/top5'] == pytest.approx(1.0)
+
+
+def test_float16_trains_resumes_exactly_and_saves_float32(digits, tmp_path):
+    """--dtype float16: float16 weights in training (conv2 and ip1 trained
+    in float16 here), float32 master weights and the loss scale in the
+    snapshots, so a resumed run ends bitwise equal to a straight one; the
+    model files are float32 and classify as well as a float32 run."""
+    data, pretrained = digits
+    common = ('--freeze', 'conv1', '--replace', 'ip2', '--dtype', 'float16',
+              '--log-interval', '0')
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    report = run_train(*train_args(data, pretrained, straight, '--epochs',
+                                   '2', *common))
+    run_train(*train_args(data, pretrained, resumed, '--epochs', '1',
+                          *common))
+    run_train(*train_args(data, pretrained, resumed, '--epochs', '2',
+                          '--resume', 'auto', *common))
+    a = params(str(straight / 'model_final.npz'))
+    b = params(str(resumed / 'model_final.npz'))
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            assert x.dtype == np.float32
+            assert np.array_equal(x, y), name
+    with np.load(latest_snapshot(str(straight))) as snapshot:
+        weights = [k for k in snapshot.files
+                   if k.endswith('predictor/net/conv2/W')]
+        assert snapshot[weights[0]].dtype == np.float16
+        masters = [k for k in snapshot.files if k.endswith('fp32_param')]
+        assert masters and all(snapshot[k].dtype == np.float32
+                               for k in masters)
+        assert any(k.endswith('loss_scale') for k in snapshot.files)
+    float32 = run_train(*train_args(
+        data, pretrained, tmp_path / 'float32', '--epochs', '2',
+        *common[:-4], '--log-interval', '0'))
+    assert report['top1_accuracy'] >= float32['top1_accuracy'] - 0.05
