@@ -8,9 +8,10 @@ importable / no device): skipped", and exits 0. On a GPU it measures, for
 ``finetune.models.AlexNet`` (Chainer as shipped, cuDNN when available):
 
 * training-step images/s, full vs frozen trunk (conv1-conv5 under
-  ``FineTuneNet(net, 5)``), MomentumSGD as ``finetune.train`` uses it, at
+  ``FineTuneNet(net, 5)``), CaffeSGD as ``finetune.train`` uses it, at
   several batch sizes;
-* the same in float16 (``chainer.config.dtype = float16``) if the device
+* the same with ``--dtype float16`` as ``finetune.train`` sets it up
+  (float16 weights, float32 masters, dynamic loss scaling) if the device
   runs it (a failure is reported, not fatal);
 * prediction images/s of the model alone and end to end with
   ``finetune.loader.make_iterator`` decoding JPEGs in worker processes
@@ -104,30 +105,38 @@ def train_rates(device, batches, repeat, dtype, frozen):
     import chainer
     import numpy as np
     from finetune.models import AlexNet
+    from finetune.solver import CaffeSGD, set_caffe_lr_policy
     from finetune.surgery import FineTuneNet
     from finetune.surgery import freeze_layers
+    from finetune.surgery import set_param_dtype
     from finetune.training import Classifier
     rates = {}
-    with chainer.using_config('dtype', dtype):
-        net = AlexNet()
-        model = Classifier(FineTuneNet(net, frozen))
-        model.to_device(device)
-        opt = chainer.optimizers.MomentumSGD(lr=0.001, momentum=0.9)
-        opt.setup(model)
-        opt.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
-        freeze_layers(net, net.layer_names[:frozen])
-        rng = np.random.RandomState(0)
-        for batch in batches:
-            # inputs in [-1, 1]: the default-initialized net stays within
-            # float16 range (the timing does not depend on the values)
-            x = device.send(rng.uniform(-1, 1, (batch, 3, 227, 227))
-                            .astype(dtype))
-            t = device.send(rng.randint(0, 1000, batch).astype(np.int32))
+    # as finetune.train --dtype sets it up
+    net = AlexNet()
+    set_param_dtype(net, dtype)
+    model = Classifier(FineTuneNet(net, frozen))
+    model.to_device(device)
+    opt = CaffeSGD(lr=0.001, momentum=0.9)
+    if dtype == np.float16:
+        opt.use_fp32_update()
+        opt.loss_scaling()
+    opt.setup(model)
+    set_caffe_lr_policy(net, net.layer_names[frozen:] if frozen else [],
+                        5e-4)
+    freeze_layers(net, net.layer_names[:frozen])
+    rng = np.random.RandomState(0)
+    for batch in batches:
+        # float32 inputs in [-1, 1], as the loader hands them over (the net
+        # casts them); the default-initialized net stays within float16
+        # range (the timing does not depend on the values)
+        x = device.send(rng.uniform(-1, 1, (batch, 3, 227, 227))
+                        .astype(np.float32))
+        t = device.send(rng.randint(0, 1000, batch).astype(np.int32))
 
-            def step():
-                with chainer.using_config('train', True):
-                    opt.update(model, x, t)
-            rates[batch] = batch / timed(step, device, repeat)
+        def step():
+            with chainer.using_config('train', True):
+                opt.update(model, x, t)
+        rates[batch] = batch / timed(step, device, repeat)
     return rates
 
 
@@ -216,7 +225,7 @@ def main(argv=None):
                          frozen[batch] / full[batch]))
     C.emit(C.table(['dtype', 'batch', 'full img/s', 'frozen img/s',
                     'frozen/full'], rows,
-                   '\n== training step (MomentumSGD), median of %d =='
+                   '\n== training step (CaffeSGD), median of %d =='
                    % args.repeat))
 
     import bench_loader
