@@ -148,6 +148,14 @@ def train_command(data, pretrained, out, *extra):
         *extra)
 
 
+def wait_for_a_snapshot(out, timeout=120):
+    """Until the run in ``out`` has written a snapshot (any: older ones
+    are deleted as new ones come, so one name may be missed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and latest_snapshot(str(out)) is None:
+        time.sleep(0.02)
+
+
 def test_sigkill_and_resume_gives_the_same_weights(digits, tmp_path):
     data, pretrained = digits
     straight = tmp_path / 'straight'
@@ -158,10 +166,7 @@ def test_sigkill_and_resume_gives_the_same_weights(digits, tmp_path):
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(
-            killed / 'snapshot_iter_6'):
-        time.sleep(0.05)
+    wait_for_a_snapshot(killed)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert latest_snapshot(str(killed)) is not None
@@ -368,10 +373,7 @@ def test_interrupt_stops_loader_workers(digits, tmp_path, sig):
         train_command(data, pretrained, tmp_path, '--epochs', '50'),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(
-            tmp_path / 'snapshot_iter_3'):
-        time.sleep(0.05)
+    wait_for_a_snapshot(tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
