@@ -369,10 +369,13 @@ def test_divergence_stops_with_one_line(digits, tmp_path):
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_loader_workers(digits, tmp_path, sig):
     data, pretrained = digits
+    # a test run started in the background (`cmd &` in a script) inherits
+    # SIGINT ignored, and Python then leaves it ignored: reset it
     proc = subprocess.Popen(
         train_command(data, pretrained, tmp_path, '--epochs', '50'),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_a_snapshot(tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
