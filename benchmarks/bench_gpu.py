@@ -66,19 +66,18 @@ def parse_args(argv=None):
 
 
 def find_device(args):
-    """The Chainer device, or None when there is no usable GPU."""
+    """The Chainer device, or None (reason printed) without a usable GPU."""
     import chainer
+    from finetune.gpu import device as gpu_device
     if args.cpu_dry_run:
         return chainer.get_device('@numpy')
     try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-        device = chainer.get_device('@cupy:%d' % args.gpu)
+        device = gpu_device(args.gpu)
         device.use()
-        cupy.zeros(1).sum()  # fails here without a working driver
+        device.xp.zeros(1).sum()  # fails here without a working driver
         return device
-    except Exception:  # ImportError, CUDARuntimeError, ...
+    except Exception as e:  # FinetuneError, CUDARuntimeError, ...
+        print(' '.join(str(e).split()))
         return None
 
 

@@ -6,6 +6,11 @@ Three lines classify with a saved model::
     model = finetune.load('result/model_best.npz')
     labels, probs = model.predict(['photo.jpg'])
 """
+from finetune import gpu as _gpu
+# CUDA libraries installed from pip must be loaded before chainer decides,
+# at its import, whether CuPy is usable (a no-op without CuPy).
+_gpu.preload_pip_cuda_libraries()
+
 from finetune.errors import FinetuneError  # NOQA
 from finetune.inference import load  # NOQA
 from finetune.inference import Predictor  # NOQA

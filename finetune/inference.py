@@ -5,6 +5,7 @@ import numpy as np
 
 from finetune.checkpoint import load_model
 from finetune.errors import FinetuneError
+from finetune.gpu import device as gpu_device
 from finetune.opencv_backend import fast_stages
 
 
@@ -24,6 +25,8 @@ class Predictor:
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.meta = meta or {}
+        if isinstance(device, int):
+            device = gpu_device(device)
         self.device = chainer.get_device(device)
         self.model.to_device(self.device)
         self.fast = None

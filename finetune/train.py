@@ -31,6 +31,7 @@ from finetune.errors import FinetuneError
 from finetune.feature_cache import CachedCropConverter
 from finetune.feature_cache import CachedFeatureDataset
 from finetune.feature_cache import cached_features
+from finetune.gpu import device as gpu_device
 from finetune.inference import Predictor
 from finetune.loader import make_iterator
 from finetune.lr_find import lr_range_test
@@ -202,8 +203,7 @@ class Job:
         np.random.seed(args.seed)
         self.ranks = ranks = ranks_for(args.communicator)
         gpu = args.gpu + ranks.intra_rank if args.gpu >= 0 else -1
-        self.device = chainer.get_device(
-            '@cupy:%d' % gpu if gpu >= 0 else '@numpy')
+        self.device = gpu_device(gpu)
         pretrained, self.meta, prep = load_pretrained(args.pretrained,
                                                       args.prototxt)
         lists = None

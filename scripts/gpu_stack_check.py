@@ -1,0 +1,161 @@
+"""Check the GPU stack that ``pip install -e '.[gpu]'`` gives, with or
+without a GPU: run by scripts/gpu_stack_check.sh in a fresh venv.
+
+1. ``import finetune`` loads the pip CUDA libraries, so chainer finds CuPy
+   usable (and cuDNN) with no LD_LIBRARY_PATH.
+2. Every ``cupy.*``, cuDNN and NCCL name that chainer 7.8.1's source
+   (ChainerMN included) uses exists in the installed CuPy (a removed API
+   would fail only when that code runs).
+3. ``--gpu 0`` on a machine without a CUDA device is a one-line error.
+Exits 1 on any failure.
+"""
+import importlib
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tokenize
+import warnings
+
+#: names chainer only tries after the current one (try/except ImportError)
+FALLBACKS = {'cupy.util': 'chainer imports cupy._util first'}
+
+failures = []
+
+
+def check(ok, what):
+    print('%s %s' % ('ok  ' if ok else 'FAIL', what))
+    if not ok:
+        failures.append(what)
+
+
+def resolve(dotted):
+    """The object at a dotted path such as 'cupy.cuda.runtime.free', or
+    None when some part does not exist."""
+    parts = dotted.split('.')
+    obj = importlib.import_module(parts[0])
+    for i, name in enumerate(parts[1:], 1):
+        if hasattr(obj, name):
+            obj = getattr(obj, name)
+            continue
+        try:
+            obj = importlib.import_module('.'.join(parts[:i + 1]))
+        except ImportError:
+            return None
+    return obj
+
+
+def code_only(text):
+    """Python source with comments and string literals blanked."""
+    kept = []
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type not in (tokenize.COMMENT, tokenize.STRING):
+            kept.append(token.string)
+    return ' '.join(kept).replace(' . ', '.')
+
+
+def chainer_sources():
+    """(path, code without comments and strings) of chainer's and
+    ChainerMN's modules."""
+    import chainer
+    import chainermn
+    for package in (chainer, chainermn):
+        root = os.path.dirname(package.__file__)
+        for folder, _, files in os.walk(root):
+            for name in files:
+                if name.endswith('.py') and 'testing' not in folder:
+                    path = os.path.join(folder, name)
+                    text = open(path, encoding='utf-8').read()
+                    yield path, code_only(text)
+
+
+def names_used(pattern):
+    """{name: first file using it} for a regex with one group."""
+    found = {}
+    for path, text in chainer_sources():
+        for name in re.findall(pattern, text):
+            found.setdefault(name, path)
+    return found
+
+
+def main():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        import finetune  # NOQA  (preloads the pip CUDA libraries)
+        import chainer
+    cuda = chainer.backends.cuda
+    check(cuda.available, 'chainer sees CuPy (cuda.available); reason: %s'
+          % getattr(cuda, '_resolution_error', None))
+    check(cuda.cudnn_enabled, 'chainer sees cuDNN (cuda.cudnn_enabled)')
+    if not cuda.available:
+        return 1
+    import cupy
+    print('cupy %s, CUDA runtime %d, cuDNN %d, NCCL %s' % (
+        cupy.__version__, cupy.cuda.runtime.runtimeGetVersion(),
+        cupy.cuda.cudnn.getVersion(),
+        cupy.cuda.nccl.get_version() if cupy.cuda.nccl.available else '-'))
+    said = [(w.category.__name__, str(w.message)) for w in caught
+            if 'cupy' in str(w.message).lower()]
+    print('CuPy warnings at import: %s' % said)
+    check(not [w for w in said if w[0] != 'DeprecationWarning'],
+          'no CuPy warning at import other than deprecations')
+
+    # cupy.X.Y... as written in chainer's source (``cuda.cupy.X`` too)
+    dotted = names_used(r'\bcupy((?:\.[A-Za-z_]\w*)+)')
+    missing = sorted('cupy' + d for d in dotted
+                     if resolve('cupy' + d) is None
+                     and resolve('cupy' + d.rsplit('.', 1)[0]) is not None
+                     and 'cupy' + d not in FALLBACKS)
+    check(not missing, '%d cupy names used by chainer/ChainerMN exist; missing: %s'
+          % (len(dotted), missing))
+    modules = (cupy.cudnn, cupy.cuda.cudnn)
+    used = names_used(r'\b(?:lib)?cudnn\.([A-Za-z_]\w*)\b')
+    used.pop('h', None)  # "cudnn.h" in comments
+    gone = sorted(n for n in used
+                  if not any(hasattr(m, n) for m in modules))
+    check(not gone, '%d cuDNN names used by chainer exist; missing: %s'
+          % (len(used), gone))
+    from chainermn import nccl  # what ChainerMN's communicators call
+    check(nccl._available, 'ChainerMN finds NCCL in CuPy')
+    used = names_used(r'\bnccl\.([A-Za-z_]\w*)\b')
+    gone = sorted(n for n in used if not hasattr(nccl, n)
+                  and not hasattr(cupy.cuda.nccl, n))
+    check(not gone, '%d NCCL names used by chainer/ChainerMN exist; missing: %s'
+          % (len(used), gone))
+
+    from finetune.errors import FinetuneError
+    from finetune.demo import LENET_DIR
+    from finetune.demo import convert_lenet
+    from finetune.gpu import device
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError:
+        count = 0
+    print('CUDA devices: %d' % count)
+    if count == 0:
+        try:
+            device(0)
+            check(False, 'device(0) without a CUDA device raises')
+        except FinetuneError as e:
+            check('\n' not in str(e), 'device(0) error: %s' % e)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = convert_lenet(tmp)
+            result = subprocess.run(
+                [sys.executable, '-m', 'finetune.predict', '--model', model,
+                 os.path.join(LENET_DIR, 'samples'), '--gpu', '0'],
+                capture_output=True, text=True)
+        lines = result.stderr.strip().splitlines()
+        check(result.returncode == 2 and len(lines) == 1
+              and '--gpu 0' in lines[0],
+              'predict --gpu 0: exit %d, %r' % (result.returncode, lines))
+    else:
+        dev = device(0)
+        x = dev.xp.arange(6, dtype='f').reshape(2, 3)
+        check(float(x.sum()) == 15.0, 'a kernel runs on GPU 0')
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
