@@ -67,8 +67,8 @@ def parse_args(argv=None):
 
 def find_device(args):
     """The Chainer device, or None (reason printed) without a usable GPU."""
+    from finetune.gpu import device as gpu_device  # before chainer
     import chainer
-    from finetune.gpu import device as gpu_device
     if args.cpu_dry_run:
         return chainer.get_device('@numpy')
     try:

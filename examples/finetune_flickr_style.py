@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+import finetune  # NOQA: before chainer, so pip CUDA libraries are found
 import chainer
 import numpy as np
 

@@ -4,9 +4,9 @@ Chainer 7.8.1 decides once, when it is imported, whether CuPy is usable: it
 imports ``cupy.cuda.cublas``, ``cupyx.scipy.linalg`` and ``cupy.cudnn``,
 and on any failure reports "CuPy: Not Available" and fails later at
 ``--gpu``. CuPy 13 (the last line that runs with NumPy < 2, which chainer
-needs) works with chainer 7.8.1's calls (names and signatures checked, see
-README "GPU"), but its ``cupy-cuda12x`` wheel does not carry the CUDA
-libraries. Installed from pip (``nvidia-cublas-cu12``, ...), they land in
+needs) has every name chainer 7.8.1 calls (scripts/gpu_stack_check.py,
+README "GPU and scaling out"), but its ``cupy-cuda12x`` wheel does not
+carry the CUDA libraries. Installed from pip (``nvidia-cublas-cu12``, ...), they land in
 ``site-packages/nvidia/<name>/lib``, where the dynamic loader does not look.
 :func:`preload_pip_cuda_libraries` loads them by path before chainer is
 imported, so CuPy's later loads by name find them; a CUDA toolkit found by
@@ -15,6 +15,7 @@ the loader is preferred.
 import ctypes
 import importlib.util
 import os
+import sys
 
 from finetune.errors import FinetuneError
 
@@ -29,9 +30,12 @@ PIP_CUDA_LIBRARIES = (
     ('cudnn', 'libcudnn.so.8'), ('nccl', 'libnccl.so.2'),
 )
 
-GPU_HELP = ("see README 'GPU': cupy-cuda12x<14 plus the CUDA 12 libraries "
-            '(a CUDA toolkit, or pip install nvidia-cublas-cu12 ... '
-            "'nvidia-cudnn-cu12<9')")
+#: chainer was imported before finetune, so the preload came too late
+_chainer_imported_first = False
+
+GPU_HELP = ("see README 'GPU and scaling out': pip install "
+            "--no-build-isolation -e '.[gpu]' (cupy-cuda12x 13 with the "
+            'CUDA 12 libraries)')
 
 
 def _pip_nvidia_dir():
@@ -49,8 +53,10 @@ def preload_pip_cuda_libraries():
     A no-op without CuPy or without nvidia-* wheels. Returns the paths
     loaded here (libraries the loader already finds are left to it).
     """
+    global _chainer_imported_first
     if importlib.util.find_spec('cupy') is None:
         return []
+    _chainer_imported_first = 'chainer' in sys.modules
     root = _pip_nvidia_dir()
     if root is None:
         return []
@@ -85,9 +91,13 @@ def device(gpu):
         return chainer.get_device('@numpy')
     cuda = chainer.backends.cuda
     if not cuda.available:
-        reason = getattr(cuda, '_resolution_error', None)
+        reason = _one_line(getattr(cuda, '_resolution_error', None))
+        if _chainer_imported_first:
+            reason += ('; chainer was imported before finetune, so the pip '
+                       'CUDA libraries were not loaded: import finetune '
+                       'first')
         raise FinetuneError('--gpu %d: CuPy is not usable (%s); %s' % (
-            gpu, _one_line(reason) or 'cupy is not installed', GPU_HELP))
+            gpu, reason or 'cupy is not installed', GPU_HELP))
     try:
         count = cuda.cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CUDARuntimeError: no driver, no device
@@ -97,6 +107,17 @@ def device(gpu):
         raise FinetuneError('--gpu %d: this machine has %d CUDA device(s)'
                             % (gpu, count))
     return chainer.get_device('@cupy:%d' % gpu)
+
+
+def usable_device_count():
+    """Number of CUDA devices chainer can use (0 without CuPy or driver)."""
+    import chainer
+    if not chainer.backends.cuda.available:
+        return 0
+    try:
+        return chainer.backends.cuda.cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # CUDARuntimeError: no driver
+        return 0
 
 
 def _one_line(error):

@@ -1,6 +1,9 @@
 """Shared fixtures: the real data files in tests/data and small Caffe nets."""
 import os
 
+# finetune first: it loads pip-installed CUDA libraries before chainer
+# decides whether CuPy is usable (finetune/gpu.py)
+import finetune  # NOQA
 import numpy as np
 import pytest
 

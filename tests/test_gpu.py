@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from finetune.checkpoint import load_model
+from finetune.gpu import usable_device_count
 
 pytestmark = pytest.mark.skipif(
-    not chainer.backends.cuda.available,
-    reason='needs CuPy and a CUDA device')
+    usable_device_count() == 0, reason='needs CuPy and a CUDA device')
 
 
 def train_cli(data, pretrained, out, *extra):

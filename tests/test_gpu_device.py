@@ -1,6 +1,7 @@
 """finetune.gpu on a machine without CUDA: pip CUDA libraries are loaded by
 path, and ``--gpu`` fails with one line instead of a CuPy traceback."""
 import ctypes.util
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,25 +14,29 @@ import pytest
 
 from finetune.errors import FinetuneError
 from finetune.gpu import device
+from finetune.gpu import usable_device_count
 
-no_cuda = pytest.mark.skipif(chainer.backends.cuda.available,
-                             reason='CuPy is usable here')
+no_gpu = pytest.mark.skipif(usable_device_count() > 0,
+                            reason='a CUDA device is usable here')
+#: why --gpu 0 fails here: no CuPy at all, or CuPy without a driver/device
+NO_GPU_REASON = ('no CUDA device' if chainer.backends.cuda.available
+                 else 'CuPy is not usable')
 
 
 def test_cpu_device_is_numpy():
     assert device(-1).xp is np
 
 
-@no_cuda
-def test_gpu_without_cupy_is_one_line_error():
+@no_gpu
+def test_gpu_without_cuda_is_one_line_error():
     with pytest.raises(FinetuneError) as error:
         device(0)
     message = str(error.value)
-    assert message.startswith('--gpu 0: CuPy is not usable')
-    assert "README 'GPU'" in message and '\n' not in message
+    assert message.startswith('--gpu 0: ' + NO_GPU_REASON)
+    assert '\n' not in message
 
 
-@no_cuda
+@no_gpu
 @pytest.mark.parametrize('tool', ['train', 'predict'])
 def test_cli_gpu_without_cuda_exits_with_one_line(digits, tmp_path, tool):
     data, pretrained = digits
@@ -43,7 +48,38 @@ def test_cli_gpu_without_cuda_exits_with_one_line(digits, tmp_path, tool):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and '--gpu 0: CuPy is not usable' in lines[0]
+    assert len(lines) == 1 and '--gpu 0: ' + NO_GPU_REASON in lines[0]
+
+
+@pytest.mark.skipif(not chainer.backends.cuda.available,
+                    reason='needs CuPy')
+def test_gpu_beyond_the_device_count_is_one_line_error():
+    count = usable_device_count()
+    with pytest.raises(FinetuneError, match='--gpu %d: ' % count):
+        device(count)
+
+
+def test_importing_chainer_first_is_named_in_the_error(tmp_path):
+    """With CuPy present but its libraries not loadable, a script that
+    imported chainer before finetune is told to import finetune first."""
+    (tmp_path / 'cupy').mkdir()
+    (tmp_path / 'cupy' / '__init__.py').write_text(
+        'raise ImportError("libcublas.so.12: cannot open shared object")\n')
+    code = textwrap.dedent('''
+        import chainer
+        import finetune
+        from finetune.gpu import device
+        try:
+            device(0)
+        except finetune.FinetuneError as e:
+            print(e)
+    ''')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, '-c', code], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert 'libcublas.so.12' in result.stdout
+    assert 'import finetune first' in result.stdout
 
 
 def fake_pip_cuda(root, library):
@@ -54,6 +90,8 @@ def fake_pip_cuda(root, library):
     (root / 'cupy' / '__init__.py').write_text('raise ImportError\n')
     lib = root / 'nvidia' / 'cublas' / 'lib'
     lib.mkdir(parents=True)
+    # a regular package, found before any real nvidia-* wheel's
+    (root / 'nvidia' / '__init__.py').write_text('')
     shutil.copy(library, lib / 'libcublasLt.so.12')
     return lib / 'libcublasLt.so.12'
 
@@ -89,6 +127,8 @@ def test_import_loads_pip_cuda_libraries_by_path(tmp_path):
     assert result.stdout.split('\n')[:2] == ['True', '[]']
 
 
+@pytest.mark.skipif(importlib.util.find_spec('cupy') is not None,
+                    reason='CuPy is installed here')
 def test_preload_is_a_no_op_without_cupy(tmp_path):
     library = fake_pip_cuda(tmp_path, real_library('z'))
     shutil.rmtree(tmp_path / 'cupy')
