@@ -5,10 +5,12 @@ without a GPU: run by scripts/gpu_stack_check.sh in a fresh venv.
    usable (and cuDNN) with no LD_LIBRARY_PATH.
 2. Every ``cupy.*``, cuDNN and NCCL name that chainer 7.8.1's source
    (ChainerMN included) uses exists in the installed CuPy (a removed API
-   would fail only when that code runs).
+   would fail only when that code runs), and chainer's cuDNN calls fit
+   the signatures CuPy embeds in its docstrings.
 3. ``--gpu 0`` on a machine without a CUDA device is a one-line error.
 Exits 1 on any failure.
 """
+import ast
 import importlib
 import io
 import os
@@ -56,9 +58,8 @@ def code_only(text):
     return ' '.join(kept).replace(' . ', '.')
 
 
-def chainer_sources():
-    """(path, code without comments and strings) of chainer's and
-    ChainerMN's modules."""
+def chainer_files():
+    """(path, source) of chainer's and ChainerMN's modules."""
     import chainer
     import chainermn
     for package in (chainer, chainermn):
@@ -67,8 +68,13 @@ def chainer_sources():
             for name in files:
                 if name.endswith('.py') and 'testing' not in folder:
                     path = os.path.join(folder, name)
-                    text = open(path, encoding='utf-8').read()
-                    yield path, code_only(text)
+                    yield path, open(path, encoding='utf-8').read()
+
+
+def chainer_sources():
+    """(path, code without comments and strings) of chainer_files()."""
+    for path, text in chainer_files():
+        yield path, code_only(text)
 
 
 def names_used(pattern):
@@ -78,6 +84,64 @@ def names_used(pattern):
         for name in re.findall(pattern, text):
             found.setdefault(name, path)
     return found
+
+
+def documented_parameters(function):
+    """[(name, has_default)] from a Cython function's embedded signature
+    (the first line of its docstring), or None without one."""
+    doc = (getattr(function, '__doc__', None) or '').strip()
+    match = re.match(r'\w+\((.*?)\)(?:\s*->.*)?$', doc.split('\n')[0])
+    if not match:
+        return None
+    params = []
+    for part in re.split(r',\s*(?![^()]*\))', match.group(1)):
+        part = part.strip()
+        if not part or part in ('*', '/'):
+            continue
+        head, _, default = part.partition('=')
+        params.append((head.split()[-1].lstrip('*'), bool(default)))
+    return params
+
+
+def _last_name(node):
+    """'cudnn' for the expressions ``cudnn`` and ``cuda.cudnn``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None
+
+
+def call_mismatches(modules):
+    """Calls ``[cuda.]cudnn.f(...)`` / ``libcudnn.f(...)`` in chainer whose
+    positional count or keywords do not fit f's signature in ``modules``.
+    Returns (checked, unchecked, [mismatch descriptions])."""
+    checked, unchecked, bad = 0, set(), []
+    for path, text in chainer_files():
+        for node in ast.walk(ast.parse(text)):
+            if not (isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and _last_name(node.func.value) in ('cudnn',
+                                                        'libcudnn')):
+                continue
+            name = node.func.attr
+            function = next((getattr(m, name) for m in modules
+                             if hasattr(m, name)), None)
+            params = documented_parameters(function)
+            if params is None or any(isinstance(a, ast.Starred)
+                                     for a in node.args):
+                unchecked.add(name)
+                continue
+            checked += 1
+            given = len(node.args)
+            keywords = {k.arg for k in node.keywords}
+            names = [p for p, _ in params]
+            required = {p for p, has_default in params[given:]
+                        if not has_default}
+            if (given > len(params) or not keywords <= set(names)
+                    or not required <= keywords):
+                bad.append('%s:%d %s(%d positional, %s) vs (%s)' % (
+                    os.path.basename(path), node.lineno, name, given,
+                    sorted(keywords), ', '.join(names)))
+    return checked, sorted(unchecked), bad
 
 
 def main():
@@ -117,6 +181,10 @@ def main():
                   if not any(hasattr(m, n) for m in modules))
     check(not gone, '%d cuDNN names used by chainer exist; missing: %s'
           % (len(used), gone))
+    checked, unchecked, bad = call_mismatches(modules)
+    check(checked and not bad, '%d cuDNN calls in chainer fit the CuPy '
+          'signatures%s; unchecked (no signature): %s'
+          % (checked, ''.join('\n     ' + b for b in bad), unchecked))
     from chainermn import nccl  # what ChainerMN's communicators call
     check(nccl._available, 'ChainerMN finds NCCL in CuPy')
     used = names_used(r'\bnccl\.([A-Za-z_]\w*)\b')
