@@ -37,12 +37,17 @@ setup(
         # chainer 7.8.1 predates cupy 10+; cupy 14 needs numpy 2, so 13 is
         # the last line it runs with. The CUDA 12 libraries come from pip
         # (finetune.gpu loads them); a CUDA toolkit found by the loader
-        # takes precedence. cupy 13 needs cuDNN 8. See README "GPU".
+        # takes precedence. cupy 13 needs cuDNN 8. NVRTC 12.2+ compiles
+        # CuPy's kernels only with the CUDA runtime headers of the same
+        # minor version (nvidia-cuda-runtime-cu12), hence the 12.9 pins.
+        # See README "GPU and scaling out".
         'gpu': ['cupy-cuda12x>=13,<14',
-                'nvidia-cublas-cu12', 'nvidia-cusparse-cu12',
+                'nvidia-cuda-nvrtc-cu12==12.9.*',
+                'nvidia-cuda-runtime-cu12==12.9.*',
+                'nvidia-nvjitlink-cu12==12.9.*',
+                'nvidia-cublas-cu12>=12.9,<12.10', 'nvidia-cusparse-cu12',
                 'nvidia-cusolver-cu12', 'nvidia-curand-cu12',
-                'nvidia-cufft-cu12', 'nvidia-cuda-nvrtc-cu12',
-                'nvidia-nvjitlink-cu12', 'nvidia-cudnn-cu12>=8.9,<9',
+                'nvidia-cufft-cu12', 'nvidia-cudnn-cu12>=8.9,<9',
                 'nvidia-nccl-cu12'],
         # onnx 1.19 removed onnx.mapping, which chainer's bundled
         # onnx_chainer imports

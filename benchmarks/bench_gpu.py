@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_gpu.py [--gpu 0] [--quick]
 
 Without CuPy or a CUDA device it prints one line, "no GPU (cupy not
-importable / no device): skipped", and exits 0. On a GPU it measures, for
+importable / no device): skipped (<why>)", and exits 0; a GPU that is
+found but fails (e.g. a kernel does not compile) is an error. On a GPU it measures, for
 ``finetune.models.AlexNet`` (Chainer as shipped, cuDNN when available):
 
 * training-step images/s, full vs frozen trunk (conv1-conv5 under
@@ -66,19 +67,21 @@ def parse_args(argv=None):
 
 
 def find_device(args):
-    """The Chainer device, or None (reason printed) without a usable GPU."""
+    """The Chainer device, or None (reason printed in the skip line) when
+    there is no usable GPU. A GPU that is found but fails is an error."""
+    from finetune.errors import FinetuneError
     from finetune.gpu import device as gpu_device  # before chainer
     import chainer
     if args.cpu_dry_run:
         return chainer.get_device('@numpy')
     try:
         device = gpu_device(args.gpu)
-        device.use()
-        device.xp.zeros(1).sum()  # fails here without a working driver
-        return device
-    except Exception as e:  # FinetuneError, CUDARuntimeError, ...
-        print(' '.join(str(e).split()))
+    except FinetuneError as e:
+        print('%s (%s)' % (SKIP_LINE, e))
         return None
+    device.use()
+    device.xp.zeros(1).sum()  # compiles and runs a kernel
+    return device
 
 
 def synchronize(device):
@@ -189,7 +192,6 @@ def main(argv=None):
     C.setup_threads(os.cpu_count() or 1)
     device = find_device(args)
     if device is None:
-        print(SKIP_LINE)
         return 0
     import chainer
     import numpy as np

@@ -9,7 +9,7 @@ Three lines classify with a saved model::
 from finetune import gpu as _gpu
 # CUDA libraries installed from pip must be loaded before chainer decides,
 # at its import, whether CuPy is usable (a no-op without CuPy).
-_gpu.preload_pip_cuda_libraries()
+_gpu.preload_at_import()
 
 from finetune.errors import FinetuneError  # NOQA
 from finetune.inference import load  # NOQA

@@ -203,7 +203,10 @@ class Job:
         np.random.seed(args.seed)
         self.ranks = ranks = ranks_for(args.communicator)
         gpu = args.gpu + ranks.intra_rank if args.gpu >= 0 else -1
-        self.device = gpu_device(gpu)
+        option = '--gpu %d' % args.gpu
+        if ranks.size > 1:
+            option += ' (rank %d: GPU %d)' % (ranks.rank, gpu)
+        self.device = gpu_device(gpu, option)
         pretrained, self.meta, prep = load_pretrained(args.pretrained,
                                                       args.prototxt)
         lists = None

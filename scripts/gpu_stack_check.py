@@ -7,7 +7,11 @@ without a GPU: run by scripts/gpu_stack_check.sh in a fresh venv.
    (ChainerMN included) uses exists in the installed CuPy (a removed API
    would fail only when that code runs), and chainer's cuDNN calls fit
    the signatures CuPy embeds in its docstrings.
-3. ``--gpu 0`` on a machine without a CUDA device is a one-line error.
+3. NVRTC compiles CuPy's kernel headers (cupy/carray.cuh includes
+   cuda_fp16.h, which NVRTC 12.2+ takes from the CUDA runtime headers),
+   for sm_80 and sm_90: no GPU is needed to compile.
+4. ``--gpu 0`` on a machine without a CUDA device is a one-line error (on
+   a GPU machine: a kernel runs).
 Exits 1 on any failure.
 """
 import ast
@@ -24,10 +28,14 @@ import warnings
 #: names chainer only tries after the current one (try/except ImportError)
 FALLBACKS = {'cupy.util': 'chainer imports cupy._util first'}
 
-failures = []
+#: a kernel as CuPy writes them: its headers, a float16 conversion
+KERNEL = ('#include <cupy/carray.cuh>\n#include <cupy/complex.cuh>\n'
+          'extern "C" __global__ void k(float* x) '
+          '{ x[threadIdx.x] = (float)(half)x[threadIdx.x]; }\n')
 
 
-def check(ok, what):
+def check(failures, ok, what):
+    """Print one ok/FAIL line; remember a failure in ``failures``."""
     print('%s %s' % ('ok  ' if ok else 'FAIL', what))
     if not ok:
         failures.append(what)
@@ -144,17 +152,20 @@ def call_mismatches(modules):
     return checked, sorted(unchecked), bad
 
 
-def main():
+def check_import(failures):
+    """Import finetune then chainer as a user would; the chainer module,
+    or None when it finds no CuPy."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         import finetune  # NOQA  (preloads the pip CUDA libraries)
         import chainer
     cuda = chainer.backends.cuda
-    check(cuda.available, 'chainer sees CuPy (cuda.available); reason: %s'
-          % getattr(cuda, '_resolution_error', None))
-    check(cuda.cudnn_enabled, 'chainer sees cuDNN (cuda.cudnn_enabled)')
+    check(failures, cuda.available, 'chainer sees CuPy (cuda.available); '
+          'reason: %s' % getattr(cuda, '_resolution_error', None))
+    check(failures, cuda.cudnn_enabled,
+          'chainer sees cuDNN (cuda.cudnn_enabled)')
     if not cuda.available:
-        return 1
+        return None
     import cupy
     print('cupy %s, CUDA runtime %d, cuDNN %d, NCCL %s' % (
         cupy.__version__, cupy.cuda.runtime.runtimeGetVersion(),
@@ -163,65 +174,97 @@ def main():
     said = [(w.category.__name__, str(w.message)) for w in caught
             if 'cupy' in str(w.message).lower()]
     print('CuPy warnings at import: %s' % said)
-    check(not [w for w in said if w[0] != 'DeprecationWarning'],
+    check(failures, not [w for w in said if w[0] != 'DeprecationWarning'],
           'no CuPy warning at import other than deprecations')
+    return chainer
 
-    # cupy.X.Y... as written in chainer's source (``cuda.cupy.X`` too)
+
+def check_names(failures):
+    """cupy, cuDNN and NCCL names and cuDNN call signatures chainer uses."""
+    import cupy
+    # cupy.X.Y... as written in chainer's code (``cuda.cupy.X`` too)
     dotted = names_used(r'\bcupy((?:\.[A-Za-z_]\w*)+)')
     missing = sorted('cupy' + d for d in dotted
                      if resolve('cupy' + d) is None
-                     and resolve('cupy' + d.rsplit('.', 1)[0]) is not None
                      and 'cupy' + d not in FALLBACKS)
-    check(not missing, '%d cupy names used by chainer/ChainerMN exist; missing: %s'
-          % (len(dotted), missing))
+    check(failures, not missing, '%d cupy names used by chainer/ChainerMN '
+          'exist; missing: %s' % (len(dotted), missing))
     modules = (cupy.cudnn, cupy.cuda.cudnn)
     used = names_used(r'\b(?:lib)?cudnn\.([A-Za-z_]\w*)\b')
-    used.pop('h', None)  # "cudnn.h" in comments
     gone = sorted(n for n in used
                   if not any(hasattr(m, n) for m in modules))
-    check(not gone, '%d cuDNN names used by chainer exist; missing: %s'
-          % (len(used), gone))
+    check(failures, not gone, '%d cuDNN names used by chainer exist; '
+          'missing: %s' % (len(used), gone))
     checked, unchecked, bad = call_mismatches(modules)
-    check(checked and not bad, '%d cuDNN calls in chainer fit the CuPy '
-          'signatures%s; unchecked (no signature): %s'
+    check(failures, checked and not bad, '%d cuDNN calls in chainer fit '
+          'the CuPy signatures%s; unchecked (no signature): %s'
           % (checked, ''.join('\n     ' + b for b in bad), unchecked))
     from chainermn import nccl  # what ChainerMN's communicators call
-    check(nccl._available, 'ChainerMN finds NCCL in CuPy')
+    check(failures, nccl._available, 'ChainerMN finds NCCL in CuPy')
     used = names_used(r'\bnccl\.([A-Za-z_]\w*)\b')
     gone = sorted(n for n in used if not hasattr(nccl, n)
                   and not hasattr(cupy.cuda.nccl, n))
-    check(not gone, '%d NCCL names used by chainer/ChainerMN exist; missing: %s'
-          % (len(used), gone))
+    check(failures, not gone, '%d NCCL names used by chainer/ChainerMN '
+          'exist; missing: %s' % (len(used), gone))
 
-    from finetune.errors import FinetuneError
+
+def check_nvrtc(failures):
+    """Compile KERNEL with CuPy's own options, as its kernels compile."""
+    import cupy._core.core as core
+    from cupy.cuda import compiler
+    options = (tuple(core.assemble_cupy_compiler_options(()))
+               + compiler._get_extra_include_dir_opts()
+               + ('--device-as-default-execution-space',))
+    for arch in ('80', '90'):
+        try:
+            program = compiler._NVRTCProgram(KERNEL, 'k.cu', method='cubin')
+            cubin = program.compile(options + ('-arch=sm_' + arch,))[0]
+            check(failures, bool(cubin), 'NVRTC %s compiles a CuPy kernel '
+                  'for sm_%s (%d bytes)' % (compiler._get_nvrtc_version(),
+                                            arch, len(cubin)))
+        except Exception as e:  # CompileException, no CUDA root, ...
+            check(failures, False, 'NVRTC compiles a CuPy kernel for sm_%s: '
+                  '%s' % (arch, ' '.join(str(e).split())[:300]))
+
+
+def check_device(failures):
+    """No device: one-line errors from device() and predict --gpu 0. A
+    device: a kernel runs on it."""
     from finetune.demo import LENET_DIR
     from finetune.demo import convert_lenet
+    from finetune.errors import FinetuneError
     from finetune.gpu import device
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        count = 0
+    from finetune.gpu import usable_device_count
+    count = usable_device_count()
     print('CUDA devices: %d' % count)
-    if count == 0:
-        try:
-            device(0)
-            check(False, 'device(0) without a CUDA device raises')
-        except FinetuneError as e:
-            check('\n' not in str(e), 'device(0) error: %s' % e)
-        with tempfile.TemporaryDirectory() as tmp:
-            model = convert_lenet(tmp)
-            result = subprocess.run(
-                [sys.executable, '-m', 'finetune.predict', '--model', model,
-                 os.path.join(LENET_DIR, 'samples'), '--gpu', '0'],
-                capture_output=True, text=True)
-        lines = result.stderr.strip().splitlines()
-        check(result.returncode == 2 and len(lines) == 1
-              and '--gpu 0' in lines[0],
-              'predict --gpu 0: exit %d, %r' % (result.returncode, lines))
-    else:
-        dev = device(0)
-        x = dev.xp.arange(6, dtype='f').reshape(2, 3)
-        check(float(x.sum()) == 15.0, 'a kernel runs on GPU 0')
+    if count:
+        x = device(0).xp.arange(6, dtype='f').reshape(2, 3)
+        check(failures, float(x.sum()) == 15.0, 'a kernel runs on GPU 0')
+        return
+    try:
+        device(0)
+        check(failures, False, 'device(0) without a CUDA device raises')
+    except FinetuneError as e:
+        check(failures, '\n' not in str(e), 'device(0) error: %s' % e)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = convert_lenet(tmp)
+        result = subprocess.run(
+            [sys.executable, '-m', 'finetune.predict', '--model', model,
+             os.path.join(LENET_DIR, 'samples'), '--gpu', '0'],
+            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    check(failures, result.returncode == 2 and len(lines) == 1
+          and '--gpu 0' in lines[0],
+          'predict --gpu 0: exit %d, %r' % (result.returncode, lines))
+
+
+def main():
+    failures = []
+    if check_import(failures) is None:
+        return 1
+    check_names(failures)
+    check_nvrtc(failures)
+    check_device(failures)
     return 1 if failures else 0
 
 
