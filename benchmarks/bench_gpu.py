@@ -6,7 +6,8 @@
 Without CuPy or a CUDA device it prints one line, "no GPU (cupy not
 importable / no device): skipped (<why>)", and exits 0; a GPU that is
 found but fails (e.g. a kernel does not compile) is an error. On a GPU it
-measures, for ``finetune.models.AlexNet`` (Chainer as shipped, cuDNN when available):
+measures, for ``finetune.models.AlexNet`` (Chainer as shipped, cuDNN when
+available):
 
 * training-step images/s, full vs frozen trunk (conv1-conv5 under
   ``FineTuneNet(net, 5)``), CaffeSGD as ``finetune.train`` uses it, at
