@@ -39,7 +39,7 @@ GPU_HELP = ("see README 'GPU and scaling out': pip install "
             'CUDA 12 libraries)')
 
 #: what ``import finetune`` did (set once, by preload_at_import)
-_AT_IMPORT = {'loaded': [], 'errors': [], 'after_chainer': False}
+_AT_IMPORT = {'errors': [], 'after_chainer': False}
 
 
 def find_pip_library(folder, soname, path=None):
@@ -99,7 +99,7 @@ def preload_at_import():
     if importlib.util.find_spec('cupy') is None:
         return
     loaded, errors = preload_pip_cuda_libraries()
-    _AT_IMPORT.update(loaded=loaded, errors=errors,
+    _AT_IMPORT.update(errors=errors,
                       after_chainer=bool(loaded) and 'chainer' in sys.modules)
 
 
