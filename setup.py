@@ -15,10 +15,12 @@ setup(
     # The network definitions live in the top-level models/ folder (design
     # card) but install as finetune.models, so they never shadow a user's own
     # ``models`` module.
-    packages=['finetune', 'finetune.caffe', 'finetune.models',
-              'finetune.resources'],
+    packages=['finetune', 'finetune.caffe', 'finetune.common',
+              'finetune.data', 'finetune.data.resources',
+              'finetune.inference', 'finetune.models', 'finetune.sources',
+              'finetune.training'],
     package_dir={'finetune.models': 'models'},
-    package_data={'finetune.resources': ['*.txt', '*.npy', 'NOTICE'],
+    package_data={'finetune.data.resources': ['*.txt', '*.npy', 'NOTICE'],
                   'finetune.caffe': ['*.proto']},
     install_requires=[
         'chainer==7.8.1',
@@ -30,13 +32,13 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.5',
         # the fast exact CPU path for frozen layers and inference
-        # (finetune/opencv_backend.py); 4.12+ needs numpy 2
+        # (models/opencv_runner.py); 4.12+ needs numpy 2
         'opencv-python-headless>=4.5,<4.12',
     ],
     extras_require={
         # chainer 7.8.1 predates cupy 10+; cupy 14 needs numpy 2, so 13 is
         # the last line it runs with. The CUDA 12 libraries come from pip
-        # (finetune.gpu loads them); a CUDA toolkit found by the loader
+        # (finetune.common.gpu loads them); a CUDA toolkit found by the loader
         # takes precedence. cupy 13 needs cuDNN 8. NVRTC 12.2+ compiles
         # CuPy's kernels only with the CUDA runtime headers of the same
         # minor version (nvidia-cuda-runtime-cu12), hence the 12.9 pins.

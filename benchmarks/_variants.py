@@ -308,7 +308,7 @@ def apply(names):
         _POOL['threads'] = int(os.environ.get('OMP_NUM_THREADS') or
                                os.cpu_count() or 1)
     if 'detach' in names and 'detach' not in _ORIG:
-        from finetune import surgery
+        from finetune.training import surgery
         _ORIG['detach'] = surgery.FineTuneNet.features
         surgery.FineTuneNet.features = _detached_features
     return names
@@ -325,5 +325,5 @@ def restore():
     if 'lrn' in _ORIG:
         _lrn_mod.LocalResponseNormalization.forward_cpu = _ORIG.pop('lrn')
     if 'detach' in _ORIG:
-        from finetune import surgery
+        from finetune.training import surgery
         surgery.FineTuneNet.features = _ORIG.pop('detach')

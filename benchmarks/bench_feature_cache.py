@@ -7,7 +7,7 @@ Three parts, all with the shipped code (``finetune.train.Job``):
    training steps, loader included, interleaved round by round, for
    recomputing the trunk on Chainer, recomputing it on OpenCV (the
    default), and ``--cache-features``; plus the cached head with the
-   optimizer as it was before ``finetune.solver`` (MomentumSGD with the
+   optimizer as it was before ``finetune.training.solver`` (MomentumSGD with the
    WeightDecay hook and a rate hook). Prints the arithmetic bound on the
    ratio: (trunk + head FLOPs) / head FLOPs.
 2. Whole runs: seconds per epoch from the training log (evaluation,
@@ -143,7 +143,7 @@ def train_argv(data, pretrained, out, batch, loaderjob, extra, freeze,
 
 
 def hooks_optimizer(job, args):
-    """The optimizer as before finetune.solver: MomentumSGD, Chainer's
+    """The optimizer as before finetune.training.solver: MomentumSGD, Chainer's
     WeightDecay hook and a hook scaling the step by Caffe's lr_mult (the
     reference of tests/test_solver.py)."""
     sys.path.insert(0, os.path.join(C.ROOT, 'tests'))
@@ -160,7 +160,7 @@ def hooks_optimizer(job, args):
 def training_loop(args, work, data, caffemodel):
     """Part 1: steady-state images/s of each mode, interleaved."""
     from finetune.train import Job, build_parser
-    from finetune.training import SeededUpdater
+    from finetune.training.extensions import SeededUpdater
     lines = []
     for batch in args.batches:
         updaters, jobs, built = {}, [], {}
@@ -259,7 +259,7 @@ def corner_crops(preprocess, index, mode, count=10):
 def accuracy(args, work):
     """Part 3: cached vs uncached validation accuracy, real LeNet."""
     import numpy as np
-    import finetune.feature_cache as feature_cache
+    import finetune.data.feature_cache as feature_cache
     from finetune.convert import convert_caffemodel
     from finetune.demo import LENET_DIR, write_digit_folders
     from finetune.train import build_parser, train
@@ -315,7 +315,7 @@ def accuracy(args, work):
 def main(argv=None):
     args = parse_args(argv)
     C.setup_threads(args.threads)
-    from finetune.allocator import keep_freed_memory
+    from finetune.common.allocator import keep_freed_memory
     keep_freed_memory()  # as the finetune.train command does
     C.emit(['# bench_feature_cache.py ' + ' '.join(sys.argv[1:])]
            + C.environment_report(args.threads, {}))

@@ -16,7 +16,7 @@ available):
   (float16 weights, float32 masters, dynamic loss scaling) if the device
   runs it (a failure is reported, not fatal);
 * prediction images/s of the model alone and end to end with
-  ``finetune.loader.make_iterator`` decoding JPEGs in worker processes
+  ``finetune.data.loader.make_iterator`` decoding JPEGs in worker processes
   (the loader alone is timed too, so which side limits is visible).
 
 ``--cpu-dry-run`` runs the same code paths on NumPy with tiny sizes (float32
@@ -70,8 +70,8 @@ def parse_args(argv=None):
 def find_device(args):
     """The Chainer device, or None (reason printed in the skip line) when
     there is no usable GPU. A GPU that is found but fails is an error."""
-    from finetune.errors import FinetuneError
-    from finetune.gpu import device as gpu_device  # before chainer
+    from finetune.common.errors import FinetuneError
+    from finetune.common.gpu import device as gpu_device  # before chainer
     import chainer
     if args.cpu_dry_run:
         return chainer.get_device('@numpy')
@@ -108,11 +108,11 @@ def train_rates(device, batches, repeat, dtype, frozen):
     import chainer
     import numpy as np
     from finetune.models import AlexNet
-    from finetune.solver import CaffeSGD, set_caffe_lr_policy
-    from finetune.surgery import FineTuneNet
-    from finetune.surgery import freeze_layers
-    from finetune.surgery import set_param_dtype
-    from finetune.training import Classifier
+    from finetune.training.solver import CaffeSGD, set_caffe_lr_policy
+    from finetune.training.surgery import FineTuneNet
+    from finetune.training.surgery import freeze_layers
+    from finetune.training.surgery import set_param_dtype
+    from finetune.training.extensions import Classifier
     rates = {}
     # as finetune.train --dtype sets it up
     net = AlexNet()
@@ -148,11 +148,11 @@ def predict_rates(device, args, dtype, folder, entries):
     import chainer
     import numpy as np
     from chainer.dataset import concat_examples
-    from finetune.datasets import LabeledImageDataset
-    from finetune.loader import make_iterator
+    from finetune.data.datasets import LabeledImageDataset
+    from finetune.data.loader import make_iterator
     from finetune.models import AlexNet
-    from finetune.resources import imagenet_mean
-    from finetune.transforms import CaffePreprocess
+    from finetune.data.resources import imagenet_mean
+    from finetune.data.transforms import CaffePreprocess
     batch = args.predict_batch
     with chainer.using_config('dtype', dtype):
         net = AlexNet()

@@ -11,7 +11,7 @@ with ``os.wait4``):
 
 * ``python -m finetune.convert X.caffemodel --force``: wall time, peak RSS,
   peak RSS / caffemodel size (and net of the interpreter + imports),
-* ``finetune.checkpoint.load_model(X.npz)`` and ``finetune.load(X.npz)``
+* ``finetune.models.model_file.load_model(X.npz)`` and ``finetune.load(X.npz)``
   (default backend, which builds the OpenCV net on the CPU, and
   ``backend='chainer'``): time inside the child and its peak RSS,
 * ``load_model`` with the net built with zero initial weights
@@ -34,7 +34,7 @@ import _common as C  # noqa: E402
 LOAD_CHILD = r'''
 import json, sys, time
 t0 = time.perf_counter()
-import finetune, finetune.checkpoint
+import finetune, finetune.models.model_file
 t1 = time.perf_counter()
 what, path = sys.argv[1], sys.argv[2]
 shipped = None
@@ -45,16 +45,16 @@ if what == 'load_model_zero_init':
     import inspect
     import chainer
     shipped = 'initialW' in inspect.signature(
-        finetune.checkpoint.build_model).parameters
+        finetune.models.model_file.build_model).parameters
     if not shipped:
         zero = chainer.initializers.Zero()
-        for arch, cls in list(finetune.checkpoint.ARCHS.items()):
-            finetune.checkpoint.ARCHS[arch] = (
+        for arch, cls in list(finetune.models.model_file.ARCHS.items()):
+            finetune.models.model_file.ARCHS[arch] = (
                 lambda cls: lambda n_classes, **kw: cls(
                     n_classes=n_classes, initialW=zero))(cls)
     what = 'load_model'
 if what == 'load_model':
-    model, meta, prep = finetune.checkpoint.load_model(path)
+    model, meta, prep = finetune.models.model_file.load_model(path)
 elif what == 'finetune.load':
     predictor = finetune.load(path)
 elif what == 'finetune.load_chainer':

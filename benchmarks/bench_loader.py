@@ -14,7 +14,7 @@ compress like photos), then measures images/s of one process for
   subtraction (what a loader worker does), then the random 227 crop +
   mirror (what ``RandomCropConverter`` does in the main process), with and
   without draft mode,
-* ``finetune.loader.make_iterator`` over ``LabeledImageDataset`` with 0
+* ``finetune.data.loader.make_iterator`` over ``LabeledImageDataset`` with 0
   (``SerialIterator``), 1 and 2 worker processes, crop included,
 
 and compares them with the Chainer train-step rates at batch 32 (frozen
@@ -98,9 +98,9 @@ def per_image_rates(folder, entries, repeat):
     """
     import numpy as np
     from PIL import Image
-    from finetune.resources import imagenet_mean
-    from finetune.transforms import CaffePreprocess
-    from finetune.transforms import read_image
+    from finetune.data.resources import imagenet_mean
+    from finetune.data.transforms import CaffePreprocess
+    from finetune.data.transforms import read_image
     mean = imagenet_mean()
     uncropped = CaffePreprocess((256, 256), None, mean)
     cropper = CaffePreprocess((256, 256), 227, mean)
@@ -141,11 +141,11 @@ def per_image_rates(folder, entries, repeat):
 def iterator_rate(folder, entries, batch, jobs, batches):
     """Images/s through make_iterator + RandomCropConverter (crop in this
     process), after the first batch (worker start-up excluded)."""
-    from finetune.datasets import LabeledImageDataset
-    from finetune.loader import make_iterator
-    from finetune.resources import imagenet_mean
-    from finetune.training import RandomCropConverter
-    from finetune.transforms import CaffePreprocess
+    from finetune.data.datasets import LabeledImageDataset
+    from finetune.data.loader import make_iterator
+    from finetune.data.resources import imagenet_mean
+    from finetune.training.extensions import RandomCropConverter
+    from finetune.data.transforms import CaffePreprocess
     mean = imagenet_mean()
     uncropped = CaffePreprocess((256, 256), None, mean)
     converter = RandomCropConverter(CaffePreprocess((256, 256), 227, mean),
@@ -228,7 +228,7 @@ def main(argv=None):
                             r, r / serial, startup))
         C.emit(C.table(['make_iterator (+ crop converter)', 'img/s',
                         'vs serial', 'first batch s'], it_rows,
-                       '\n== through finetune.loader.make_iterator, batch '
+                       '\n== through finetune.data.loader.make_iterator, batch '
                        '%d, %d batches after the first ==' % (args.batch,
                                                               batches)))
 

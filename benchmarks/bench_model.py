@@ -178,7 +178,7 @@ def finetune_net(net, frozen, backend='chainer'):
     'chainer', or 'auto' (OpenCV's dnn on the CPU, the project's default
     since the OpenCV trunk backend was added). None when this version of
     finetune has no such backend."""
-    from finetune.surgery import FineTuneNet
+    from finetune.training.surgery import FineTuneNet
     try:
         return FineTuneNet(net, frozen, trunk_backend=backend)
     except TypeError:  # finetune before --trunk-backend
@@ -191,9 +191,9 @@ def chainer_train_fn(net, x, t, frozen, backend='chainer'):
     CaffeSGD with Caffe's multipliers (the layers after ``frozen`` are the
     new head: x10; biases x2, no decay)."""
     import chainer
-    from finetune.solver import CaffeSGD, set_caffe_lr_policy
-    from finetune.surgery import freeze_layers
-    from finetune.training import Classifier
+    from finetune.training.solver import CaffeSGD, set_caffe_lr_policy
+    from finetune.training.surgery import freeze_layers
+    from finetune.training.extensions import Classifier
     predictor = finetune_net(net, frozen, backend)
     if predictor is None:
         return None

@@ -24,7 +24,7 @@ import numpy as np
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.writer import random_weights
 from finetune.caffe.writer import write_caffemodel
-from finetune.cli import command
+from finetune.common.cli import command
 from finetune.models import AlexNet
 from finetune.train import DEFAULT_PRETRAINED
 from finetune.train import build_parser

@@ -6,13 +6,12 @@ Three lines classify with a saved model::
     model = finetune.load('result/model_best.npz')
     labels, probs = model.predict(['photo.jpg'])
 """
-from finetune import gpu as _gpu
-# CUDA libraries installed from pip must be loaded before chainer decides,
+from finetune.common import gpu as _gpu  # CUDA libraries installed from pip must be loaded before chainer decides,
 # at its import, whether CuPy is usable (a no-op without CuPy).
 _gpu.preload_at_import()
 
-from finetune.errors import FinetuneError  # NOQA
-from finetune.inference import load  # NOQA
-from finetune.inference import Predictor  # NOQA
+from finetune.common.errors import FinetuneError  # NOQA
+from finetune.inference.predictor import load  # NOQA
+from finetune.inference.predictor import Predictor  # NOQA
 
 __version__ = '0.1.0'

@@ -21,16 +21,16 @@ import numpy as np
 
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.importer import import_caffemodel
-from finetune.checkpoint import save_model
-from finetune.data import read_class_names
-from finetune.cli import command
-from finetune.errors import CaffeModelError
+from finetune.models.model_file import save_model
+from finetune.data.folder import read_class_names
+from finetune.common.cli import command
+from finetune.common.errors import CaffeModelError
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
-from finetune.resources import imagenet_class_names
-from finetune.resources import imagenet_mean
-from finetune.transforms import CaffePreprocess
+from finetune.data.resources import imagenet_class_names
+from finetune.data.resources import imagenet_mean
+from finetune.data.transforms import CaffePreprocess
 
 
 def detect_alexnet(net, source):

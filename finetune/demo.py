@@ -15,8 +15,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from finetune.allocator import keep_freed_memory
-from finetune.cli import command
+from finetune.common.allocator import keep_freed_memory
+from finetune.common.cli import command
 from finetune.convert import ensure_converted
 
 LENET_DIR = os.path.join(os.path.dirname(os.path.dirname(

@@ -35,10 +35,10 @@ import chainer
 import chainer.functions as F
 import numpy as np
 
-from finetune.checkpoint import load_model
-from finetune.cli import command
-from finetune.errors import FinetuneError
-from finetune.fileio import atomic_write
+from finetune.models.model_file import load_model
+from finetune.common.cli import command
+from finetune.common.errors import FinetuneError
+from finetune.common.fileio import atomic_write
 
 ONNX_REQUIREMENT = 'onnx>=1.13,<1.19'
 INSTALL_HINT = ("ONNX export needs the onnx package: pip install "

@@ -13,9 +13,9 @@ import collections
 import os
 import sys
 
-from finetune.download import ProgressBar, TransferError, download_file, sha1_of_file
-from finetune.cli import command
-from finetune.errors import DownloadError
+from finetune.sources.http import ProgressBar, TransferError, download_file, sha1_of_file
+from finetune.common.cli import command
+from finetune.common.errors import DownloadError
 
 ModelFile = collections.namedtuple('ModelFile', 'url sha1 filename')
 

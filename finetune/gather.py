@@ -34,10 +34,10 @@ import unicodedata
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from finetune.download import TransferError, check_url, fetch_bytes, sha1_of_file
-from finetune.errors import DataError
-from finetune.cli import command
-from finetune.fileio import atomic_write
+from finetune.sources.http import TransferError, check_url, fetch_bytes, sha1_of_file
+from finetune.common.errors import DataError
+from finetune.common.cli import command
+from finetune.common.fileio import atomic_write
 
 Entry = collections.namedtuple('Entry', 'url label')
 ReportRow = collections.namedtuple('ReportRow', 'url label status reason path')

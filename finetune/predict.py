@@ -19,14 +19,14 @@ import chainer
 import numpy as np
 from tqdm import tqdm
 
-from finetune.allocator import keep_freed_memory
-from finetune.cli import command
-from finetune.errors import DataError
-from finetune.errors import FinetuneError
-from finetune.evaluation import top_k
-from finetune.fileio import atomic_write
-from finetune.inference import load
-from finetune.loader import make_iterator
+from finetune.common.allocator import keep_freed_memory
+from finetune.common.cli import command
+from finetune.common.errors import DataError
+from finetune.common.errors import FinetuneError
+from finetune.training.report import top_k
+from finetune.common.fileio import atomic_write
+from finetune.inference.predictor import load
+from finetune.data.loader import make_iterator
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
                     '.webp', '.ppm', '.pgm')

@@ -18,42 +18,42 @@ import chainer
 import numpy as np
 from chainer.training import extensions
 
-from finetune import data as data_lib
-from finetune import evaluation
-from finetune.checkpoint import load_model
-from finetune.checkpoint import save_model
-from finetune.allocator import keep_freed_memory
-from finetune.cli import command
+from finetune.data import folder as data_lib
+from finetune.training import report as evaluation
+from finetune.models.model_file import load_model
+from finetune.models.model_file import save_model
+from finetune.common.allocator import keep_freed_memory
+from finetune.common.cli import command
 from finetune.convert import ensure_converted
-from finetune.datasets import LabeledImageDataset
-from finetune.distributed import ranks_for
-from finetune.errors import FinetuneError
-from finetune.feature_cache import CachedCropConverter
-from finetune.feature_cache import CachedFeatureDataset
-from finetune.feature_cache import cached_features
-from finetune.gpu import device as gpu_device
-from finetune.inference import Predictor
-from finetune.loader import make_iterator
-from finetune.lr_find import lr_range_test
-from finetune.lr_find import plot_lr_find
+from finetune.data.datasets import LabeledImageDataset
+from finetune.training.distributed import ranks_for
+from finetune.common.errors import FinetuneError
+from finetune.data.feature_cache import CachedCropConverter
+from finetune.data.feature_cache import CachedFeatureDataset
+from finetune.data.feature_cache import cached_features
+from finetune.common.gpu import device as gpu_device
+from finetune.inference.predictor import Predictor
+from finetune.data.loader import make_iterator
+from finetune.training.lr_find import lr_range_test
+from finetune.training.lr_find import plot_lr_find
 from finetune.predict import predict_paths
-from finetune.solver import CaffeSGD
-from finetune.solver import set_caffe_lr_policy
-from finetune.surgery import FineTuneNet
-from finetune.surgery import freeze_layers
-from finetune.surgery import frozen_prefix
-from finetune.surgery import parse_layer_spec
-from finetune.surgery import replace_head
-from finetune.surgery import set_param_dtype
-from finetune.training import Classifier
-from finetune.training import EpochOrIntervalTrigger
-from finetune.training import latest_snapshot
-from finetune.training import RandomCropConverter
-from finetune.training import SeededUpdater
-from finetune.training import SaveBestModel
-from finetune.training import save_snapshot
-from finetune.training import SNAPSHOT_PREFIX
-from finetune.transforms import CaffePreprocess
+from finetune.training.solver import CaffeSGD
+from finetune.training.solver import set_caffe_lr_policy
+from finetune.training.surgery import FineTuneNet
+from finetune.training.surgery import freeze_layers
+from finetune.training.surgery import frozen_prefix
+from finetune.training.surgery import parse_layer_spec
+from finetune.training.surgery import replace_head
+from finetune.training.surgery import set_param_dtype
+from finetune.training.extensions import Classifier
+from finetune.training.extensions import EpochOrIntervalTrigger
+from finetune.training.extensions import latest_snapshot
+from finetune.training.extensions import RandomCropConverter
+from finetune.training.extensions import SeededUpdater
+from finetune.training.extensions import SaveBestModel
+from finetune.training.extensions import save_snapshot
+from finetune.training.extensions import SNAPSHOT_PREFIX
+from finetune.data.transforms import CaffePreprocess
 
 DEFAULT_PRETRAINED = os.path.join('pretrained', 'bvlc_alexnet.caffemodel')
 

@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.caffemodel import prototxt_net
 from finetune.caffe.caffemodel import read_prototxt_param
-from finetune.errors import CaffeModelError
+from finetune.common.errors import CaffeModelError
 from finetune.models.alexnet import stage_slice
 from finetune.models.functions import caffe_lrn
 from finetune.models.functions import caffe_pooling_2d

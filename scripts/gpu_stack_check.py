@@ -232,9 +232,9 @@ def check_device(failures):
     device: a kernel runs on it."""
     from finetune.demo import LENET_DIR
     from finetune.demo import convert_lenet
-    from finetune.errors import FinetuneError
-    from finetune.gpu import device
-    from finetune.gpu import usable_device_count
+    from finetune.common.errors import FinetuneError
+    from finetune.common.gpu import device
+    from finetune.common.gpu import usable_device_count
     count = usable_device_count()
     print('CUDA devices: %d' % count)
     if count:

@@ -2,12 +2,12 @@
 import os
 
 # finetune first: it loads pip-installed CUDA libraries before chainer
-# decides whether CuPy is usable (finetune/gpu.py)
+# decides whether CuPy is usable (finetune/common/gpu.py)
 import finetune  # NOQA
 import numpy as np
 import pytest
 
-DATA = os.path.join(os.path.dirname(__file__), 'data')
+DATA = os.path.join(os.path.dirname(__file__), 'assets')
 LENET = os.path.join(os.path.dirname(__file__), '..', 'examples', 'lenet')
 
 

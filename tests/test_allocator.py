@@ -7,7 +7,7 @@ import pytest
 PROBE = '''
 import resource, sys
 import numpy as np, chainer, chainer.links as L
-from finetune.allocator import keep_freed_memory
+from finetune.common.allocator import keep_freed_memory
 if sys.argv[1] == 'tuned':
     assert keep_freed_memory()
 conv = L.Convolution2D(3, 96, 11, stride=4)

@@ -15,7 +15,7 @@ from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.caffe.importer import import_caffemodel
 from finetune.caffe.writer import caffemodel_bytes
 from finetune.caffe.writer import random_weights
-from finetune.errors import CaffeModelError
+from finetune.common.errors import CaffeModelError
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 

@@ -12,10 +12,10 @@ import pytest
 import finetune
 from conftest import data_path
 from finetune.caffe.importer import import_caffemodel
-from finetune.checkpoint import load_model
+from finetune.models.model_file import load_model
 from finetune.convert import convert_caffemodel
 from finetune.models import AlexNet
-from finetune.resources import imagenet_class_names
+from finetune.data.resources import imagenet_class_names
 
 
 def run(*args):

@@ -1,4 +1,4 @@
-"""finetune.data and finetune.datasets on real image files in tmp_path."""
+"""finetune.data.folder and finetune.data.datasets on real image files in tmp_path."""
 import csv
 import io
 import logging
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune import data
-from finetune.datasets import LabeledImageDataset
-from finetune.errors import DataError
-from finetune.transforms import CaffePreprocess
+from finetune.data import folder as data
+from finetune.data.datasets import LabeledImageDataset
+from finetune.common.errors import DataError
+from finetune.data.transforms import CaffePreprocess
 
-PHOTO = os.path.join(os.path.dirname(__file__), 'data', 'fish-bike.jpg')
+PHOTO = os.path.join(os.path.dirname(__file__), 'assets', 'fish-bike.jpg')
 
 
 def noise_image(seed, size=(40, 30), mode='RGB'):
@@ -457,7 +457,7 @@ def test_dataset_survives_a_file_deleted_after_construction(small_dataset,
     dataset = LabeledImageDataset(root, entries, preprocess)
     os.remove(os.path.join(root, entries[2][0]))
 
-    with caplog.at_level(logging.WARNING, logger='finetune.datasets'):
+    with caplog.at_level(logging.WARNING, logger='finetune.data.datasets'):
         image, label = dataset[2]
         again, _ = dataset[2]
 

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune import evaluation as ev
-
-
+from finetune.training import report as ev
 def random_case(n=300, n_classes=7, seed=0):
     """Softmax-like probabilities (N, C), labels (N,), paths and names."""
     rng = np.random.RandomState(seed)

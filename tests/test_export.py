@@ -22,15 +22,15 @@ pytest.importorskip('onnx_chainer')
 from onnx.reference import ReferenceEvaluator  # NOQA: E402
 from onnx.reference.op_run import OpRun  # NOQA: E402
 
-from finetune.checkpoint import save_model  # NOQA: E402
-from finetune.errors import FinetuneError  # NOQA: E402
+from finetune.models.model_file import save_model  # NOQA: E402
+from finetune.common.errors import FinetuneError  # NOQA: E402
 from finetune.export import export_onnx  # NOQA: E402
 from finetune.export import read_metadata  # NOQA: E402
 from finetune.export import to_onnx  # NOQA: E402
 from finetune.models import AlexNet  # NOQA: E402
 from finetune.models import CaffeGraph  # NOQA: E402
 from finetune.models.functions import pooled_size  # NOQA: E402
-from finetune.transforms import CaffePreprocess  # NOQA: E402
+from finetune.data.transforms import CaffePreprocess  # NOQA: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""finetune.fetch and finetune.download against a local HTTP server on 127.0.0.1."""
+"""finetune.fetch and finetune.sources.http against a local HTTP server on 127.0.0.1."""
 import hashlib
 import os
 import socket
@@ -6,8 +6,8 @@ import socket
 import pytest
 
 from finetune import fetch
-from finetune.download import TransferError, download_file, fetch_bytes
-from finetune.errors import DownloadError
+from finetune.sources.http import TransferError, download_file, fetch_bytes
+from finetune.common.errors import DownloadError
 
 from http_server import Response
 

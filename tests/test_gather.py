@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from finetune import gather as gather_module
-from finetune.errors import DataError
+from finetune.common.errors import DataError
 from finetune.gather import Entry, gather, read_entries, read_label_names
 
 from http_server import Response
 
-DATA = os.path.join(os.path.dirname(__file__), 'data')
+DATA = os.path.join(os.path.dirname(__file__), 'assets')
 FAST = {'timeout': 0.3, 'retries': 1, 'backoff': 0.01, 'jobs': 4, 'progress': False}
 
 

@@ -13,8 +13,8 @@ import chainer
 import numpy as np
 import pytest
 
-from finetune.checkpoint import load_model
-from finetune.gpu import usable_device_count
+from finetune.models.model_file import load_model
+from finetune.common.gpu import usable_device_count
 
 pytestmark = pytest.mark.skipif(
     usable_device_count() == 0, reason='needs CuPy and a CUDA device')

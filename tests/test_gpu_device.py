@@ -1,4 +1,4 @@
-"""finetune.gpu without a GPU: pip CUDA libraries are loaded by path, and
+"""finetune.common.gpu without a GPU: pip CUDA libraries are loaded by path, and
 ``--gpu`` fails with one line instead of a CuPy traceback."""
 import ctypes.util
 import os
@@ -12,8 +12,8 @@ import chainer
 import numpy as np
 import pytest
 
-from finetune import gpu
-from finetune.errors import FinetuneError
+from finetune.common import gpu
+from finetune.common.errors import FinetuneError
 
 no_gpu = pytest.mark.skipif(gpu.usable_device_count() > 0,
                             reason='a CUDA device is usable here')
@@ -153,7 +153,7 @@ def test_importing_chainer_first_is_named_in_the_error(tmp_path):
         import chainer
         import finetune
         try:
-            finetune.gpu.device(0)
+            finetune.common.gpu.device(0)
         except finetune.FinetuneError as e:
             print(e)
     ''', tmp_path)

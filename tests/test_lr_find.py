@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune import lr_find
-
-
+from finetune.training import lr_find
 class TinyNet(chainer.Chain):
     """2 -> 16 (ReLU) -> 3 classifier with fixed initial weights."""
 

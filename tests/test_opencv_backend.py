@@ -6,16 +6,16 @@ import pytest
 import finetune
 from conftest import data_path
 from finetune.caffe.caffemodel import parse_net_text
-from finetune.checkpoint import save_model
+from finetune.models.model_file import save_model
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
 from finetune.models.alexnet import deploy_prototxt
-from finetune.opencv_backend import OpenCVStages
-from finetune.opencv_backend import fast_stages
-from finetune.opencv_backend import truncated_definition
-from finetune.surgery import FineTuneNet
-from finetune.transforms import CaffePreprocess
+from finetune.models.opencv_runner import OpenCVStages
+from finetune.models.opencv_runner import fast_stages
+from finetune.models.opencv_runner import truncated_definition
+from finetune.training.surgery import FineTuneNet
+from finetune.data.transforms import CaffePreprocess
 
 
 def relative_error(actual, reference):
@@ -106,7 +106,7 @@ def test_predictor_backends_agree(tmp_path):
 
 
 def test_frozen_trunk_features_use_opencv_and_match(digits):
-    from finetune.checkpoint import load_model
+    from finetune.models.model_file import load_model
     model, _, _ = load_model(digits[1])
     x = np.random.RandomState(2).rand(5, 1, 28, 28).astype(np.float32)
     fast = FineTuneNet(model, 2).features(x)

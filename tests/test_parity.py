@@ -21,8 +21,8 @@ from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
 from finetune.models.functions import caffe_lrn
-from finetune.resources import imagenet_mean
-from finetune.transforms import CaffePreprocess
+from finetune.data.resources import imagenet_mean
+from finetune.data.transforms import CaffePreprocess
 
 
 def chainer_outputs(model, x):

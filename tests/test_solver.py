@@ -6,9 +6,7 @@ import chainer.links as L
 import numpy as np
 import pytest
 
-from finetune import solver
-
-
+from finetune.training import solver
 class TwoLayers(chainer.Chain):
     layer_names = ['fc1', 'fc2']
 

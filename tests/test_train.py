@@ -16,12 +16,12 @@ import chainer
 import numpy as np
 import pytest
 
-from finetune.checkpoint import load_model
-from finetune.errors import FinetuneError
-from finetune.surgery import parse_layer_spec
+from finetune.models.model_file import load_model
+from finetune.common.errors import FinetuneError
+from finetune.training.surgery import parse_layer_spec
 from finetune.train import build_parser
 from finetune.train import train
-from finetune.training import latest_snapshot
+from finetune.training.extensions import latest_snapshot
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
@@ -70,7 +70,7 @@ def test_frozen_layers_are_bitwise_unchanged(digits, tmp_path):
 
 
 def test_frozen_prefix_records_no_graph(digits):
-    from finetune.surgery import FineTuneNet, frozen_prefix
+    from finetune.training.surgery import FineTuneNet, frozen_prefix
     model, _, _ = load_model(digits[1])
     prefix = frozen_prefix(model.layer_names, ['conv1', 'conv2'])
     net = FineTuneNet(model, prefix)
@@ -85,7 +85,7 @@ def test_frozen_prefix_records_no_graph(digits):
 
 
 def test_freezing_before_optimizer_setup_is_refused(digits):
-    from finetune.surgery import freeze_layers
+    from finetune.training.surgery import freeze_layers
     model, _, _ = load_model(digits[1])
     with pytest.raises(ValueError, match='before optimizer.setup'):
         freeze_layers(model, ['conv1'])
@@ -275,8 +275,8 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
     entry is the frozen conv1-conv2 output of that image's crop."""
     from finetune.convert import convert_caffemodel
     from finetune.demo import LENET_DIR
-    from finetune.feature_cache import crop_windows
-    from finetune.data import read_label_file
+    from finetune.data.feature_cache import crop_windows
+    from finetune.data.folder import read_label_file
     data, _ = digits
     lenet = str(tmp_path / 'lenet32.npz')
     convert_caffemodel(
@@ -307,9 +307,9 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
 
 def test_feature_cache_key_follows_weights_preprocessing_and_files(
         digits, tmp_path):
-    from finetune.data import scan_image_folder
-    from finetune.feature_cache import cache_key
-    from finetune.transforms import CaffePreprocess
+    from finetune.data.folder import scan_image_folder
+    from finetune.data.feature_cache import cache_key
+    from finetune.data.transforms import CaffePreprocess
     data, pretrained = digits
     model, _, prep = load_model(pretrained)
     entries = scan_image_folder(data)[0][:20]
@@ -333,8 +333,8 @@ def test_feature_cache_key_follows_weights_preprocessing_and_files(
 def test_cached_crops_are_drawn_like_training_crops():
     """Per image, ``count`` windows from the same draw as
     RandomCropConverter's, seeded by the image index (not the run)."""
-    from finetune.feature_cache import crop_windows, take_crops
-    from finetune.transforms import CaffePreprocess
+    from finetune.data.feature_cache import crop_windows, take_crops
+    from finetune.data.transforms import CaffePreprocess
     prep = CaffePreprocess((6, 7), 4, None)
     first = crop_windows(prep, 0, 'random', count=200)
     assert first == crop_windows(prep, 0, 'random', count=200)
@@ -396,7 +396,7 @@ def test_evaluation_accuracy_counts_images_not_batches():
     """5 images, batches of 4: the short last batch must weigh 1/5, not
     1/2 (Chainer averages batch means unless given weights)."""
     from chainer.training.extensions import Evaluator
-    from finetune.training import Classifier
+    from finetune.training.extensions import Classifier
 
     class Logits(chainer.Link):
         def forward(self, x):

@@ -4,12 +4,12 @@ import pytest
 from PIL import Image
 
 from conftest import data_path
-from finetune.errors import DataError
-from finetune.resources import imagenet_mean
-from finetune.transforms import CaffePreprocess
-from finetune.transforms import from_array
-from finetune.transforms import read_image
-from finetune.transforms import to_array
+from finetune.common.errors import DataError
+from finetune.data.resources import imagenet_mean
+from finetune.data.transforms import CaffePreprocess
+from finetune.data.transforms import from_array
+from finetune.data.transforms import read_image
+from finetune.data.transforms import to_array
 
 
 def test_to_array_is_bgr_chw_0_255():

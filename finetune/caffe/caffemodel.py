@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from finetune.caffe import schema
 from finetune.caffe import wire
-from finetune.errors import CaffeModelError
+from finetune.common.errors import CaffeModelError
 
 # V1 enum name -> V2 type string (Caffe's UpgradeV1LayerType).
 V1_TYPE_NAMES = {

@@ -8,7 +8,7 @@ never leaves a half-loaded model.
 import chainer.links as L
 
 from finetune.caffe.caffemodel import read_caffemodel
-from finetune.errors import CaffeModelError
+from finetune.common.errors import CaffeModelError
 
 WEIGHTED_TYPES = {'Convolution': L.Convolution2D, 'InnerProduct': L.Linear}
 

@@ -3,7 +3,7 @@ import functools
 import signal
 import sys
 
-from finetune.errors import FinetuneError
+from finetune.common.errors import FinetuneError
 
 
 def command(main):

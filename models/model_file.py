@@ -12,12 +12,12 @@ import json
 import chainer
 import numpy as np
 
-from finetune.errors import CheckpointError
-from finetune.fileio import atomic_write
+from finetune.common.errors import CheckpointError
+from finetune.common.fileio import atomic_write
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
-from finetune.transforms import CaffePreprocess
+from finetune.data.transforms import CaffePreprocess
 
 FORMAT = 'finetune-model'
 VERSION = 1

@@ -3,10 +3,10 @@ import chainer
 import chainer.functions as F
 import numpy as np
 
-from finetune.checkpoint import load_model
-from finetune.errors import FinetuneError
-from finetune.gpu import device as gpu_device
-from finetune.opencv_backend import fast_stages
+from finetune.models.model_file import load_model
+from finetune.common.errors import FinetuneError
+from finetune.common.gpu import device as gpu_device
+from finetune.models.opencv_runner import fast_stages
 
 
 class Predictor:

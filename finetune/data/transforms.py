@@ -17,7 +17,7 @@ CHW arrays of step 2, for viewing inputs and mean images.
 import numpy as np
 from PIL import Image
 
-from finetune.errors import DataError
+from finetune.common.errors import DataError
 
 # ImageNet mean pixel, BGR, 0-255 (the ilsvrc_2012_mean image averaged).
 IMAGENET_MEAN_PIXEL = (104.0, 117.0, 123.0)

@@ -1,11 +1,11 @@
-"""Chainer datasets over the image lists :mod:`finetune.data` writes."""
+"""Chainer datasets over the image lists :mod:`finetune.data.folder` writes."""
 import logging
 import os
 
 import chainer
 import numpy as np
 
-from finetune.errors import DataError
+from finetune.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class LabeledImageDataset(chainer.dataset.DatasetMixin):
     after the data was verified) does not stop training: one warning naming
     the file is logged (once per file and process), the file is skipped from
     then on, and the next index (cyclically) is returned instead, with its
-    own label. :class:`~finetune.errors.DataError` is raised only when
+    own label. :class:`~finetune.common.errors.DataError` is raised only when
     ``max_attempts`` files in a row fail, or all of them.
 
     Args:
@@ -48,7 +48,7 @@ class LabeledImageDataset(chainer.dataset.DatasetMixin):
         entries (list): ``(relative_path, label)`` tuples.
         preprocess (callable): ``preprocess(path, train=..., rng=...)`` ->
             float32 (C, H, W), e.g.
-            :class:`~finetune.transforms.CaffePreprocess`.
+            :class:`~finetune.data.transforms.CaffePreprocess`.
         train (bool): random crop and mirror instead of a center crop.
         seed (int or None): seed of the per-example random generators.
         max_attempts (int): files tried for one example before giving up.

@@ -7,8 +7,8 @@ forward order): ``conv1-conv5`` (a range), ``conv1,conv2`` (a list),
 import chainer
 import numpy
 
-from finetune.checkpoint import build_model
-from finetune.errors import FinetuneError
+from finetune.models.model_file import build_model
+from finetune.common.errors import FinetuneError
 
 
 def parse_layer_spec(spec, layer_names):
@@ -143,7 +143,7 @@ class FineTuneNet(chainer.Chain):
         """Output of the frozen prefix (no graph).
 
         On the CPU with ``trunk_backend`` 'auto' or 'opencv' the prefix runs
-        on OpenCV's dnn (:mod:`finetune.opencv_backend`), the same
+        on OpenCV's dnn (:mod:`finetune.models.opencv_runner`), the same
         arithmetic several times faster; dropout inside a frozen prefix is
         then off, as in Caffe's feature extraction.
         """
@@ -164,7 +164,7 @@ class FineTuneNet(chainer.Chain):
         if self.trunk_backend == 'chainer' or self.xp is not numpy:
             return None
         if self._fast_trunk is None:
-            from finetune.opencv_backend import fast_stages
+            from finetune.models.opencv_runner import fast_stages
             self._fast_trunk = fast_stages(self.net, self.frozen) or False
             if not self._fast_trunk and self.trunk_backend == 'opencv':
                 raise FinetuneError('--trunk-backend opencv: OpenCV is not '

@@ -12,7 +12,7 @@ import math
 import chainer
 import numpy as np
 
-from finetune.fileio import atomic_write
+from finetune.common.fileio import atomic_write
 
 #: Minimum number of points (up to the loss minimum) to use the slope rule.
 MIN_POINTS = 3

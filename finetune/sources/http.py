@@ -16,8 +16,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from finetune.errors import DownloadError
-from finetune.fileio import atomic_write
+from finetune.common.errors import DownloadError
+from finetune.common.fileio import atomic_write
 
 USER_AGENT = 'finetune-download/0.1 (+python urllib)'
 CHUNK_BYTES = 1 << 16

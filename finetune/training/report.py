@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from finetune.fileio import atomic_write
+from finetune.common.fileio import atomic_write
 
 #: Probabilities are clipped to this before the log, so loss <= ~27.6.
 MIN_PROB = 1e-12

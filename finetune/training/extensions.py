@@ -1,7 +1,7 @@
 """Pieces the trainer is assembled from: loss, batches, extensions.
 
 Everything random in a run is a function of the seed and state that
-snapshots save: the batch order (:class:`finetune.loader.SeededOrderSampler`)
+snapshots save: the batch order (:class:`finetune.data.loader.SeededOrderSampler`)
 and, through :class:`SeededUpdater`, crops, mirrors and dropout, reseeded
 from (seed, rank, iteration) before every step. Workers only decode and
 resize. So a run killed and resumed ends with the same weights as one that

@@ -21,8 +21,8 @@ import os
 import chainer
 import numpy as np
 
-from finetune.fileio import atomic_write
-from finetune.loader import make_iterator
+from finetune.common.fileio import atomic_write
+from finetune.data.loader import make_iterator
 
 FORMAT_VERSION = 2
 #: Seeds the crops of the cache (with each image's index), so caches do not
@@ -34,7 +34,7 @@ def crop_windows(preprocess, index, mode, count=10):
     """Windows (top, left, mirrored) cached for image number ``index``.
 
     ``mode`` 'random': ``count`` crops drawn by
-    :meth:`~finetune.transforms.CaffePreprocess.crop_window` as in
+    :meth:`~finetune.data.transforms.CaffePreprocess.crop_window` as in
     training; 'center': the evaluation crop. With no crop there is one
     window, ``None`` (the whole image).
     """
@@ -162,7 +162,7 @@ class CachedFeatureDataset(chainer.dataset.DatasetMixin):
 
 class CachedCropConverter:
     """Picks one cached window per example: at random when training (from
-    a seeded generator, like :class:`finetune.training.RandomCropConverter`)
+    a seeded generator, like :class:`finetune.training.extensions.RandomCropConverter`)
     or the first (the center crop) otherwise."""
 
     def __init__(self, seed, train=True):

@@ -18,7 +18,7 @@ import importlib.util
 import os
 import sys
 
-from finetune.errors import FinetuneError
+from finetune.common.errors import FinetuneError
 
 #: (folder under nvidia/, soname) of the libraries CuPy 13 loads by name,
 #: dependencies first (libcublas needs libcublasLt; the wheels' RUNPATHs

@@ -29,9 +29,9 @@ import sys
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from finetune.errors import DataError
-from finetune.fileio import atomic_write
-from finetune.transforms import CaffePreprocess, from_array
+from finetune.common.errors import DataError
+from finetune.common.fileio import atomic_write
+from finetune.data.transforms import CaffePreprocess, from_array
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def check_image(path, channels=3):
     """Why the image at ``path`` cannot be used, or ``None`` if it can.
 
     Opens and fully decodes the file (truncated files are errors), then
-    converts it the way :class:`~finetune.transforms.CaffePreprocess` does.
+    converts it the way :class:`~finetune.data.transforms.CaffePreprocess` does.
 
     Returns:
         str or None: ``'missing file'``, ``'empty file'``, ``'not an
@@ -333,7 +333,7 @@ def compute_mean_image(root, entries, preprocess_size=(256, 256), channels=3):
     """Average the images, resized to ``preprocess_size``, in one pass.
 
     Each image is decoded and resized as
-    :meth:`finetune.transforms.CaffePreprocess.image_array` does without
+    :meth:`finetune.data.transforms.CaffePreprocess.image_array` does without
     mean or crop, and added to a float64 running sum: memory
     stays at one image and one sum whatever the number of images.
 

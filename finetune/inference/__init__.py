@@ -1,0 +1,2 @@
+"""Inference stage: classify images with a model file, batch jobs, ONNX
+export."""

@@ -1,0 +1,1 @@
+"""Sources: HTTP downloads, pretrained weights, images from URL lists."""
