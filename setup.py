@@ -21,7 +21,8 @@ setup(
               'finetune.training'],
     package_dir={'finetune.models': 'models'},
     package_data={'finetune.data.resources': ['*.txt', '*.npy', 'NOTICE'],
-                  'finetune.caffe': ['*.proto']},
+                  'finetune.caffe': ['*.proto'],
+                  'finetune.models': ['zoo/*']},
     install_requires=[
         'chainer==7.8.1',
         'numpy>=1.21,<2',

@@ -1,17 +1,45 @@
-"""finetune: Caffe AlexNet weights in Chainer, fine-tuned on your classes.
+"""finetune: pretrained Caffe nets in Chainer, fine-tuned on your classes.
 
 Three lines classify with a saved model::
 
     import finetune
     model = finetune.load('result/model_best.npz')
     labels, probs = model.predict(['photo.jpg'])
+
+Training from Python::
+
+    result = finetune.fit(finetune.TrainConfig(data='photos/',
+                                               freeze='conv1-conv5'))
+
+``import finetune`` is light: chainer is imported when ``load``,
+``Predictor``, ``fit`` or ``TrainConfig`` is first used (PEP 562), so
+``fetch`` and ``gather`` start without it.
 """
-from finetune.common import gpu as _gpu  # CUDA libraries installed from pip must be loaded before chainer decides,
-# at its import, whether CuPy is usable (a no-op without CuPy).
+import importlib
+
+from finetune.common import gpu as _gpu
+from finetune.common.errors import FinetuneError  # NOQA
+
+# CUDA libraries installed from pip must be loaded before chainer decides,
+# at its import, whether CuPy is usable. Every finetune module is imported
+# through this package, so this runs before any of them imports chainer
+# (a no-op without CuPy; it imports neither chainer nor CuPy).
 _gpu.preload_at_import()
 
-from finetune.common.errors import FinetuneError  # NOQA
-from finetune.inference.predictor import load  # NOQA
-from finetune.inference.predictor import Predictor  # NOQA
-
 __version__ = '0.1.0'
+
+_LAZY = {'load': 'finetune.inference.predictor',
+         'Predictor': 'finetune.inference.predictor',
+         'fit': 'finetune.training.fit',
+         'FitResult': 'finetune.training.fit',
+         'TrainConfig': 'finetune.training.config'}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

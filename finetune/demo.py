@@ -17,7 +17,10 @@ from PIL import Image
 
 from finetune.common.allocator import keep_freed_memory
 from finetune.common.cli import command
-from finetune.convert import ensure_converted
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_int
+from finetune.caffe.conversion import ConversionOptions
+from finetune.caffe.conversion import ensure_converted
 
 LENET_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'examples', 'lenet')
@@ -50,11 +53,13 @@ def write_digit_folders(out_dir, train_fraction=1.0, seed=0):
 
 def convert_lenet(out_dir):
     """The real LeNet caffemodel as a finetune .npz (inputs scaled 1/256)."""
+    os.makedirs(out_dir, exist_ok=True)
     path, _ = ensure_converted(
         os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'),
-        out=os.path.join(out_dir, 'lenet.npz'),
-        prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
-        labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256)
+        ConversionOptions(
+            prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
+            labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256),
+        out=os.path.join(out_dir, 'lenet.npz'))
     return path
 
 
@@ -67,28 +72,27 @@ def run_demo(out_dir, epochs=8, fraction=0.1, loaderjob=2, seed=0,
     ``scratch_rates`` (all layers at that rate), so it is not handicapped
     by a rate tuned for pretrained weights.
     """
-    from finetune.train import build_parser
-    from finetune.train import train
+    from finetune.training.config import TrainConfig
+    from finetune.training.fit import fit
     data = write_digit_folders(os.path.join(out_dir, 'digits'), fraction,
                                seed)
     pretrained = convert_lenet(out_dir)
-    common = ['--data', data, '--pretrained', pretrained, '--epochs',
-              str(epochs), '--batchsize', '16', '--val-split', '0.5',
-              '--loaderjob', str(loaderjob), '--seed', str(seed),
-              '--log-interval', '0', '--snapshot-interval', '1000']
 
-    def run(name, *extra):
+    def run(name, **options):
         print('== %s' % name, flush=True)
-        out = os.path.join(out_dir, name.split()[0])
-        args = build_parser().parse_args(common + ['--out', out] +
-                                         list(extra))
-        return train(args)['top1_accuracy']
+        config = TrainConfig(
+            data=data, pretrained=pretrained, epochs=epochs, batchsize=16,
+            val_split=0.5, loaderjob=loaderjob, seed=seed, log_interval=0,
+            snapshot_interval=1000, out=os.path.join(out_dir,
+                                                     name.split()[0]),
+            **options)
+        return fit(config).metrics['top1_accuracy']
 
     finetuned = run('finetuned (conv1-conv2 frozen, ip1-ip2 new)',
-                    '--freeze', 'conv1-conv2', '--replace', 'ip1-ip2')
-    scratch = {lr: run('scratch_lr%g (all layers random)' % lr, '--freeze',
-                       'none', '--replace', 'all', '--lr', str(lr),
-                       '--head-lr-mult', '1') for lr in scratch_rates}
+                    freeze='conv1-conv2', replace='ip1-ip2')
+    scratch = {lr: run('scratch_lr%g (all layers random)' % lr,
+                       freeze='none', replace='all', lr=lr,
+                       head_lr_mult=1.0) for lr in scratch_rates}
     best_lr = max(scratch, key=scratch.get)
     results = {'fine-tuned from Caffe LeNet': finetuned,
                'from scratch (best lr %g)' % best_lr: scratch[best_lr]}
@@ -103,11 +107,12 @@ def run_demo(out_dir, epochs=8, fraction=0.1, loaderjob=2, seed=0,
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m finetune.demo',
                                      description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default=os.path.join('result', 'demo'))
-    parser.add_argument('--epochs', type=int, default=8)
+    parser.add_argument('-o', '--out', default=os.path.join('result', 'demo'))
+    parser.add_argument('-E', '--epochs', type=positive_int, default=8)
     parser.add_argument('--fraction', type=float, default=0.1,
                         help='part of the digits used (train + val)')
-    parser.add_argument('--loaderjob', type=int, default=2)
+    parser.add_argument('-j', '--loaderjob', type=non_negative_int,
+                        default=2)
     args = parser.parse_args(argv)
     keep_freed_memory()
     run_demo(args.out, args.epochs, args.fraction, args.loaderjob)

@@ -1,477 +1,25 @@
-"""Turn a list of image URLs into the class-folder layout ``finetune.train`` reads.
+"""Download a list of image URLs into class folders.
 
-    python -m finetune.gather urls.txt --out photos/
-    python -m finetune.gather flickr_style.csv.gz --out photos/ \\
+    python -m finetune.gather urls.txt -o photos/
+    python -m finetune.gather flickr_style.csv.gz -o photos/ \\
         --url-column image_url --label-column label --label-names style_names.txt
 
-The list is either ``url label`` lines or a CSV (gzipped or not) with a URL
-and a label column. Each image that downloads, is an image, decodes fully, is
-at least ``--min-size`` pixels on each side, is not a known placeholder and
-is not a duplicate is saved as ``<out>/<label>/<sha1[:16]>.<ext>``; every
-entry gets a row ``url,label,status,reason,path`` in the report (default
-``<out>/gather_report.csv``, ``path`` relative to ``<out>``). Status is
-``saved``, ``present`` (already on disk from an earlier run) or ``skipped``
-with a reason. Images are written under a temporary name and renamed; the
-report is written to ``.<name>.partial`` as the run goes and renamed at the
-end, and a re-run reads both to skip what is already on disk and valid.
-Nothing is written outside ``--out`` (labels that are not plain folder names
-are skipped as ``bad-label``) except the report when ``--report`` says so.
+Only real, distinct images are kept; every entry's fate is a row of the
+report. The library call is
+:func:`finetune.sources.url_images.gather_from_list`.
 """
 import argparse
-import collections
-import concurrent.futures
-import csv
-import dataclasses
-import gzip
-import hashlib
-import io
-import itertools
-import os
 import re
 import sys
-import unicodedata
 
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
-
-from finetune.sources.http import TransferError, check_url, fetch_bytes, sha1_of_file
-from finetune.common.errors import DataError
 from finetune.common.cli import command
-from finetune.common.fileio import atomic_write
+from finetune.common.cli import positive_int
+from finetune.sources.url_images import DEFAULT_MAX_BYTES
+from finetune.sources.url_images import REPORT_NAME
+from finetune.sources.url_images import gather_from_list
 
-Entry = collections.namedtuple('Entry', 'url label')
-ReportRow = collections.namedtuple('ReportRow', 'url label status reason path')
 
-REPORT_NAME = 'gather_report.csv'
-URL_COLUMNS = ('image_url', 'url')
-LABEL_COLUMN = 'label'
-EXTENSIONS = {'JPEG': '.jpg', 'PNG': '.png', 'GIF': '.gif', 'BMP': '.bmp', 'WEBP': '.webp'}
-HASH_CHARS = 16
-DEFAULT_MAX_BYTES = 20 << 20
-# SHA-1s of known "photo unavailable" images. Empty on purpose: hosts change
-# theirs; add one with --placeholder-image FILE or --placeholder-hashes FILE.
-BUILTIN_PLACEHOLDER_SHA1S = frozenset()
-# Answers with these Content-Types are skipped as not-image before the body
-# is read; a missing Content-Type is allowed (the bytes are decoded anyway).
-BINARY_CONTENT_TYPES = ('application/octet-stream', 'binary/octet-stream')
-
-_STORED_NAME = re.compile(r'([0-9a-f]{%d})\.(jpg|png|gif|bmp|webp)' % HASH_CHARS)
-_TEMP_NAME = re.compile(r'\.[0-9a-f]{%d}\.(jpg|png|gif|bmp|webp)\..+\.tmp' % HASH_CHARS)
-_SHA1 = re.compile(r'[0-9a-fA-F]{40}')
-
-
-# ---------------------------------------------------------------- input
-
-def open_text(path):
-    """Open ``path`` as UTF-8 text for csv, gunzipping it if it starts with the gzip magic."""
-    with open(path, 'rb') as file:
-        magic = file.read(2)
-    if magic == b'\x1f\x8b':
-        return gzip.open(path, 'rt', encoding='utf-8', newline='')
-    return open(path, encoding='utf-8', newline='')
-
-
-def read_entries(path, url_column=None, label_column=None, label_names=None):
-    """Read the URL list at ``path`` into a list of :class:`Entry`.
-
-    The file is a CSV when its first line names ``url_column`` (default: the
-    first of ``image_url``, ``url`` present) or when a column is given;
-    otherwise it holds ``url label`` lines (``#`` comments and blank lines
-    ignored; the label is the rest of the line). ``label_names`` (a list)
-    maps integer labels to names: label ``i`` becomes ``label_names[i]``.
-    """
-    try:
-        with open_text(path) as stream:
-            first_line = stream.readline()
-            header = next(csv.reader([first_line]), [])
-            url_key = url_column or next((c for c in URL_COLUMNS if c in header), None)
-            lines = itertools.chain([first_line], stream)
-            if url_key or label_column:
-                entries = _read_csv(path, lines, url_key, label_column or LABEL_COLUMN)
-            else:
-                entries = _read_lines(lines)
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as error:
-        raise DataError(f'{path}: cannot read the URL list ({error})') from None
-    if label_names is not None:
-        entries = [Entry(e.url, _label_name(path, e, label_names)) for e in entries]
-    return entries
-
-
-def _read_csv(path, lines, url_key, label_key):
-    """Entries from CSV ``lines`` whose header names ``url_key`` and ``label_key``."""
-    reader = csv.DictReader(lines)
-    for key in (url_key, label_key):
-        if key not in (reader.fieldnames or ()):
-            raise DataError(f'{path}: no column {key!r} (columns: {", ".join(reader.fieldnames or ())})')
-    return [Entry((row[url_key] or '').strip(), (row[label_key] or '').strip())
-            for row in reader if any(row.values())]
-
-
-def _read_lines(lines):
-    """Entries from ``url label`` lines."""
-    entries = []
-    for line in lines:
-        text = line.strip()
-        if text and not text.startswith('#'):
-            url, *label = text.split(None, 1)
-            entries.append(Entry(url, label[0].strip() if label else ''))
-    return entries
-
-
-def _label_name(path, entry, label_names):
-    """The name for integer label ``entry.label``; DataError if it is not an index."""
-    if entry.label.isdigit() and int(entry.label) < len(label_names):
-        return label_names[int(entry.label)]
-    raise DataError(f'{path}: label {entry.label!r} of {entry.url} is not an index '
-                    f'into the {len(label_names)} label names')
-
-
-def read_label_names(path):
-    """Class names, one per line (line ``i`` names integer label ``i``)."""
-    try:
-        with open(path, encoding='utf-8') as file:
-            return [line.strip() for line in file if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f'{path}: cannot read label names ({error})') from None
-
-
-def read_placeholder_hashes(path):
-    """SHA-1s (hex) from ``path``: the first word of each line, ``#`` comments ignored.
-
-    ``sha1sum`` output works as is.
-    """
-    hashes = set()
-    try:
-        with open(path, encoding='utf-8') as file:
-            for number, line in enumerate(file, 1):
-                word = line.split('#', 1)[0].split()[:1]
-                if word and not _SHA1.fullmatch(word[0]):
-                    raise DataError(f'{path}:{number}: {word[0]!r} is not a 40-digit hex sha1')
-                hashes.update(w.lower() for w in word)
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f'{path}: cannot read placeholder hashes ({error})') from None
-    return hashes
-
-
-# ---------------------------------------------------------------- checks
-
-def safe_label(label):
-    """``label`` stripped if it is a plain folder name, else None.
-
-    Rejected: empty, ``.``/``..``, leading dot, path separators or ``:``,
-    control characters, more than 200 UTF-8 bytes.
-    """
-    name = (label or '').strip()
-    if (not name or name.startswith('.') or len(name.encode('utf-8')) > 200
-            or any(c in '/\\:' or unicodedata.category(c).startswith('C') for c in name)):
-        return None
-    return name
-
-
-class _Skip(Exception):
-    """An image that is not kept; ``args[0]`` is the report reason."""
-
-
-def inspect_image(data, min_size):
-    """Decode ``data`` fully; return the file extension of its format (``.jpg``...).
-
-    Raises _Skip with ``not-image`` (unrecognised bytes), ``unsupported-format``,
-    ``too-small`` (a side under ``min_size`` pixels), ``too-large``
-    (decompression bomb) or ``undecodable`` (e.g. a truncated file).
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            extension = EXTENSIONS.get(image.format)
-            if extension is None:
-                raise _Skip('unsupported-format')
-            if min(image.size) < min_size:
-                raise _Skip('too-small')
-            image.load()
-    except _Skip:
-        raise
-    except Image.DecompressionBombError:
-        raise _Skip('too-large') from None
-    except UnidentifiedImageError:
-        raise _Skip('not-image') from None
-    except Exception:  # PIL raises many types on corrupt data
-        raise _Skip('undecodable') from None
-    return extension
-
-
-def _image_content_only(url):
-    """A ``check_headers`` callback that rejects non-image Content-Types of ``url``."""
-    def check(headers):
-        value = headers.get('Content-Type', '').split(';')[0].strip().lower()
-        if value and not value.startswith('image/') and value not in BINARY_CONTENT_TYPES:
-            raise TransferError(f'{url}: Content-Type {value}', 'not-image', False)
-    return check
-
-
-# ---------------------------------------------------------------- download
-
-@dataclasses.dataclass
-class Downloaded:
-    """A worker's result: ``reason`` set for a skip, else the image bytes."""
-    reason: str = ''
-    data: bytes = b''
-    sha1: str = ''
-    extension: str = ''
-
-
-@dataclasses.dataclass
-class Settings:
-    """Per-image download limits (seconds, counts, bytes, pixels) and placeholder SHA-1s."""
-    timeout: float
-    retries: int
-    backoff: float
-    max_bytes: int
-    min_size: int
-    placeholders: frozenset
-
-
-def download_image(url, settings):
-    """Download and check one image; return a :class:`Downloaded` (never raises on bad data)."""
-    try:
-        data, _ = fetch_bytes(url, timeout=settings.timeout, retries=settings.retries,
-                              backoff=settings.backoff, max_bytes=settings.max_bytes,
-                              check_headers=_image_content_only(url))
-    except TransferError as error:
-        return Downloaded(reason=error.reason)
-    sha1 = hashlib.sha1(data).hexdigest()
-    if sha1 in settings.placeholders:
-        return Downloaded(reason='placeholder')
-    try:
-        extension = inspect_image(data, settings.min_size)
-    except _Skip as skip:
-        return Downloaded(reason=skip.args[0])
-    return Downloaded(data=data, sha1=sha1, extension=extension)
-
-
-def _ordered_parallel(function, items, jobs):
-    """Yield ``function(item)`` for each item in order, running ``jobs`` at once.
-
-    At most ``4 * jobs`` results are computed ahead of the one yielded, which
-    bounds memory to about that many images.
-    """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
-    items = iter(items)
-    try:
-        pending = collections.deque(pool.submit(function, item)
-                                    for item in itertools.islice(items, 4 * jobs))
-        while pending:
-            result = pending.popleft().result()
-            pending.extend(pool.submit(function, item) for item in itertools.islice(items, 1))
-            yield result
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-# ---------------------------------------------------------------- on disk
-
-def _scan_stored_images(out_dir):
-    """Map sha1 prefix -> ``label/name`` of images saved by earlier runs.
-
-    Also deletes temporary files left by a killed run.
-    """
-    stored = {}
-    for folder in os.scandir(out_dir):
-        if not folder.is_dir(follow_symlinks=False) or safe_label(folder.name) != folder.name:
-            continue
-        for file in os.scandir(folder.path):
-            match = _STORED_NAME.fullmatch(file.name)
-            if match and file.is_file(follow_symlinks=False):
-                stored.setdefault(match.group(1), f'{folder.name}/{file.name}')
-            elif _TEMP_NAME.fullmatch(file.name):
-                os.remove(file.path)
-    return stored
-
-
-def _journal_path(report_path):
-    """Where the report is written while a run is in progress."""
-    directory, name = os.path.split(report_path)
-    return os.path.join(directory, f'.{name}.partial')
-
-
-def _previous_paths(report_path):
-    """Map url -> ``label/name`` for images an earlier run saved (report and journal)."""
-    paths = {}
-    for path in (report_path, _journal_path(report_path)):
-        try:
-            with open(path, encoding='utf-8', newline='') as file:
-                for row in csv.DictReader(file):
-                    if row.get('status') in ('saved', 'present') and _is_stored_path(row.get('path')):
-                        paths[row['url']] = row['path']
-        except (OSError, UnicodeDecodeError, csv.Error):
-            continue
-    return paths
-
-
-def _is_stored_path(path):
-    """Whether ``path`` looks like ``label/<sha1 prefix>.<ext>`` written by this tool."""
-    label, _, name = (path or '').partition('/')
-    return safe_label(label) == label and bool(_STORED_NAME.fullmatch(name))
-
-
-def _holds_sha1_prefix(path, prefix):
-    """Whether the file at ``path`` exists and its SHA-1 starts with ``prefix``."""
-    return os.path.isfile(path) and sha1_of_file(path).startswith(prefix)
-
-
-class _ReportWriter:
-    """Writes report rows to the journal as they come; :meth:`commit` renames it."""
-
-    def __init__(self, report_path):
-        self.report_path = report_path
-        self.journal = _journal_path(report_path)
-        os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-        self.file = open(self.journal, 'w', encoding='utf-8', newline='')
-        self.writer = csv.writer(self.file)
-        self.writer.writerow(ReportRow._fields)
-
-    def write(self, row):
-        """Append one :class:`ReportRow` and flush it to disk."""
-        self.writer.writerow(row)
-        self.file.flush()
-
-    def commit(self):
-        """Close the journal and rename it onto the report path."""
-        self.file.close()
-        os.replace(self.journal, self.report_path)
-
-    def close(self):
-        """Close the journal, keeping it for the next run."""
-        self.file.close()
-
-
-# ---------------------------------------------------------------- gather
-
-class _Store:
-    """Decides, in input order, what happens to each entry, and writes the images."""
-
-    def __init__(self, out_dir, report_path):
-        self.out_dir = os.path.realpath(out_dir)
-        self.stored = _scan_stored_images(self.out_dir)
-        self.previous = _previous_paths(report_path)
-        self.claimed = {}
-
-    def folder_label(self, label):
-        """``label`` as a folder name inside out_dir, or None if it is not one."""
-        name = safe_label(label)
-        if name is None:
-            return None
-        folder = os.path.realpath(os.path.join(self.out_dir, name))
-        return name if os.path.dirname(folder) == self.out_dir else None
-
-    def plan(self, entry):
-        """A final :class:`ReportRow` decided without downloading, or None to download."""
-        label = self.folder_label(entry.label)
-        if label is None:
-            return ReportRow(entry.url, entry.label, 'skipped', 'bad-label', '')
-        try:
-            check_url(entry.url)
-        except TransferError:
-            return ReportRow(entry.url, entry.label, 'skipped', 'bad-url', '')
-        path = self.previous.get(entry.url)
-        if path and path.startswith(label + '/'):
-            prefix = _STORED_NAME.fullmatch(path.partition('/')[2]).group(1)
-            if _holds_sha1_prefix(os.path.join(self.out_dir, path), prefix):
-                if prefix in self.claimed:
-                    return ReportRow(entry.url, entry.label, 'skipped', 'duplicate',
-                                     self.claimed[prefix])
-                self.claimed[prefix] = path
-                return ReportRow(entry.url, entry.label, 'present', '', path)
-        return None
-
-    def store(self, entry, downloaded):
-        """Save a downloaded image unless it is a skip or a duplicate; return its row."""
-        if downloaded.reason:
-            return ReportRow(entry.url, entry.label, 'skipped', downloaded.reason, '')
-        prefix = downloaded.sha1[:HASH_CHARS]
-        if prefix in self.claimed:
-            return ReportRow(entry.url, entry.label, 'skipped', 'duplicate', self.claimed[prefix])
-        path = f'{self.folder_label(entry.label)}/{prefix}{downloaded.extension}'
-        existing = self.stored.get(prefix)
-        if existing and _holds_sha1_prefix(os.path.join(self.out_dir, existing), downloaded.sha1):
-            self.claimed[prefix] = existing
-            if existing == path:
-                return ReportRow(entry.url, entry.label, 'present', '', path)
-            return ReportRow(entry.url, entry.label, 'skipped', 'duplicate', existing)
-        self.claimed[prefix] = path
-        with atomic_write(os.path.join(self.out_dir, path)) as temporary:
-            with open(temporary, 'wb') as file:
-                file.write(downloaded.data)
-        return ReportRow(entry.url, entry.label, 'saved', '', path)
-
-
-def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
-           max_bytes=DEFAULT_MAX_BYTES, min_size=32, placeholder_hashes=(),
-           report_path=None, progress=True):
-    """Download ``entries`` into ``out_dir/<label>/``; return the report rows in input order.
-
-    Args:
-        entries: iterable of :class:`Entry` (``url``, ``label``).
-        out_dir (str): root of the class folders (created if missing).
-        jobs (int): downloads running at once.
-        timeout (float): seconds allowed to connect and for each read.
-        retries (int): extra attempts after a timeout, connection error or 5xx.
-        backoff (float): seconds before the first retry, doubled each time.
-        max_bytes (int): cap on the bytes read per image.
-        min_size (int): smallest width and height kept, in pixels.
-        placeholder_hashes: SHA-1 hex digests of images to skip as
-            ``placeholder``, added to :data:`BUILTIN_PLACEHOLDER_SHA1S`.
-        report_path (str or None): the CSV report; default
-            ``<out_dir>/gather_report.csv``.
-        progress (bool): draw a tqdm bar on stderr.
-    """
-    entries = [Entry(*entry) for entry in entries]
-    os.makedirs(out_dir, exist_ok=True)
-    report_path = report_path or os.path.join(out_dir, REPORT_NAME)
-    settings = Settings(timeout, retries, backoff, max_bytes, min_size, frozenset(
-        BUILTIN_PLACEHOLDER_SHA1S | {h.lower() for h in placeholder_hashes}))
-    store = _Store(out_dir, report_path)
-    planned = [store.plan(entry) for entry in entries]
-    to_download = [e.url for e, row in zip(entries, planned) if row is None]
-    downloads = _ordered_parallel(lambda url: download_image(url, settings), to_download, jobs)
-    report = _ReportWriter(report_path)
-    rows = []
-    try:
-        with tqdm(total=len(entries), unit='url', desc='gather', disable=not progress) as bar:
-            for entry, row in zip(entries, planned):
-                row = row or store.store(entry, next(downloads))
-                report.write(row)
-                rows.append(row)
-                bar.update()
-    except BaseException:
-        report.close()
-        raise
-    finally:
-        downloads.close()
-    report.commit()
-    return rows
-
-
-def summarize(rows, report_path):
-    """A few lines: counts by status, then skipped entries counted by reason."""
-    statuses = collections.Counter(row.status for row in rows)
-    reasons = collections.Counter(row.reason for row in rows if row.status == 'skipped')
-    lines = [f'gather: {statuses["saved"]} saved, {statuses["present"]} already present, '
-             f'{statuses["skipped"]} skipped; report: {report_path}']
-    lines += [f'  {reason:<20} {count}' for reason, count in
-              sorted(reasons.items(), key=lambda item: (-item[1], item[0]))]
-    return '\n'.join(lines)
-
-
-# ---------------------------------------------------------------- CLI
-
-def _positive_int(text):
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text} is not >= 1')
-    return value
-
-
-def _byte_count(text):
+def byte_count(text):
     """argparse type: bytes, with an optional K, M or G suffix (powers of 1024)."""
     match = re.fullmatch(r'(\d+)([KMG]?)B?', text.strip().upper())
     if not match:
@@ -486,46 +34,42 @@ def build_parser():
         description='Download a list of image URLs into class folders, keeping only real, '
                     'distinct images and reporting why each other one was skipped.')
     parser.add_argument('list', help='"url label" lines, or a CSV (.gz read transparently)')
-    parser.add_argument('--out', required=True, help='root of the class folders')
-    parser.add_argument('--url-column', help='CSV column of URLs (default: image_url or url)')
-    parser.add_argument('--label-column', help='CSV column of labels (default: label)')
-    parser.add_argument('--label-names', help='file of class names, line i naming integer label i')
-    parser.add_argument('--jobs', type=_positive_int, default=8, help='parallel downloads (default: 8)')
-    parser.add_argument('--timeout', type=float, default=10.0,
-                        help='seconds to connect and for each read (default: 10)')
-    parser.add_argument('--retries', type=int, default=2,
-                        help='retries after timeouts, connection errors, 5xx (default: 2)')
-    parser.add_argument('--max-bytes', type=_byte_count, default=DEFAULT_MAX_BYTES,
-                        help='cap on bytes read per image, e.g. 20M (default: 20M)')
-    parser.add_argument('--min-size', type=int, default=32,
-                        help='smallest width and height kept, in pixels (default: 32)')
-    parser.add_argument('--placeholder-hashes', action='append', default=[], metavar='FILE',
-                        help='file of sha1s of placeholder images to skip (repeatable)')
-    parser.add_argument('--placeholder-image', action='append', default=[], metavar='FILE',
-                        help='an example placeholder image to skip (repeatable)')
+    parser.add_argument('-o', '--out', required=True, help='root of the class folders')
     parser.add_argument('--report', help=f'report CSV (default: <out>/{REPORT_NAME})')
-    parser.add_argument('--no-progress', action='store_true', help='do not draw a progress bar')
+    columns = parser.add_argument_group('list format')
+    columns.add_argument('--url-column', help='CSV column of URLs (default: image_url or url)')
+    columns.add_argument('--label-column', help='CSV column of labels (default: label)')
+    columns.add_argument('--label-names', help='file of class names, line i naming integer label i')
+    transfer = parser.add_argument_group('transfer')
+    transfer.add_argument('--jobs', type=positive_int, default=8,
+                          help='parallel downloads (default: 8)')
+    transfer.add_argument('--timeout', type=float, default=10.0,
+                          help='seconds to connect and for each read (default: 10)')
+    transfer.add_argument('--retries', type=int, default=2,
+                          help='retries after timeouts, connection errors, 5xx (default: 2)')
+    transfer.add_argument('--max-bytes', type=byte_count, default=DEFAULT_MAX_BYTES,
+                          help='cap on bytes read per image, e.g. 20M (default: 20M)')
+    transfer.add_argument('--no-progress', action='store_true', help='do not draw a progress bar')
+    keep = parser.add_argument_group('which images are kept')
+    keep.add_argument('--min-size', type=int, default=32,
+                      help='smallest width and height kept, in pixels (default: 32)')
+    keep.add_argument('--placeholder-hashes', action='append', default=[], metavar='FILE',
+                      help='file of sha1s of placeholder images to skip (repeatable)')
+    keep.add_argument('--placeholder-image', action='append', default=[], metavar='FILE',
+                      help='an example placeholder image to skip (repeatable)')
     return parser
 
 
 @command
 def main(argv=None):
     """Run the CLI; return 0, or exit with status 2 and a one-line error on stderr."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    report_path = args.report or os.path.join(args.out, REPORT_NAME)
-    names = read_label_names(args.label_names) if args.label_names else None
-    entries = read_entries(args.list, args.url_column, args.label_column, names)
-    placeholders = set()
-    for path in args.placeholder_hashes:
-        placeholders |= read_placeholder_hashes(path)
-    for path in args.placeholder_image:
-        placeholders.add(sha1_of_file(path))
-    rows = gather(entries, args.out, jobs=args.jobs, timeout=args.timeout,
-                  retries=args.retries, max_bytes=args.max_bytes, min_size=args.min_size,
-                  placeholder_hashes=placeholders, report_path=report_path,
-                  progress=not args.no_progress)
-    print(summarize(rows, report_path))
+    args = build_parser().parse_args(argv)
+    print(gather_from_list(
+        args.list, args.out, args.url_column, args.label_column,
+        args.label_names, args.placeholder_hashes, args.placeholder_image,
+        args.report, jobs=args.jobs, timeout=args.timeout,
+        retries=args.retries, max_bytes=args.max_bytes,
+        min_size=args.min_size, progress=not args.no_progress))
     return 0
 
 

@@ -8,6 +8,8 @@ metadata alone, so a checkpoint loads without the code that trained it
 knowing its shape.
 """
 import json
+import zipfile
+import zlib
 
 import chainer
 import numpy as np
@@ -95,6 +97,24 @@ def read_meta(npz, path):
     return meta
 
 
+def read_model_meta(path):
+    """The metadata dict of the model file ``path``, without its weights.
+
+    Raises:
+        CheckpointError: missing, truncated or foreign file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return read_meta(npz, path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError('%s: cannot read model file: %s'
+                              % (path, _one_line(e))) from None
+
+
+def _one_line(error):
+    return ' '.join(str(error).split()) or type(error).__name__
+
+
 def load_model(path):
     """Read a model file.
 
@@ -108,9 +128,12 @@ def load_model(path):
     """
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError('%s: cannot read model file: %s'
-                              % (path, e)) from None
+                              % (path, _one_line(e))) from None
+    if not hasattr(npz, 'files'):
+        raise CheckpointError('%s: not a finetune model file (a bare '
+                              'array)' % path)
     with npz:
         meta = read_meta(npz, path)
         model = build_model(meta, chainer.initializers.Zero())
@@ -119,6 +142,9 @@ def load_model(path):
         except (KeyError, ValueError) as e:
             raise CheckpointError('%s: weights do not fit %s: %s'
                                   % (path, meta['arch'], e)) from None
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise CheckpointError('%s: cannot read model file: %s'
+                                  % (path, _one_line(e))) from None
         prep = meta['preprocess']
         preprocess = CaffePreprocess(
             size=prep['size'], crop_size=prep['crop_size'],

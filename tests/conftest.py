@@ -1,13 +1,18 @@
-"""Shared fixtures: the real data files in tests/data and small Caffe nets."""
-import os
+"""Shared fixtures: the real data files in tests/assets and small Caffe nets.
 
-# finetune first: it loads pip-installed CUDA libraries before chainer
-# decides whether CuPy is usable (finetune/common/gpu.py)
-import finetune  # NOQA
+The test tree mirrors the package (``tests/<subpackage>/test_<module>.py``);
+tests of the commands and examples sit at the top.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-DATA = os.path.join(os.path.dirname(__file__), 'assets')
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
+DATA = ASSETS
 LENET = os.path.join(os.path.dirname(__file__), '..', 'examples', 'lenet')
 
 
@@ -17,8 +22,8 @@ def data_path(*parts):
 
 @pytest.fixture(scope='session')
 def alexnet_deploy():
-    return os.path.join(os.path.dirname(__file__), '..', 'examples',
-                        'bvlc_alexnet_deploy.prototxt')
+    from finetune.caffe.random_model import ALEXNET_DEPLOY
+    return ALEXNET_DEPLOY
 
 
 @pytest.fixture(scope='session')
@@ -28,19 +33,14 @@ def alexnet_caffemodels(tmp_path_factory, alexnet_deploy):
     Returns:
         dict: {'v2': path, 'v1': path, 'weights': {layer: [W, b]}}
     """
-    from finetune.caffe.caffemodel import read_prototxt_param
-    from finetune.caffe.writer import random_weights
-    from finetune.caffe.writer import write_caffemodel
-    from finetune.models import AlexNet
-    import chainer
+    from finetune.caffe.random_model import write_random_alexnet
     directory = tmp_path_factory.mktemp('alexnet')
-    net = read_prototxt_param(alexnet_deploy)
-    skeleton = AlexNet(initialW=chainer.initializers.Zero())
-    weights = random_weights(skeleton, np.random.RandomState(0))
-    files = {'weights': weights}
+    files = {}
     for version in ('v1', 'v2'):
         path = str(directory / ('bvlc_alexnet_%s.caffemodel' % version))
-        write_caffemodel(path, net, weights, v1=version == 'v1')
+        files['weights'] = write_random_alexnet(path, seed=0,
+                                                v1=version == 'v1',
+                                                first_layer_scale=None)
         files[version] = path
     return files
 
@@ -69,9 +69,34 @@ def digits(tmp_path_factory):
 def server(monkeypatch):
     """A local HTTP server on 127.0.0.1 (tests/http_server.py); proxies from
     the environment are cleared so requests to it go direct."""
-    from http_server import LocalHTTPServer
+    from tests.http_server import LocalHTTPServer
     for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
                  'all_proxy', 'ALL_PROXY'):
         monkeypatch.delenv(name, raising=False)
     with LocalHTTPServer() as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def conversion_cache(tmp_path, monkeypatch):
+    """Converted caffemodels go to a per-test cache, never ~/.cache."""
+    monkeypatch.setenv('FINETUNE_CACHE', str(tmp_path / 'finetune-cache'))
+
+
+def run_module(*args, timeout=300, **kwargs):
+    """``python -m ARGS...`` in a subprocess: the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, '-m'] + list(args),
+                          capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+@pytest.fixture(scope='session')
+def alexnet_npz(alexnet_caffemodels, tmp_path_factory):
+    """The random-weight V1 AlexNet converted by ``finetune.convert``."""
+    directory = tmp_path_factory.mktemp('pretrained')
+    caffemodel = str(directory / 'bvlc_alexnet.caffemodel')
+    shutil.copy(alexnet_caffemodels['v1'], caffemodel)
+    result = run_module('finetune.convert', caffemodel)
+    assert result.returncode == 0, result.stderr
+    assert 'wrote' in result.stdout
+    return str(directory / 'bvlc_alexnet.npz')

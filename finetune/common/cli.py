@@ -1,4 +1,6 @@
-"""What every command-line tool shares: one-line errors, exit status 2."""
+"""What every command-line tool shares: one-line errors (exit status 2),
+argument types and the ``-d/--device`` option."""
+import argparse
 import functools
 import signal
 import sys
@@ -33,3 +35,52 @@ def command(main):
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (argparse prints the one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError('expected an integer >= 1, got %r'
+                                         % text)
+    return value
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError('expected an integer >= 0, got %r'
+                                         % text)
+    return value
+
+
+def device_id(text):
+    """argparse type of ``-d/--device``: a GPU number, ``-1`` for the CPU,
+    or Chainer's specifiers ``@numpy`` and ``@cupy:N``."""
+    if text == '@numpy':
+        return -1
+    number = text[len('@cupy:'):] if text.startswith('@cupy:') else text
+    try:
+        value = int(number)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(
+            "expected a GPU number, -1 (CPU), '@numpy' or '@cupy:N', got %r"
+            % text)
+    return value
+
+
+def add_device_argument(parser, help_text='GPU number, -1 for the CPU '
+                        "(default), or Chainer's '@numpy'/'@cupy:N'"):
+    """``-d/--device`` as in Chainer's examples, ``--gpu`` kept as an alias."""
+    parser.add_argument('-d', '--device', '--gpu', dest='device',
+                        type=device_id, default=-1, metavar='DEVICE',
+                        help=help_text)

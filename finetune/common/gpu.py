@@ -122,7 +122,7 @@ def device(gpu, option=None):
     Args:
         gpu (int): CUDA device number, or -1.
         option (str): how the user asked for it, for messages (default
-            ``'--gpu <gpu>'``).
+            ``'--device <gpu>'``).
 
     Raises:
         FinetuneError: CuPy is not usable, with chainer's reason (e.g.
@@ -133,7 +133,7 @@ def device(gpu, option=None):
     import chainer  # after preload_at_import (finetune/__init__)
     if gpu < 0:
         return chainer.get_device('@numpy')
-    option = option or '--gpu %d' % gpu
+    option = option or '--device %d' % gpu
     cuda = chainer.backends.cuda
     if not cuda.available:
         raise FinetuneError('%s: CuPy is not usable (%s); %s' % (

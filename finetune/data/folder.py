@@ -123,7 +123,7 @@ def read_class_names(path):
             from None
 
 
-def read_label_file(path, root):
+def read_label_file(path, root, allow_empty=False):
     """Read a Caffe-style image list: one ``relative/path.jpg label`` a line.
 
     The label is a non-negative integer after the last run of whitespace,
@@ -136,6 +136,8 @@ def read_label_file(path, root):
         root (str): the folder the image paths are relative to; only used
             to check that it exists (images are checked by
             :func:`verify_images`).
+        allow_empty (bool): an empty file is an empty list (a run's
+            ``val.txt`` without validation images), not an error.
 
     Returns:
         tuple: ``(entries, class_names)`` as :func:`scan_image_folder`.
@@ -170,6 +172,8 @@ def read_label_file(path, root):
                 'integer label, got %r' % (path, number, line)) from None
         entries.append((fields[0].strip(), label))
     if not entries:
+        if allow_empty:
+            return [], []
         raise DataError('%s: no "image_path label" lines' % path)
     n_classes = max(label for _, label in entries) + 1
     names_path = os.path.join(os.path.dirname(os.path.abspath(path)),

@@ -12,11 +12,14 @@ from PIL import Image
 
 from finetune import gather as gather_module
 from finetune.common.errors import DataError
-from finetune.gather import Entry, gather, read_entries, read_label_names
+from finetune.sources.url_images import (Entry, gather, read_entries, read_label_names,
+                                         read_placeholder_hashes)
 
-from http_server import Response
+from tests.http_server import Response
 
-DATA = os.path.join(os.path.dirname(__file__), 'assets')
+from tests.conftest import ASSETS
+
+DATA = ASSETS
 FAST = {'timeout': 0.3, 'retries': 1, 'backoff': 0.01, 'jobs': 4, 'progress': False}
 
 
@@ -226,7 +229,7 @@ def test_read_entries_formats(tmp_path):
 def test_placeholder_hash_file_and_bad_label_file(tmp_path, capsys):
     good = tmp_path / 'hashes.txt'
     good.write_text(f'{"a" * 40}  placeholder.png  # from sha1sum\n\n')
-    assert gather_module.read_placeholder_hashes(str(good)) == {'a' * 40}
+    assert read_placeholder_hashes(str(good)) == {'a' * 40}
     bad = tmp_path / 'bad.txt'
     bad.write_text('not-a-hash\n')
     listing = tmp_path / 'urls.txt'

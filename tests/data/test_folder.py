@@ -11,6 +11,8 @@ import zlib
 
 import numpy as np
 import pytest
+
+from tests.conftest import data_path
 from PIL import Image
 
 from finetune.data import folder as data
@@ -18,7 +20,7 @@ from finetune.data.datasets import LabeledImageDataset
 from finetune.common.errors import DataError
 from finetune.data.transforms import CaffePreprocess
 
-PHOTO = os.path.join(os.path.dirname(__file__), 'assets', 'fish-bike.jpg')
+PHOTO = data_path('fish-bike.jpg')
 
 
 def noise_image(seed, size=(40, 30), mode='RGB'):

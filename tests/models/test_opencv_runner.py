@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import finetune
-from conftest import data_path
+from tests.conftest import data_path
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.models.model_file import save_model
 from finetune.models import AlexNet

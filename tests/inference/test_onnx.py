@@ -24,9 +24,9 @@ from onnx.reference.op_run import OpRun  # NOQA: E402
 
 from finetune.models.model_file import save_model  # NOQA: E402
 from finetune.common.errors import FinetuneError  # NOQA: E402
-from finetune.export import export_onnx  # NOQA: E402
-from finetune.export import read_metadata  # NOQA: E402
-from finetune.export import to_onnx  # NOQA: E402
+from finetune.inference.onnx import export_onnx  # NOQA: E402
+from finetune.inference.onnx import read_metadata  # NOQA: E402
+from finetune.inference.onnx import to_onnx  # NOQA: E402
 from finetune.models import AlexNet  # NOQA: E402
 from finetune.models import CaffeGraph  # NOQA: E402
 from finetune.models.functions import pooled_size  # NOQA: E402

@@ -1,4 +1,4 @@
-"""Fine-tuning end to end on real data: the real Caffe LeNet, real digits.
+"""finetune.fit end to end on real data: the real Caffe LeNet, real digits.
 
 The digits are scikit-learn's bundled scans written as an image folder; the
 network is the Caffe-trained LeNet from examples/lenet.
@@ -19,8 +19,9 @@ import pytest
 from finetune.models.model_file import load_model
 from finetune.common.errors import FinetuneError
 from finetune.training.surgery import parse_layer_spec
-from finetune.train import build_parser
-from finetune.train import train
+from finetune.training.config import build_parser
+from finetune.training.config import config_from_args
+from finetune.training.fit import fit
 from finetune.training.extensions import latest_snapshot
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -33,7 +34,10 @@ def train_args(data, pretrained, out, *extra):
 
 
 def run_train(*argv):
-    return train(build_parser().parse_args(list(argv)))
+    """fit() with the TrainConfig that these command-line flags make;
+    returns the final validation metrics."""
+    return fit(config_from_args(build_parser().parse_args(list(argv)))
+               ).metrics
 
 
 def params(npz_path):
@@ -273,7 +277,8 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
                                                           tmp_path):
     """LeNet converted with --resize 32 trains on 28x28 crops: each cached
     entry is the frozen conv1-conv2 output of that image's crop."""
-    from finetune.convert import convert_caffemodel
+    from finetune.caffe.conversion import ConversionOptions
+    from finetune.caffe.conversion import convert_caffemodel
     from finetune.demo import LENET_DIR
     from finetune.data.feature_cache import crop_windows
     from finetune.data.folder import read_label_file
@@ -281,8 +286,9 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
     lenet = str(tmp_path / 'lenet32.npz')
     convert_caffemodel(
         os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'), lenet,
-        prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
-        scale=1 / 256, resize=(32, 32))
+        ConversionOptions(
+            prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
+            scale=1 / 256, resize=(32, 32)))
     out = tmp_path / 'out'
     run_train(*train_args(data, lenet, out, '--epochs', '1', '--freeze',
                           'conv1-conv2', '--replace', 'ip1-ip2',

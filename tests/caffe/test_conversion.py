@@ -1,4 +1,4 @@
-"""finetune.convert and finetune.predict, end to end through their CLIs."""
+"""finetune.caffe.conversion, also through ``python -m finetune.convert``."""
 import csv
 import os
 import shutil
@@ -10,28 +10,16 @@ import numpy as np
 import pytest
 
 import finetune
-from conftest import data_path
+from tests.conftest import data_path
 from finetune.caffe.importer import import_caffemodel
 from finetune.models.model_file import load_model
-from finetune.convert import convert_caffemodel
+from finetune.caffe.conversion import convert_caffemodel
 from finetune.models import AlexNet
 from finetune.data.resources import imagenet_class_names
+from finetune.models.registry import pretrained_model
 
 
-def run(*args):
-    return subprocess.run([sys.executable, '-m'] + list(args),
-                          capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope='module')
-def alexnet_npz(alexnet_caffemodels, tmp_path_factory):
-    directory = tmp_path_factory.mktemp('pretrained')
-    caffemodel = str(directory / 'bvlc_alexnet.caffemodel')
-    shutil.copy(alexnet_caffemodels['v1'], caffemodel)
-    result = run('finetune.convert', caffemodel)
-    assert result.returncode == 0, result.stderr
-    assert 'wrote' in result.stdout
-    return str(directory / 'bvlc_alexnet.npz')
+from tests.conftest import run_module as run
 
 
 def test_convert_writes_weights_with_metadata(alexnet_npz,
@@ -69,8 +57,8 @@ def test_concurrent_conversions_convert_once(tmp_path, lenet_files):
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     wrote = [out for out, _ in outputs if out.startswith('wrote')]
     assert len(wrote) == 1, outputs
-    leftovers = [f for f in os.listdir(tmp_path) if f.endswith('.tmp.npz')]
-    assert leftovers == []
+    # no temporary file and no lock file is left anywhere
+    assert sorted(os.listdir(tmp_path)) == ['lenet.caffemodel', 'lenet.npz']
     predictor = finetune.load(str(tmp_path / 'lenet.npz'))
     samples = sorted(os.listdir(lenet_files['samples']))
     labels, _ = predictor.predict(
@@ -80,7 +68,7 @@ def test_concurrent_conversions_convert_once(tmp_path, lenet_files):
 
 
 def test_caffenet_layout_is_detected(tmp_path):
-    text = open(data_path('caffe', 'flickr_style_deploy.prototxt')).read()
+    text = open(pretrained_model('flickr_style').prototxt_path()).read()
     deploy = tmp_path / 'caffenet.prototxt'
     deploy.write_text(text.replace('fc8_flickr', 'fc8'))
     from finetune.caffe.caffemodel import read_prototxt_param
@@ -90,75 +78,10 @@ def test_caffenet_layout_is_detected(tmp_path):
                              np.random.RandomState(0))
     caffemodel = str(tmp_path / 'caffenet.caffemodel')
     write_caffemodel(caffemodel, read_prototxt_param(str(deploy)), weights)
-    out = convert_caffemodel(caffemodel)
+    out = convert_caffemodel(caffemodel, str(tmp_path / 'caffenet.npz'))
     model, meta, _ = load_model(out)
     assert meta['arch'] == 'caffenet' and meta['n_classes'] == 20
     assert meta['class_names'][:2] == ['class0', 'class1']
-
-
-def test_predict_prints_top5_with_imagenet_names(alexnet_npz,
-                                                 alexnet_caffemodels):
-    result = run('finetune.predict', '--model', alexnet_npz,
-                 data_path('cat.jpg'), '--loaderjob', '0')
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines[0].endswith('cat.jpg') and len(lines) == 6
-    # the printed classes are the model's top 5, in order
-    predictor = finetune.load(alexnet_npz)
-    _, probs = predictor.predict([data_path('cat.jpg')])
-    best = np.argsort(-probs[0])[:5]
-    for line, index in zip(lines[1:], best):
-        prob, name = line.split(None, 1)
-        assert name == imagenet_class_names()[index]
-        assert float(prob) == pytest.approx(probs[0, index], abs=1e-4)
-
-
-def test_predict_matches_direct_import(alexnet_npz, alexnet_caffemodels):
-    predictor = finetune.load(alexnet_npz)
-    direct = AlexNet()
-    import_caffemodel(direct, alexnet_caffemodels['v2'])
-    x = predictor.preprocess(data_path('fish-bike.jpg'))[np.newaxis]
-    with chainer.using_config('train', False):
-        expected = chainer.functions.softmax(direct(x)).array
-    _, probs = predictor.predict([data_path('fish-bike.jpg')])
-    assert np.abs(probs - expected).max() < 1e-6
-
-
-def test_predict_batch_job_writes_csv_and_skips_corrupt(tmp_path,
-                                                        lenet_files):
-    npz = str(tmp_path / 'lenet.npz')
-    assert run('finetune.convert', lenet_files['caffemodel'], '--out', npz,
-               '--prototxt', lenet_files['prototxt'], '--labels',
-               lenet_files['labels'], '--scale',
-               '0.00390625').returncode == 0
-    folder = tmp_path / 'digits'
-    shutil.copytree(lenet_files['samples'], folder / 'sub')
-    (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
-    out = str(tmp_path / 'preds.csv')
-    result = run('finetune.predict', '--model', npz, str(folder), '--batch',
-                 '4', '--loaderjob', '2', '--out', out)
-    assert result.returncode == 0, result.stderr
-    assert '10 images labelled, 1 skipped' in result.stderr
-    rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 11
-    broken = [r for r in rows if r['path'].endswith('broken.png')][0]
-    assert broken['label'] == '' and 'broken.png' in broken['error']
-    names = [l.split(None, 1)[1] for l in open(lenet_files['labels'])]
-    for row in rows:
-        if row['error']:
-            continue
-        digit = int(os.path.basename(row['path']).split('_')[1])
-        assert row['label'] == names[digit].strip()
-
-
-def test_predict_reports_a_bad_model_in_one_line(tmp_path):
-    bogus = tmp_path / 'model.npz'
-    bogus.write_bytes(b'not a zip')
-    result = run('finetune.predict', '--model', str(bogus),
-                 data_path('cat.jpg'))
-    assert result.returncode == 2
-    assert result.stderr.count('\n') == 1
-    assert str(bogus) in result.stderr
 
 
 def test_convert_resize_gives_crops_of_the_input(tmp_path, lenet_files):

@@ -157,7 +157,7 @@ def test_importing_chainer_first_is_named_in_the_error(tmp_path):
         except finetune.FinetuneError as e:
             print(e)
     ''', tmp_path)
-    assert out.startswith('--gpu 0: CuPy is not usable (libcublas.so.12')
+    assert out.startswith('--device 0: CuPy is not usable (libcublas.so.12')
     assert 'import finetune first' in out
 
 
@@ -166,7 +166,7 @@ def test_gpu_without_cuda_is_one_line_error():
     with pytest.raises(FinetuneError) as error:
         gpu.device(0)
     message = str(error.value)
-    assert message.startswith('--gpu 0: ' + NO_GPU_REASON)
+    assert message.startswith('--device 0: ' + NO_GPU_REASON)
     assert '\n' not in message
 
 
@@ -198,7 +198,7 @@ def test_gpu_without_driver_is_one_line_error(monkeypatch):
     with pytest.raises(FinetuneError) as error:
         gpu.device(0)
     assert str(error.value) == (
-        '--gpu 0: CUDA is not usable (cudaErrorInsufficientDriver: CUDA '
+        '--device 0: CUDA is not usable (cudaErrorInsufficientDriver: CUDA '
         'driver version is insufficient); it needs an NVIDIA driver for '
         'CUDA 12 or newer')
 
@@ -215,4 +215,4 @@ def test_cli_gpu_without_cuda_exits_with_one_line(digits, tmp_path, tool):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and '--gpu 0: ' + NO_GPU_REASON in lines[0]
+    assert len(lines) == 1 and '--device 0: ' + NO_GPU_REASON in lines[0]

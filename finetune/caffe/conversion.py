@@ -1,0 +1,325 @@
+"""Caffemodel -> finetune model file (.npz), converted once and reused.
+
+:func:`ensure_converted` is what ``finetune.convert`` and
+``finetune.train --pretrained`` call. The source is a registry name
+(:mod:`finetune.models.registry`: its prototxt, class names and
+preprocessing come with it) or a caffemodel path (an AlexNet/CaffeNet is
+recognised by its layers; other nets need a deploy prototxt). The model
+file records the options and the source's size and modification time it
+was made from, so a later call with other options, or after the
+caffemodel changed, converts again instead of reusing a stale file.
+Several processes may convert the same source at once (training ranks
+starting together): an exclusive lock on the caffemodel itself (opened
+read-only, so no lock file is left anywhere) lets one convert while the
+others wait and then reuse its result.
+"""
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+from typing import Optional, Tuple
+
+import chainer
+import numpy as np
+
+from finetune.caffe.caffemodel import read_caffemodel
+from finetune.caffe.importer import import_caffemodel
+from finetune.common.errors import CaffeModelError
+from finetune.common.errors import CheckpointError
+from finetune.data.folder import read_class_names
+from finetune.data.resources import imagenet_class_names
+from finetune.data.resources import imagenet_mean
+from finetune.data.transforms import CaffePreprocess
+from finetune.models import AlexNet
+from finetune.models import CaffeGraph
+from finetune.models import CaffeNet
+from finetune.models.model_file import read_model_meta
+from finetune.models.model_file import save_model
+from finetune.models.registry import DEFAULT_PRETRAINED_DIR
+from finetune.models.registry import REGISTRY
+from finetune.models.registry import class_names_of
+from finetune.models.registry import registry_entry_for
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionOptions:
+    """How a caffemodel becomes a model file; ``None`` means the default
+    (the registry entry's, else AlexNet's or the deploy input's).
+
+    Attributes:
+        prototxt (str): deploy definition for nets other than AlexNet.
+        labels (str): class-name file (Caffe's ``0 name`` or
+            ``n01440764 name`` lines are accepted).
+        mean (numpy.ndarray): mean image (C, H, W) or pixel (C,), 0-255.
+        scale (float): input multiplier after mean subtraction.
+        resize (tuple): (H, W) images are resized to before cropping.
+    """
+    prototxt: Optional[str] = None
+    labels: Optional[str] = None
+    mean: Optional[np.ndarray] = None
+    scale: Optional[float] = None
+    resize: Optional[Tuple[int, int]] = None
+
+
+def resolve_source(source, pretrained_dir=DEFAULT_PRETRAINED_DIR):
+    """(caffemodel path, registry entry or None) for a name or a path."""
+    if source in REGISTRY:
+        entry = REGISTRY[source]
+        return entry.local_path(pretrained_dir), entry
+    return source, registry_entry_for(source)
+
+
+def detect_alexnet(net, source):
+    """Return AlexNet or CaffeNet for a caffemodel in BVLC's layout."""
+    names = [layer.name for layer in net.layers]
+    if not {'conv1', 'fc8', 'pool1', 'norm1'} <= set(names):
+        raise CaffeModelError(
+            '%s: not an AlexNet/CaffeNet layout (layers: %s); pass '
+            '--prototxt with its deploy definition' % (source,
+                                                       ', '.join(names)))
+    if names.index('pool1') < names.index('norm1'):
+        return CaffeNet
+    return AlexNet
+
+
+def strip_label_ids(names):
+    """Drop a leading integer or WordNet id from Caffe label lines
+    (``0 zero``, ``n01440764 tench, Tinca tinca``)."""
+    stripped = []
+    for line in names:
+        head, _, rest = line.partition(' ')
+        is_id = head.isdigit() or (head[:1] == 'n' and head[1:].isdigit())
+        stripped.append(rest.strip() if is_id and rest.strip() else line)
+    return stripped
+
+
+def caffemodel_to_model(caffemodel, prototxt=None):
+    """Read ``caffemodel`` and return the network with its weights."""
+    net = read_caffemodel(caffemodel)
+    zero = chainer.initializers.Zero()  # the weights are loaded next
+    if prototxt:
+        model = CaffeGraph.from_prototxt(prototxt, initialW=zero)
+    else:
+        fc8 = net.layer('fc8')
+        n_classes = fc8.blobs[0].shape[-2] if fc8 and fc8.blobs else 1000
+        model = detect_alexnet(net, caffemodel)(n_classes=n_classes,
+                                                initialW=zero)
+    model.cleargrads()  # Chainer allocates NaN grads: free them before the
+    import_caffemodel(model, net, source=caffemodel)  # weights are paged in
+    return model
+
+
+def default_preprocess(model, options, entry=None):
+    """Caffe's preprocessing for ``model`` as :class:`CaffePreprocess`.
+
+    A registry entry gives its own mean, resize, crop and scale.
+    AlexNet/CaffeNet: resize 256x256, ImageNet mean image, crop 227. Any
+    other net: resize to its declared input size, no mean, no crop.
+    ``options.resize`` (H, W) larger than the input instead resizes to
+    that and takes random (training) or center (evaluation) crops of the
+    input's side, as Caffe's ``transform_param { crop_size }`` does.
+
+    Raises:
+        CaffeModelError: ``resize`` smaller than the input, crops asked
+            of a net with a non-square input, or a mean whose channels do
+            not match the net's input.
+    """
+    mean, scale = options.mean, options.scale
+    if entry is not None:
+        channels, height, width = 3, entry.crop, entry.crop
+        size, crop = tuple(entry.resize), entry.crop
+        if mean is None:
+            mean = imagenet_mean() if entry.mean == 'imagenet' else \
+                np.array(entry.mean, np.float32)
+        scale = entry.scale if scale is None else scale
+    elif model.arch in ('alexnet', 'caffenet'):
+        channels, height, width = 3, 227, 227
+        size, crop = (256, 256), 227
+        mean = imagenet_mean() if mean is None else mean
+    else:
+        channels, height, width = model.net_input_shape
+        size, crop = (height, width), None
+    resize = options.resize
+    if resize is not None and tuple(resize) != size:
+        if height != width or min(resize) < height:
+            raise CaffeModelError(
+                '--resize %dx%d: crops must be square and fit in it; the '
+                'net takes %dx%d' % (tuple(resize) + (height, width)))
+        size, crop = tuple(resize), height
+    if mean is not None and np.asarray(mean).size > 1 and \
+            np.asarray(mean).shape[0] != channels:
+        raise CaffeModelError(
+            '--mean: %d channel(s) for a net with %d input channel(s)'
+            % (np.asarray(mean).shape[0], channels))
+    return CaffePreprocess(size, crop, mean, 1.0 if scale is None else scale,
+                           channels)
+
+
+def class_names_for(model, options, entry=None):
+    """The class names: ``--labels``, the registry entry's, ImageNet's for
+    1,000 outputs, else ``class0, class1...``.
+
+    Raises:
+        CaffeModelError: the count does not match the net's outputs.
+    """
+    if options.labels:
+        names = strip_label_ids(read_class_names(options.labels))
+    elif entry is not None:
+        names = class_names_of(entry)
+    elif model.n_classes == 1000:
+        names = imagenet_class_names()
+    else:
+        names = ['class%d' % i for i in range(model.n_classes)]
+    if len(names) != model.n_classes:
+        raise CaffeModelError('%s: %d class names for a net with %d outputs'
+                              % (options.labels or 'class names', len(names),
+                                 model.n_classes))
+    return names
+
+
+def conversion_record(caffemodel, options, entry=None):
+    """What a model file must have been made from to be reused: the
+    source's size and modification time (ns), and every option (files by
+    their SHA-1, the mean by its bytes' SHA-1). JSON-serializable."""
+    stat = os.stat(caffemodel)
+
+    def file_digest(path):
+        if path is None:
+            return None
+        with open(path, 'rb') as f:
+            return hashlib.sha1(f.read()).hexdigest()
+    mean = None if options.mean is None else hashlib.sha1(
+        np.ascontiguousarray(options.mean, np.float32).tobytes()).hexdigest()
+    return {'source': os.path.basename(caffemodel),
+            'source_size': stat.st_size, 'source_mtime_ns': stat.st_mtime_ns,
+            'registry': entry.name if entry is not None else None,
+            'prototxt_sha1': file_digest(options.prototxt or (
+                entry.prototxt_path() if entry is not None else None)),
+            'labels_sha1': file_digest(options.labels),
+            'mean_sha1': mean, 'scale': options.scale,
+            'resize': list(options.resize) if options.resize else None}
+
+
+def convert_caffemodel(caffemodel, out, options=ConversionOptions(),
+                       entry=None):
+    """Convert ``caffemodel`` to the model file ``out``; returns ``out``.
+
+    Args:
+        caffemodel (str): V1 or V2 binary caffemodel.
+        out (str): destination .npz (written atomically).
+        options (ConversionOptions): prototxt, labels, mean, scale, resize.
+        entry (PretrainedModel or None): registry entry of the file.
+    """
+    if entry is not None and options.prototxt is None:
+        options = dataclasses.replace(options,
+                                      prototxt=entry.prototxt_path())
+    model = caffemodel_to_model(caffemodel, options.prototxt)
+    names = class_names_for(model, options, entry)
+    save_model(out, model, names, default_preprocess(model, options, entry),
+               source=os.path.basename(caffemodel),
+               conversion=conversion_record(caffemodel, options, entry))
+    return out
+
+
+@contextlib.contextmanager
+def source_lock(path):
+    """Hold an exclusive lock on the file ``path``, opened read-only (works
+    on read-only files and folders and leaves nothing behind)."""
+    with open(path, 'rb') as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def is_up_to_date(out, caffemodel, options, entry=None):
+    """True when the model file ``out`` was made from this caffemodel (same
+    size and modification time) with these options."""
+    if not os.path.isfile(out):
+        return False
+    try:
+        meta = read_model_meta(out)
+    except CheckpointError:
+        return False
+    return meta.get('conversion') == conversion_record(caffemodel, options,
+                                                       entry)
+
+
+def default_output(caffemodel, out=None):
+    """``out``, or for a folder (or None) the caffemodel's name with .npz
+    in it (beside the caffemodel)."""
+    name = os.path.splitext(os.path.basename(caffemodel))[0] + '.npz'
+    if out is None:
+        return os.path.join(os.path.dirname(caffemodel), name)
+    if os.path.isdir(out):
+        return os.path.join(out, name)
+    if not out.endswith('.npz'):
+        raise CaffeModelError('%s: the output must be a .npz file or an '
+                              'existing folder' % out)
+    return out
+
+
+def ensure_converted(source, options=ConversionOptions(), out=None,
+                     force=False, pretrained_dir=DEFAULT_PRETRAINED_DIR):
+    """Convert once, safely across processes; later calls reuse the file.
+
+    Args:
+        source (str): a registry name or a caffemodel path.
+        options (ConversionOptions): see :class:`ConversionOptions`.
+        out (str or None): output .npz, or a folder to write it in;
+            default beside the caffemodel.
+        force (bool): convert even when ``out`` is up to date.
+        pretrained_dir (str): where registry weights are downloaded.
+
+    Returns:
+        tuple: (path of the .npz, True if this call converted it).
+
+    Raises:
+        FinetuneError: the caffemodel is missing (the message says how to
+            get a registry model), unreadable or does not fit.
+    """
+    caffemodel, entry = resolve_source(source, pretrained_dir)
+    if not os.path.isfile(caffemodel):
+        hint = entry.fetch_hint() if entry is not None else \
+            'give a .caffemodel file or a registry name (%s)' % ', '.join(
+                sorted(REGISTRY))
+        raise CaffeModelError('%s: no such caffemodel; %s' % (caffemodel,
+                                                             hint))
+    out = default_output(caffemodel, out)
+    with source_lock(caffemodel):
+        if not force and is_up_to_date(out, caffemodel, options, entry):
+            return out, False
+        return convert_caffemodel(caffemodel, out, options, entry), True
+
+
+def parse_mean(text):
+    """``--mean``: 'imagenet', 'none', an .npy file or 'B,G,R' numbers."""
+    if text is None or text == 'imagenet':
+        return None
+    if text == 'none':
+        return np.zeros(1, np.float32)
+    if text.endswith('.npy'):
+        try:
+            return np.load(text, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as e:
+            raise CaffeModelError('--mean %s: cannot read: %s' % (text, e)) \
+                from None
+    try:
+        return np.array([float(v) for v in text.split(',')], np.float32)
+    except ValueError:
+        raise CaffeModelError("--mean %r: expected 'imagenet', 'none', an "
+                              ".npy file or numbers like 104,117,123"
+                              % text) from None
+
+
+def parse_size(text):
+    """``--resize``: 'H,W' or one number for both."""
+    sides = [int(v) for v in text.split(',')]
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise argparse.ArgumentTypeError('expected H,W, got %r' % text)
+    return tuple(sides)

@@ -1,0 +1,52 @@
+"""Random-weight caffemodels in a real net's layout: the stand-ins that
+tests, examples and benchmarks use where the real weights cannot be
+downloaded (the results then mean nothing; the file layout is exact)."""
+import os
+
+import chainer
+import numpy as np
+
+from finetune.caffe.caffemodel import read_prototxt_param
+from finetune.caffe.writer import random_weights
+from finetune.caffe.writer import write_caffemodel
+from finetune.models.registry import ZOO
+
+#: BVLC AlexNet's deploy definition, shipped with the registry.
+ALEXNET_DEPLOY = os.path.join(ZOO, 'bvlc_alexnet_deploy.prototxt')
+
+
+def write_random_caffemodel(path, model, prototxt, seed=0, v1=False,
+                            first_layer_scale=None):
+    """Write ``model``'s layers with random weights as a caffemodel.
+
+    Args:
+        path (str): the .caffemodel to write (folders created).
+        model: a Chain whose links are named like the prototxt's layers
+            (only their shapes are used).
+        prototxt (str): deploy definition written into the file.
+        seed (int): seed of the weights.
+        v1 (bool): write the old V1 (``layers``) format, as BVLC's
+            released caffemodels are.
+        first_layer_scale (float or None): multiply the first weighted
+            layer's weights by this, e.g. 0.01 so that 0-255 inputs give
+            activations near 1 as a trained net's do.
+
+    Returns:
+        dict: layer name -> [W, b] float32 arrays that were written.
+    """
+    weights = random_weights(model, np.random.RandomState(seed))
+    if first_layer_scale is not None:
+        first = model.layer_names[0]
+        weights[first][0] *= first_layer_scale
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_caffemodel(path, read_prototxt_param(prototxt), weights, v1=v1)
+    return weights
+
+
+def write_random_alexnet(path, seed=0, v1=True, first_layer_scale=0.01):
+    """A BVLC-layout AlexNet caffemodel (V1 by default) with random weights;
+    returns the weights (see :func:`write_random_caffemodel`)."""
+    from finetune.models import AlexNet
+    skeleton = AlexNet(initialW=chainer.initializers.Zero())
+    return write_random_caffemodel(path, skeleton, ALEXNET_DEPLOY, seed, v1,
+                                   first_layer_scale)

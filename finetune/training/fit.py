@@ -1,0 +1,498 @@
+"""Fine-tuning as one function: ``finetune.fit(TrainConfig(...))``.
+
+Read top to bottom like Chainer's ``examples/imagenet`` ``main()``:
+:func:`fit` loads the pretrained net, prepares the data lists, performs
+the surgery, builds the model, optimizer, iterators and trainer, runs it
+and writes the final model and evaluation report. Every step is a plain
+function of plain arguments; where Chainer needs an order (dtype before
+``optimizer.setup``, ``disable_update`` after it) one function does both.
+"""
+import dataclasses
+import hashlib
+import os
+import sys
+from typing import Optional
+
+import chainer
+import numpy as np
+from chainer.training import extensions
+
+from finetune.caffe.conversion import ConversionOptions
+from finetune.caffe.conversion import ensure_converted
+from finetune.common.errors import FinetuneError
+from finetune.common.gpu import device as gpu_device
+from finetune.data import folder
+from finetune.data.datasets import LabeledImageDataset
+from finetune.data.feature_cache import CachedCropConverter
+from finetune.data.feature_cache import CachedFeatureDataset
+from finetune.data.feature_cache import cached_features
+from finetune.data.loader import make_iterator
+from finetune.data.transforms import CaffePreprocess
+from finetune.inference.batch import predict_paths
+from finetune.inference.predictor import Predictor
+from finetune.models.model_file import load_model
+from finetune.models.model_file import save_model
+from finetune.training import report
+from finetune.training.distributed import ranks_for
+from finetune.training.extensions import Classifier
+from finetune.training.extensions import EpochOrIntervalTrigger
+from finetune.training.extensions import RandomCropConverter
+from finetune.training.extensions import SNAPSHOT_PREFIX
+from finetune.training.extensions import SaveBestModel
+from finetune.training.extensions import SeededUpdater
+from finetune.training.extensions import latest_snapshot
+from finetune.training.extensions import save_snapshot
+from finetune.training.lr_find import lr_range_test
+from finetune.training.lr_find import plot_lr_find
+from finetune.training.solver import CaffeSGD
+from finetune.training.solver import set_caffe_lr_policy
+from finetune.training.surgery import FineTuneNet
+from finetune.training.surgery import freeze_layers
+from finetune.training.surgery import frozen_prefix
+from finetune.training.surgery import parse_layer_spec
+from finetune.training.surgery import replace_head
+from finetune.training.surgery import set_param_dtype
+
+MODEL_BEST = 'model_best.npz'
+MODEL_FINAL = 'model_final.npz'
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` produced.
+
+    Attributes:
+        out (str): the output folder.
+        model_final (str): path of ``model_final.npz``.
+        model_best (str or None): path of ``model_best.npz`` (None without
+            validation images).
+        metrics (dict or None): the final validation report's summary
+            (``accuracy``, ``top5``, ``n_images``...; None without
+            validation images).
+    """
+    out: str
+    model_final: str
+    model_best: Optional[str]
+    metrics: Optional[dict]
+
+
+@dataclasses.dataclass
+class RunInputs:
+    """The iterators and what consumes them (built by :func:`make_inputs`).
+
+    Attributes:
+        train_iter: training iterator (images or cached features).
+        converter: batch -> arrays on the device (random crops, or one of
+            the cached crops).
+        val_iter: validation iterator, None without validation images.
+        eval_model: the Classifier evaluated each epoch (the head alone on
+            cached centre-crop features when the trunk is frozen).
+        eval_converter: the evaluator's batch converter.
+    """
+    train_iter: object
+    converter: object
+    val_iter: object
+    eval_model: object
+    eval_converter: object
+
+    def finalize(self):
+        """Stop the loader processes."""
+        for iterator in (self.train_iter, self.val_iter):
+            if iterator is not None:
+                iterator.finalize()
+
+
+def converted_cache_dir():
+    """Where ``train`` keeps converted caffemodels: ``$FINETUNE_CACHE`` or
+    ``~/.cache/finetune``, plus ``converted/`` (never beside the source,
+    which may be read-only)."""
+    root = os.environ.get('FINETUNE_CACHE') or os.path.join(
+        os.path.expanduser('~'), '.cache', 'finetune')
+    return os.path.join(root, 'converted')
+
+
+def load_pretrained(pretrained, prototxt=None, pretrained_dir='pretrained'):
+    """(network, meta, preprocess) of a registry name, a caffemodel
+    (converted once into :func:`converted_cache_dir`) or a model file.
+
+    Raises:
+        FinetuneError: the weights are missing (the message says how to
+            get them) or cannot be read.
+    """
+    if pretrained.endswith('.npz'):
+        if not os.path.isfile(pretrained):
+            raise FinetuneError('%s: no such model file' % pretrained)
+        return load_model(pretrained)
+    source = os.path.abspath(pretrained) if os.path.exists(pretrained) \
+        else pretrained
+    key = hashlib.sha1(source.encode('utf-8')).hexdigest()[:12]
+    name = os.path.splitext(os.path.basename(source))[0]
+    out = os.path.join(converted_cache_dir(), '%s-%s.npz' % (name, key))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    path, _ = ensure_converted(pretrained, ConversionOptions(
+        prototxt=prototxt), out, pretrained_dir=pretrained_dir)
+    return load_model(path)
+
+
+def choose_preprocess(preprocess, mean, prepared_mean):
+    """The pretrained net's preprocessing with the ``--mean`` choice."""
+    if mean == 'pretrained':
+        return preprocess
+    means = {'dataset': prepared_mean, 'none': None}
+    return CaffePreprocess(preprocess.size, preprocess.crop_size,
+                           means[mean], preprocess.scale,
+                           preprocess.channels)
+
+
+def prepare_lists(config, channels, size):
+    """(train, val, class_names, mean): the lists in ``--out`` when
+    resuming, else built from ``--data``."""
+    train_txt = os.path.join(config.out, folder.TRAIN_FILE)
+    if config.resume and os.path.exists(train_txt):
+        train, names = folder.read_label_file(train_txt, config.data)
+        val, _ = folder.read_label_file(
+            os.path.join(config.out, folder.VAL_FILE), config.data,
+            allow_empty=True)
+        mean_path = os.path.join(config.out, folder.MEAN_FILE)
+        mean = folder.load_mean(mean_path) if os.path.exists(
+            mean_path) else None
+        return train, val, names, mean
+    prepared = folder.prepare_dataset(
+        config.data, config.out, val_split=config.val_split,
+        seed=config.seed, label_file=config.label_file,
+        compute_mean=config.mean == 'dataset', channels=channels, size=size,
+        jobs=max(1, config.loaderjob))
+    return prepared.train, prepared.val, prepared.class_names, prepared.mean
+
+
+def surgery_plan(config, pretrained):
+    """(head, frozen): the layer names ``--replace`` and ``--freeze`` name.
+
+    Checked against the network before any image is scanned.
+
+    Raises:
+        FinetuneError: an unknown layer, or a layer both replaced and
+            frozen, or ``--cache-features`` without a frozen trunk.
+    """
+    head = parse_layer_spec(config.replace, pretrained.layer_names)
+    frozen = parse_layer_spec(config.freeze, pretrained.layer_names)
+    overlap = set(head) & set(frozen)
+    if overlap:
+        raise FinetuneError('layers both replaced and frozen: %s'
+                            % ', '.join(sorted(overlap)))
+    if config.cache_features and not frozen_prefix(pretrained.layer_names,
+                                                   frozen):
+        raise FinetuneError('--cache-features needs frozen leading '
+                            'layers, e.g. --freeze conv1-conv5')
+    return head, frozen
+
+
+def build_networks(pretrained, meta, head, frozen, n_classes, config):
+    """(train_net, eval_net): FineTuneNets sharing one network after
+    surgery. The training net reads cached features with
+    ``--cache-features``; a frozen trunk is always evaluated on cached
+    centre-crop features (``eval_net`` reads features), else ``eval_net``
+    is ``train_net``."""
+    net = replace_head(pretrained, meta, head, n_classes)
+    prefix = frozen_prefix(net.layer_names, frozen)
+    train_net = FineTuneNet(net, prefix, from_features=config.cache_features,
+                            trunk_backend=config.trunk_backend)
+    if not prefix:
+        return train_net, train_net
+    return train_net, FineTuneNet(net, prefix, from_features=True,
+                                  trunk_backend=config.trunk_backend)
+
+
+def make_model(net, dtype, device):
+    """Classifier over ``net``, its parameters cast to ``dtype`` and sent
+    to ``device``."""
+    set_param_dtype(net, np.dtype(dtype))
+    model = Classifier(net)
+    model.to_device(device)
+    device.use()
+    return model
+
+
+def make_optimizer(model, config, head, frozen, ranks):
+    """CaffeSGD set up on ``model`` with Caffe's multipliers and the frozen
+    layers' updates disabled; with ``--dtype float16`` it keeps float32
+    master weights and scales the loss dynamically."""
+    solver = CaffeSGD(lr=config.lr, momentum=config.momentum)
+    if config.dtype == 'float16':
+        solver.use_fp32_update()
+        solver.loss_scaling()
+    optimizer = ranks.optimizer(solver)
+    optimizer.setup(model)
+    network = model.predictor.net
+    set_caffe_lr_policy(network, head, config.weight_decay,
+                        config.head_lr_mult)
+    freeze_layers(network, frozen)
+    return optimizer
+
+
+def uncropped(root, entries, preprocess):
+    """Images resized but not cropped (crops are drawn per step)."""
+    p = preprocess
+    return LabeledImageDataset(root, entries, CaffePreprocess(
+        p.size, None, p.mean, p.scale, p.channels))
+
+
+def feature_cache(config, split, net, entries, preprocess, mode, device,
+                  ranks):
+    """Path of the frozen-prefix features of ``entries`` (rank 0 builds
+    it; the others wait and read the same file)."""
+    path = None
+    if ranks.is_root:
+        network = net.net
+        path, built = cached_features(
+            os.path.join(config.out, 'feature_cache'), split, network,
+            network.layer_names[:net.frozen], net.features, config.data,
+            entries, uncropped(config.data, entries, preprocess),
+            preprocess, mode, device, config.val_batchsize,
+            config.loaderjob, config.cache_crops)
+        print('%s features: %s %s' % (split, 'cached in' if built
+                                      else 'reusing', path), file=sys.stderr)
+    return ranks.bcast(path)
+
+
+def make_inputs(config, model, eval_model, train_list, val_list,
+                preprocess, device, ranks):
+    """The training and validation iterators (see :class:`RunInputs`)."""
+    net = model.predictor
+    if config.cache_features:
+        dataset = CachedFeatureDataset(
+            feature_cache(config, 'train', net, train_list, preprocess,
+                          'random', device, ranks),
+            [label for _, label in train_list])
+        train_iter = make_iterator(ranks.scatter(dataset, config.seed),
+                                   config.batchsize, 0, seed=config.seed)
+        converter = CachedCropConverter(config.seed)
+    else:
+        train_iter = make_iterator(ranks.scatter(uncropped(
+            config.data, train_list, preprocess), config.seed),
+            config.batchsize, config.loaderjob, seed=config.seed)
+        converter = RandomCropConverter(preprocess, config.seed)
+    if not val_list:
+        return RunInputs(train_iter, converter, None, None, None)
+    if eval_model is model:
+        dataset = LabeledImageDataset(config.data, val_list, preprocess)
+        val_iter = make_iterator(ranks.scatter(dataset, config.seed),
+                                 config.val_batchsize, config.loaderjob,
+                                 repeat=False, shuffle=False)
+        return RunInputs(train_iter, converter, val_iter, model,
+                         chainer.dataset.concat_examples)
+    dataset = CachedFeatureDataset(
+        feature_cache(config, 'val', net, val_list, preprocess, 'center',
+                      device, ranks),
+        [label for _, label in val_list])
+    val_iter = make_iterator(ranks.scatter(dataset, config.seed),
+                             config.val_batchsize, 0, repeat=False,
+                             shuffle=False)
+    return RunInputs(train_iter, converter, val_iter, eval_model,
+                     CachedCropConverter(0, train=False))
+
+
+def add_extensions(trainer, config, inputs, device, ranks, save_best):
+    """Evaluation and LR schedule on every rank; logs, plots, progress bar
+    and snapshots on rank 0 only."""
+    epoch = (1, 'epoch')
+    log_trigger = EpochOrIntervalTrigger(config.log_interval)
+    if inputs.val_iter is not None:
+        trainer.extend(ranks.evaluator(extensions.Evaluator(
+            inputs.val_iter, inputs.eval_model,
+            converter=inputs.eval_converter, device=device)), trigger=epoch)
+    if config.lr_step:
+        trainer.extend(extensions.ExponentialShift('lr', config.lr_gamma),
+                       trigger=(config.lr_step, 'epoch'))
+    trainer.extend(extensions.FailOnNonNumber())
+    if not ranks.is_root:
+        return
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+    trainer.extend(extensions.LogReport(trigger=log_trigger))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'iteration', 'main/loss', 'main/accuracy',
+         'validation/main/loss', 'validation/main/accuracy',
+         'validation/main/top5', 'lr', 'elapsed_time']), trigger=log_trigger)
+    trainer.extend(extensions.ProgressBar(update_interval=1))
+    if extensions.PlotReport.available():
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'epoch',
+            file_name='loss.png'), trigger=epoch)
+        trainer.extend(extensions.PlotReport(
+            ['main/accuracy', 'validation/main/accuracy',
+             'validation/main/top5'], 'epoch', file_name='accuracy.png'),
+            trigger=epoch)
+    trainer.extend(extensions.snapshot(
+        savefun=save_snapshot,
+        filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
+        n_retains=config.keep_snapshots),
+        trigger=EpochOrIntervalTrigger(config.snapshot_interval))
+    if inputs.val_iter is not None:
+        trainer.extend(SaveBestModel(save_best))
+
+
+def evaluate_and_report(config, net, val, names, preprocess, device):
+    """Probabilities on the validation set -> the evaluation report.
+
+    Images that can no longer be read are left out of the report.
+    """
+    if not val:
+        return None
+    predictor = Predictor(net, names, preprocess, device=device,
+                          backend=config.trunk_backend)
+    rows = predict_paths(predictor, [os.path.join(config.data, p)
+                                     for p, _ in val],
+                         config.val_batchsize, config.loaderjob,
+                         progress=False)
+    kept = [(path, label, probs) for (path, label), (_, probs, _)
+            in zip(val, rows) if probs is not None]
+    return report.write_evaluation_report(
+        config.out, np.stack([probs for _, _, probs in kept]),
+        np.array([label for _, label, _ in kept]),
+        [path for path, _, _ in kept], names)
+
+
+def run_trainer(trainer, resume, ranks, updater, out):
+    """Resume from ``resume`` (a snapshot or 'auto') and run ``trainer``.
+
+    Raises:
+        FinetuneError: training diverged (the message suggests a lower
+            ``--lr`` and names the snapshots there are).
+    """
+    resume = latest_snapshot(out) if resume == 'auto' else resume
+    if resume:
+        if ranks.is_root:
+            print('resuming from %s' % resume, file=sys.stderr)
+        chainer.serializers.load_npz(resume, trainer)
+    try:
+        trainer.run()
+    except RuntimeError as e:
+        if 'diverge' not in str(e):
+            raise
+        last = latest_snapshot(out)
+        raise FinetuneError(
+            'training diverged (NaN or inf weights) by iteration %d; lower '
+            '--lr (python -m finetune.train ... --lr-find suggests one); %s'
+            % (updater.iteration, 'the last snapshot before it is %s' % last
+               if last else 'no snapshot was taken before it')) from None
+
+
+def training_device(device, ranks):
+    """Chainer device of this rank (``device`` + the rank's local index)."""
+    gpu = device + ranks.intra_rank if device >= 0 else -1
+    option = '--device %d' % device
+    if ranks.size > 1:
+        option += ' (rank %d: GPU %d)' % (ranks.rank, gpu)
+    return gpu_device(gpu, option)
+
+
+def fit(config):
+    """Run (or resume) one fine-tuning job.
+
+    Args:
+        config (TrainConfig): every option of the run.
+
+    Returns:
+        FitResult on rank 0; None on the other ranks of an mpiexec run.
+
+    Raises:
+        FinetuneError: bad input (one line naming the file or option).
+    """
+    np.random.seed(config.seed)
+    ranks = ranks_for(config.communicator)
+    device = training_device(config.device, ranks)
+    pretrained, meta, pretrained_prep = load_pretrained(
+        config.pretrained, config.prototxt, config.pretrained_dir)
+    head, frozen = surgery_plan(config, pretrained)
+    lists = None
+    if ranks.is_root:
+        lists = prepare_lists(config, pretrained_prep.channels,
+                              pretrained_prep.size)
+    train_list, val_list, class_names, data_mean = ranks.bcast(lists)
+    if ranks.is_root and not val_list:
+        print('no validation images: nothing is evaluated, model_best.npz '
+              'and the evaluation report are not written; model_final.npz '
+              'is the result', file=sys.stderr)
+    train_net, eval_net = build_networks(pretrained, meta, head, frozen,
+                                         len(class_names), config)
+    preprocess = choose_preprocess(pretrained_prep, config.mean, data_mean)
+    model = make_model(train_net, config.dtype, device)
+    eval_model = model if eval_net is train_net else Classifier(eval_net)
+    optimizer = make_optimizer(model, config, head, frozen, ranks)
+    inputs = make_inputs(config, model, eval_model, train_list, val_list,
+                         preprocess, device, ranks)
+    network = train_net.net
+
+    def save(path, **extra):
+        save_model(path, network, class_names, preprocess, frozen=frozen,
+                   replaced=head, source=os.path.basename(config.pretrained),
+                   **extra)
+
+    updater = SeededUpdater(inputs.train_iter, optimizer, inputs.converter,
+                            device, seed=config.seed, rank=ranks.rank)
+    trainer = chainer.training.Trainer(updater, (config.epochs, 'epoch'),
+                                       out=config.out)
+    best = os.path.join(config.out, MODEL_BEST)
+    add_extensions(trainer, config, inputs, device, ranks,
+                   lambda acc: save(best, val_accuracy=acc))
+    try:
+        run_trainer(trainer, config.resume, ranks, updater, config.out)
+    finally:
+        inputs.finalize()
+    agree = ranks.weights_agree(train_net)
+    if not ranks.is_root:
+        return None
+    if ranks.size > 1:
+        print('%d ranks hold %s weights' % (
+            ranks.size, 'identical' if agree else 'DIFFERENT'),
+            file=sys.stderr)
+    set_param_dtype(network, np.float32)  # evaluated as it is saved
+    final = os.path.join(config.out, MODEL_FINAL)
+    save(final)
+    summary = evaluate_and_report(config, network, val_list, class_names,
+                                  preprocess, device)
+    if summary:
+        print(report.format_summary(summary))
+    return FitResult(config.out, final, best if val_list else None, summary)
+
+
+def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
+    """Learning-rate range test from the pretrained weights (nothing is
+    trained for good); writes ``lr_find.png`` into ``--out``.
+
+    Returns:
+        LRFindResult (``suggested_lr``, the curve).
+    """
+    if config.communicator:
+        raise FinetuneError('--lr-find runs in one process: drop '
+                            '--communicator')
+    ranks = ranks_for(None)
+    device = training_device(config.device, ranks)
+    pretrained, meta, pretrained_prep = load_pretrained(
+        config.pretrained, config.prototxt, config.pretrained_dir)
+    head, frozen = surgery_plan(config, pretrained)
+    train_list, val_list, class_names, data_mean = prepare_lists(
+        config, pretrained_prep.channels, pretrained_prep.size)
+    train_net, _ = build_networks(pretrained, meta, head, frozen,
+                                  len(class_names), config)
+    preprocess = choose_preprocess(pretrained_prep, config.mean, data_mean)
+    model = make_model(train_net, config.dtype, device)
+    optimizer = make_optimizer(model, config, head, frozen, ranks)
+    inputs = make_inputs(config, model, model, train_list, [], preprocess,
+                         device, ranks)
+
+    def batches():
+        while True:
+            yield inputs.converter(inputs.train_iter.next(), device)
+
+    try:
+        with chainer.using_config('train', True):
+            result = lr_range_test(model, optimizer, batches(), lr_min,
+                                   lr_max, n_steps)
+    finally:
+        inputs.finalize()
+    path = os.path.join(config.out, 'lr_find.png')
+    plot_lr_find(result, path)
+    print('suggested learning rate: %.2g (--lr); loss curve: %s'
+          % (result.suggested_lr, path))
+    return result
