@@ -18,7 +18,7 @@ Training from Python::
 import importlib
 
 from finetune.common import gpu as _gpu
-from finetune.common.errors import FinetuneError  # NOQA
+from finetune.common.errors import FinetuneError  # NOQA: F401 (public)
 
 # CUDA libraries installed from pip must be loaded before chainer decides,
 # at its import, whether CuPy is usable. Every finetune module is imported

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
 DATA = ASSETS
@@ -100,3 +101,16 @@ def alexnet_npz(alexnet_caffemodels, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     assert 'wrote' in result.stdout
     return str(directory / 'bvlc_alexnet.npz')
+
+
+def write_style_folder(root, n_per_class=6):
+    """Two 'styles' of real-looking photos: warm and cool noise textures."""
+    rng = np.random.RandomState(0)
+    for style, tint in (('warm', (60, 0, -60)), ('cool', (-60, 0, 60))):
+        folder = root / style
+        folder.mkdir(parents=True)
+        for i in range(n_per_class):
+            pixels = rng.randint(60, 196, (80, 100, 3)) + np.array(tint)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                folder / ('%d.jpg' % i))
+    return root

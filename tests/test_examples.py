@@ -6,27 +6,14 @@ import sys
 
 import cv2
 import numpy as np
-from PIL import Image
 
 import finetune
 from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.caffe.random_model import ALEXNET_DEPLOY
 from finetune.caffe.writer import caffemodel_bytes
+from tests.conftest import write_style_folder
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), '..', 'examples')
-
-
-def write_style_folder(root, n_per_class=6):
-    """Two 'styles' of real-looking photos: warm and cool noise textures."""
-    rng = np.random.RandomState(0)
-    for style, tint in (('warm', (60, 0, -60)), ('cool', (-60, 0, 60))):
-        folder = root / style
-        folder.mkdir(parents=True)
-        for i in range(n_per_class):
-            pixels = rng.randint(60, 196, (80, 100, 3)) + np.array(tint)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                folder / ('%d.jpg' % i))
-    return root
 
 
 def opencv_probabilities(model_path, images):

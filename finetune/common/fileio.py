@@ -1,5 +1,6 @@
 """Atomic file writing: readers never see a half-written file."""
 import contextlib
+import csv
 import os
 import tempfile
 
@@ -41,3 +42,21 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_csv(path, header, rows):
+    """Write ``header`` and ``rows`` (any iterable, consumed once) as a
+    UTF-8 CSV file, atomically (see :func:`atomic_write`).
+
+    Returns:
+        int: the number of rows written.
+    """
+    count = 0
+    with atomic_write(path, suffix='.csv') as tmp:
+        with open(tmp, 'w', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow(row)
+                count += 1
+    return count

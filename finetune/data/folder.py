@@ -18,7 +18,6 @@ An *entry* is a ``(relative_path, label_index)`` tuple; paths are relative
 to the data folder and use ``/`` as separator.
 """
 import collections
-import csv
 import dataclasses
 import logging
 import math
@@ -27,18 +26,16 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from finetune.common.errors import DataError
 from finetune.common.fileio import atomic_write
+from finetune.common.fileio import write_csv
+from finetune.data import images
+from finetune.data.images import check_image
+from finetune.data.images import is_hidden
 from finetune.data.transforms import CaffePreprocess, from_array
 
 logger = logging.getLogger(__name__)
-
-#: File name extensions (lower case) that :func:`scan_image_folder` lists.
-IMAGE_EXTENSIONS = frozenset((
-    '.jpg', '.jpeg', '.jpe', '.png', '.bmp', '.gif', '.tif', '.tiff',
-    '.webp', '.ppm', '.pgm', '.pbm', '.pnm'))
 
 TRAIN_FILE = 'train.txt'
 VAL_FILE = 'val.txt'
@@ -48,26 +45,25 @@ MEAN_FILE = 'mean.npy'
 MEAN_IMAGE_FILE = 'mean.png'
 
 
-def _is_hidden(name):
-    return name.startswith('.')
-
-
-def _is_image_name(name):
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def _relative(path, root):
+    return os.path.relpath(path, root).replace(os.sep, '/')
 
 
 def _class_image_paths(root, class_name):
     """Relative paths of the image files anywhere under ``root/class_name``."""
-    paths = []
-    class_dir = os.path.join(root, class_name)
-    for directory, subdirs, files in os.walk(class_dir):
-        subdirs[:] = [d for d in subdirs if not _is_hidden(d)]
-        relative_dir = os.path.relpath(directory, root)
-        for name in files:
-            if not _is_hidden(name) and _is_image_name(name):
-                paths.append(os.path.join(relative_dir, name)
-                             .replace(os.sep, '/'))
-    return sorted(paths)
+    found, _ = images.walk_files(os.path.join(root, class_name))
+    return [_relative(path, root) for path in found]
+
+
+def unlisted_files(root, class_names):
+    """``(relative_path, reason)`` of the files in the class folders that
+    are not read: hidden ones and those without an image extension."""
+    unlisted = []
+    for name in class_names:
+        _, skipped = images.walk_files(os.path.join(root, name))
+        unlisted += [(_relative(path, root), reason)
+                     for path, reason in skipped]
+    return unlisted
 
 
 def scan_image_folder(root):
@@ -76,7 +72,8 @@ def scan_image_folder(root):
     Class names are the sub-folder names, sorted; label ``k`` is the
     ``k``-th name. Images in nested folders belong to their top-level class
     folder. Hidden files and folders (names starting with ``.``), files
-    whose extension is not in :data:`IMAGE_EXTENSIONS`, files directly in
+    whose extension is not in :data:`finetune.data.images.IMAGE_EXTENSIONS`
+    (both listed by :func:`unlisted_files`), files directly in
     ``root`` and class folders without any image are ignored.
 
     Args:
@@ -93,7 +90,7 @@ def scan_image_folder(root):
     if not os.path.isdir(root):
         raise DataError('%s: not a folder' % root)
     folders = sorted(name for name in os.listdir(root)
-                     if not _is_hidden(name)
+                     if not is_hidden(name)
                      and os.path.isdir(os.path.join(root, name)))
     class_names, entries = [], []
     for name in folders:
@@ -253,37 +250,6 @@ def stratified_split(entries, val_fraction, seed=0):
     return sorted(train), sorted(val)
 
 
-def check_image(path, channels=3):
-    """Why the image at ``path`` cannot be used, or ``None`` if it can.
-
-    Opens and fully decodes the file (truncated files are errors), then
-    converts it the way :class:`~finetune.data.transforms.CaffePreprocess` does.
-
-    Returns:
-        str or None: ``'missing file'``, ``'empty file'``, ``'not an
-        image'``, ``'truncated image'`` or ``'unreadable: <error>'``.
-    """
-    try:
-        if os.path.getsize(path) == 0:
-            return 'empty file'
-    except OSError:
-        return 'missing file'
-    try:
-        with Image.open(path) as img:
-            img.load()
-            tiny = CaffePreprocess(size=(4, 4), crop_size=None, mean=None,
-                                   channels=channels)
-            tiny.image_array(img)
-    except UnidentifiedImageError:
-        return 'not an image'
-    except Exception as e:  # PIL raises many types for corrupt data
-        message = str(e) or type(e).__name__
-        if 'truncated' in message:
-            return 'truncated image'
-        return 'unreadable: %s' % ' '.join(message.split())
-    return None
-
-
 def _check_image_task(args):
     path, channels = args
     return check_image(path, channels)
@@ -302,13 +268,16 @@ def verify_images(root, entries, jobs=1, channels=3):
     Returns:
         tuple: ``(good_entries, problems)``: the usable entries in their
         input order, and ``(relative_path, reason)`` tuples for the others
-        (reasons as :func:`check_image`).
+        (problem codes of :data:`finetune.data.images.PROBLEMS`).
     """
     entries = list(entries)
     tasks = [(os.path.join(root, path), channels) for path, _ in entries]
     jobs = jobs or os.cpu_count() or 1
     if jobs > 1 and len(tasks) > 1:
-        with multiprocessing.Pool(min(jobs, len(tasks))) as pool:
+        # forkserver: forking a process that may run threads (the loader's
+        # prefetch, BLAS) can deadlock, and Python 3.12+ warns about it
+        context = multiprocessing.get_context('forkserver')
+        with context.Pool(min(jobs, len(tasks))) as pool:
             reasons = pool.map(_check_image_task, tasks,
                                chunksize=max(1, min(64, len(tasks) //
                                                     (4 * jobs))))
@@ -326,11 +295,7 @@ def verify_images(root, entries, jobs=1, channels=3):
 def write_problem_report(path, problems):
     """Write ``(path, reason)`` pairs as a CSV file with a ``path,reason``
     header (just the header when there are none), atomically."""
-    with atomic_write(path) as tmp:
-        with open(tmp, 'w', encoding='utf-8', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(('path', 'reason'))
-            writer.writerows(problems)
+    write_csv(path, ('path', 'reason'), problems)
 
 
 def compute_mean_image(root, entries, preprocess_size=(256, 256), channels=3):
@@ -455,6 +420,8 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         entries, class_names = scan_image_folder(data_dir)
     good, problems = verify_images(data_dir, entries, jobs=jobs,
                                    channels=channels)
+    if label_file is None:
+        problems += unlisted_files(data_dir, class_names)
     os.makedirs(out_dir, exist_ok=True)
     problems_path = os.path.join(out_dir, PROBLEMS_FILE)
     write_problem_report(problems_path, problems)
@@ -472,7 +439,7 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
     summary = '%d train and %d validation images in %d classes' % (
         len(train), len(val), len(class_names))
     if problems:
-        summary += '; skipped %d unreadable file(s), listed in %s' % (
-            len(problems), problems_path)
+        summary += ('; skipped %d file(s) (unreadable, hidden or not '
+                    'images), listed in %s' % (len(problems), problems_path))
     print(summary, file=sys.stderr)
     return PreparedDataset(train, val, class_names, mean, problems)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.common.errors import DataError
+from finetune.data.images import problem_of_exception
 
 # ImageNet mean pixel, BGR, 0-255 (the ilsvrc_2012_mean image averaged).
 IMAGENET_MEAN_PIXEL = (104.0, 117.0, 123.0)
@@ -75,7 +76,8 @@ def read_image(path, size=None):
     is still at least ``size``.
 
     Raises:
-        DataError: the file is missing, truncated or not an image.
+        DataError: ``'<path>: <problem>'`` with a code of
+            :data:`finetune.data.images.PROBLEMS`.
     """
     try:
         img = Image.open(path)
@@ -84,7 +86,7 @@ def read_image(path, size=None):
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) \
             as e:
-        raise DataError('%s: cannot read image: %s' % (path, e)) from None
+        raise DataError('%s: %s' % (path, problem_of_exception(e))) from None
     return img
 
 

@@ -6,58 +6,34 @@ parallel loader processes to the model in batches, with a progress bar, and
 one CSV row per image is written: ``path,label,probability,top_k,error``.
 Unreadable images are reported in the ``error`` column and skipped.
 """
-import csv
 import os
 import sys
 
-import chainer
 import numpy as np
 from tqdm import tqdm
 
-from finetune.common.allocator import keep_freed_memory
 from finetune.common.errors import DataError
 from finetune.common.errors import FinetuneError
-from finetune.training.report import top_k
-from finetune.common.fileio import atomic_write
+from finetune.common.fileio import write_csv
 from finetune.inference.predictor import load
+from finetune.inference.predictor import top_k
+from finetune.data.datasets import ImagePathDataset
+from finetune.data.images import walk_files
 from finetune.data.loader import make_iterator
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
-                    '.webp', '.ppm', '.pgm')
-
-
 def list_images(inputs):
-    """Files named in ``inputs``; folders are searched recursively."""
+    """Files named in ``inputs``; folders are searched recursively (as
+    training scans them: symlinks followed, hidden files and other
+    extensions left out)."""
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            for root, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-                paths += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTENSIONS)]
+            paths += walk_files(item)[0]
         elif os.path.exists(item):
             paths.append(item)
         else:
             raise DataError('%s: no such file or folder' % item)
     return paths
-
-
-class ImagePathDataset(chainer.dataset.DatasetMixin):
-    """Paths -> (input array, error message or '') for prediction."""
-
-    def __init__(self, paths, preprocess):
-        self.paths = paths
-        self.preprocess = preprocess
-
-    def __len__(self):
-        return len(self.paths)
-
-    def get_example(self, i):
-        try:
-            return self.preprocess(self.paths[i]), ''
-        except (DataError, OSError, ValueError) as e:
-            blank = np.zeros(self.preprocess.input_shape, np.float32)
-            return blank, str(e)
 
 
 def predict_paths(predictor, paths, batch_size=64, loaderjob=2,
@@ -89,22 +65,22 @@ def format_top_k(probs, names, k):
 
 
 def write_predictions(path, rows, names, k):
-    """Write ``rows`` from :func:`predict_paths` as CSV; returns counts."""
-    done = failed = 0
-    with atomic_write(path) as tmp, open(tmp, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['path', 'label', 'probability', 'top_%d' % k,
-                         'error'])
+    """Write ``rows`` from :func:`predict_paths` as CSV; returns
+    (labelled, skipped) counts."""
+    failed = []
+
+    def csv_rows():
         for image, probs, error in rows:
             if probs is None:
-                writer.writerow([image, '', '', '', error])
-                failed += 1
+                failed.append(image)
+                yield [image, '', '', '', error]
                 continue
             best = int(probs.argmax())
-            writer.writerow([image, names[best], '%.6f' % probs[best],
-                             format_top_k(probs, names, k), ''])
-            done += 1
-    return done, failed
+            yield [image, names[best], '%.6f' % probs[best],
+                   format_top_k(probs, names, k), '']
+    total = write_csv(path, ['path', 'label', 'probability', 'top_%d' % k,
+                             'error'], csv_rows())
+    return total - len(failed), len(failed)
 
 
 def print_predictions(rows, names, k, out=sys.stdout):

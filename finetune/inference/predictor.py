@@ -69,6 +69,16 @@ class Predictor:
         return labels, probs
 
 
+def top_k(probs, k):
+    """Indices (N, k) of the k largest scores per row, best first (ties:
+    lower class index first, as ``argmax``); k is clipped to C. Works on
+    NumPy and CuPy arrays."""
+    xp = chainer.backend.get_array_module(probs)
+    stable = {'kind': 'stable'} if xp is np else {}
+    order = xp.argsort(-probs, axis=1, **stable)
+    return order[:, :min(k, probs.shape[1])]
+
+
 def softmax(logits):
     """Row-wise softmax of float logits (N, C), computed stably."""
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -23,14 +23,15 @@ import io
 import itertools
 import os
 import re
-import sys
 import unicodedata
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from finetune.sources.http import TransferError, check_url, fetch_bytes, sha1_of_file
 from finetune.common.errors import DataError
+from finetune.data import images
+from finetune.data.folder import read_class_names
 from finetune.common.fileio import atomic_write
 
 Entry = collections.namedtuple('Entry', 'url label')
@@ -120,15 +121,6 @@ def _label_name(path, entry, label_names):
                     f'into the {len(label_names)} label names')
 
 
-def read_label_names(path):
-    """Class names, one per line (line ``i`` names integer label ``i``)."""
-    try:
-        with open(path, encoding='utf-8') as file:
-            return [line.strip() for line in file if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f'{path}: cannot read label names ({error})') from None
-
-
 def read_placeholder_hashes(path):
     """SHA-1s (hex) from ``path``: the first word of each line, ``#`` comments ignored.
 
@@ -169,26 +161,25 @@ class _Skip(Exception):
 def inspect_image(data, min_size):
     """Decode ``data`` fully; return the file extension of its format (``.jpg``...).
 
-    Raises _Skip with ``not-image`` (unrecognised bytes), ``unsupported-format``,
-    ``too-small`` (a side under ``min_size`` pixels), ``too-large``
-    (decompression bomb) or ``undecodable`` (e.g. a truncated file).
+    Raises _Skip with a code of :data:`finetune.data.images.PROBLEMS`:
+    ``not-image`` (unrecognised bytes), ``unsupported-format``, ``too-small``
+    (a side under ``min_size`` pixels), ``too-large`` (decompression bomb),
+    ``truncated-image`` or ``undecodable``.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             extension = EXTENSIONS.get(image.format)
             if extension is None:
-                raise _Skip('unsupported-format')
+                raise _Skip(images.UNSUPPORTED_FORMAT)
             if min(image.size) < min_size:
-                raise _Skip('too-small')
+                raise _Skip(images.TOO_SMALL)
             image.load()
     except _Skip:
         raise
-    except Image.DecompressionBombError:
-        raise _Skip('too-large') from None
-    except UnidentifiedImageError:
-        raise _Skip('not-image') from None
-    except Exception:  # PIL raises many types on corrupt data
-        raise _Skip('undecodable') from None
+    except Exception as error:  # PIL raises many types on corrupt data
+        # the code alone: the report counts skips by reason
+        raise _Skip(images.problem_of_exception(error).split(':')[0]) \
+            from None
     return extension
 
 
@@ -197,7 +188,7 @@ def _image_content_only(url):
     def check(headers):
         value = headers.get('Content-Type', '').split(';')[0].strip().lower()
         if value and not value.startswith('image/') and value not in BINARY_CONTENT_TYPES:
-            raise TransferError(f'{url}: Content-Type {value}', 'not-image', False)
+            raise TransferError(f'{url}: Content-Type {value}', images.NOT_IMAGE, False)
     return check
 
 
@@ -469,7 +460,7 @@ def gather_from_list(list_path, out_dir, url_column=None, label_column=None,
     SHA-1s and example images to skip; ``settings`` go to :func:`gather`.
     """
     report_path = report_path or os.path.join(out_dir, REPORT_NAME)
-    names = read_label_names(label_names) if label_names else None
+    names = read_class_names(label_names) if label_names else None
     entries = read_entries(list_path, url_column, label_column, names)
     placeholders = set()
     for path in placeholder_hash_files:

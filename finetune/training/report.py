@@ -8,12 +8,13 @@ highest loss -- the ones most worth checking for a wrong label.
 All arrays are NumPy (CPU); ``probs`` is (N, C) with rows summing to 1,
 ``labels`` is (N,) ints in ``[0, C)``.
 """
-import csv
 import os
 
 import numpy as np
 
 from finetune.common.fileio import atomic_write
+from finetune.common.fileio import write_csv
+from finetune.inference.predictor import top_k
 
 #: Probabilities are clipped to this before the log, so loss <= ~27.6.
 MIN_PROB = 1e-12
@@ -137,13 +138,6 @@ def highest_loss_examples(probs, labels, paths, class_names, k=20):
              'loss': float(loss[i])} for i in order]
 
 
-def top_k(probs, k):
-    """Indices (N, k) of the k largest probabilities per row, best first
-    (ties: lower class index first, as ``argmax``); k is clipped to C."""
-    order = np.argsort(-probs, axis=1, kind='stable')
-    return order[:, :min(k, probs.shape[1])]
-
-
 def topk_accuracy(probs, labels, k):
     """Fraction of rows whose true class is among the k most probable.
 
@@ -199,10 +193,10 @@ def write_evaluation_report(out_dir, probs, labels, paths, class_names,
     write_per_class_csv(files['per_class'], matrix, class_names)
     write_confusion_csv(files['confusion_csv'], matrix, class_names)
     plot_confusion_matrix(matrix, class_names, files['confusion_png'])
-    _write_csv(files['confused_pairs'], ['true', 'predicted', 'count'],
+    write_csv(files['confused_pairs'], ['true', 'predicted', 'count'],
                pairs)
     columns = ['path', 'true', 'predicted', 'p_true', 'p_predicted', 'loss']
-    _write_csv(files['highest_loss'], columns,
+    write_csv(files['highest_loss'], columns,
                [[_cell(e[c]) for c in columns] for e in examples])
     k = min(5, n_classes)
     has_images = ~np.isnan(accuracy)
@@ -248,14 +242,14 @@ def write_per_class_csv(path, matrix, class_names):
     accuracy = per_class_accuracy(matrix)
     rows = [[name, int(matrix[i].sum()), int(matrix[i, i]),
              _cell(accuracy[i])] for i, name in enumerate(class_names)]
-    _write_csv(path, ['class', 'n', 'correct', 'accuracy'], rows)
+    write_csv(path, ['class', 'n', 'correct', 'accuracy'], rows)
 
 
 def write_confusion_csv(path, matrix, class_names):
     """Header ``true\\predicted,<names...>``, then one row per true class."""
     rows = [[name] + [int(c) for c in matrix[i]]
             for i, name in enumerate(class_names)]
-    _write_csv(path, ['true\\predicted'] + list(class_names), rows)
+    write_csv(path, ['true\\predicted'] + list(class_names), rows)
 
 
 def plot_confusion_matrix(matrix, class_names, path, max_label=24):
@@ -348,12 +342,3 @@ def _shorten(text, limit):
         return text
     head = (limit - 1) // 2
     return text[:head] + '\u2026' + text[len(text) - (limit - 1 - head):]
-
-
-def _write_csv(path, header, rows):
-    """Write ``header`` and ``rows`` as UTF-8 CSV, atomically."""
-    with atomic_write(path, suffix='.csv') as tmp:
-        with open(tmp, 'w', newline='', encoding='utf-8') as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)

@@ -1,17 +1,12 @@
 """finetune.caffe.conversion, also through ``python -m finetune.convert``."""
-import csv
 import os
 import shutil
 import subprocess
 import sys
 
-import chainer
 import numpy as np
-import pytest
 
 import finetune
-from tests.conftest import data_path
-from finetune.caffe.importer import import_caffemodel
 from finetune.models.model_file import load_model
 from finetune.caffe.conversion import convert_caffemodel
 from finetune.models import AlexNet
@@ -112,3 +107,75 @@ def test_convert_resize_gives_crops_of_the_input(tmp_path, lenet_files):
     assert small.stderr.strip() == ('error: --resize 24x40: crops must be '
                                     'square and fit in it; the net takes '
                                     '28x28')
+
+
+def lenet_convert_args(lenet_files, *extra):
+    return ['finetune.convert', lenet_files['caffemodel'], '--prototxt',
+            lenet_files['prototxt'], '--labels', lenet_files['labels'],
+            '--scale', '0.00390625'] + list(extra)
+
+
+def test_changed_options_or_source_convert_again(tmp_path, lenet_files):
+    """"Up to date" compares the options and the source, not file times:
+    a new --resize/--scale/--mean or a touched caffemodel re-converts."""
+    caffemodel = tmp_path / 'lenet.caffemodel'
+    shutil.copy(lenet_files['caffemodel'], caffemodel)
+    npz = str(tmp_path / 'lenet.npz')
+    args = ['finetune.convert', str(caffemodel), '--prototxt',
+            lenet_files['prototxt'], '--scale', '0.00390625']
+    assert run(*args).stdout.startswith('wrote')
+    assert run(*args).stdout.startswith('up to date')
+    resized = run(*args, '--resize', '32')
+    assert resized.stdout.startswith('wrote'), resized.stderr
+    assert load_model(npz)[2].size == (32, 32)
+    assert run(*args, '--resize', '32').stdout.startswith('up to date')
+    assert run(*args).stdout.startswith('wrote')  # back to no resize
+    assert load_model(npz)[2].size == (28, 28)
+    assert run(*args, '--mean', '33').stdout.startswith('wrote')
+    assert float(load_model(npz)[2].mean.ravel()[0]) == 33.0
+    assert run(*args).stdout.startswith('wrote')
+    stat = os.stat(caffemodel)
+    os.utime(caffemodel, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert run(*args).stdout.startswith('wrote')
+
+
+def test_out_folder_gets_the_default_name(tmp_path, lenet_files):
+    folder = tmp_path / 'models'
+    folder.mkdir()
+    result = run(*lenet_convert_args(lenet_files, '--out', str(folder)))
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(folder) == ['lenet_iter_10000.npz']
+    bad = run(*lenet_convert_args(lenet_files, '--out',
+                                  str(tmp_path / 'lenet.bin')))
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1
+    assert 'must be a .npz file or an existing folder' in bad.stderr
+
+
+def test_mean_with_the_wrong_channel_count_is_refused(tmp_path,
+                                                      lenet_files):
+    result = run(*lenet_convert_args(lenet_files, '--out',
+                                     str(tmp_path / 'x.npz'), '--mean',
+                                     '1,2'))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ('error: --mean: 2 channel(s) for a net '
+                                     'with 1 input channel(s)')
+    assert not os.path.exists(tmp_path / 'x.npz')
+
+
+def test_converting_a_read_only_source_leaves_nothing_beside_it(tmp_path,
+                                                               lenet_files):
+    """The lock is taken on the caffemodel itself, so a read-only folder
+    converts into a writable --out and gets no lock file."""
+    source = tmp_path / 'ro'
+    source.mkdir()
+    shutil.copy(lenet_files['caffemodel'], source / 'lenet.caffemodel')
+    os.chmod(source / 'lenet.caffemodel', 0o444)
+    os.chmod(source, 0o555)
+    try:
+        out = str(tmp_path / 'lenet.npz')
+        result = run('finetune.convert', str(source / 'lenet.caffemodel'),
+                     '--prototxt', lenet_files['prototxt'], '--out', out)
+        assert result.returncode == 0, result.stderr
+        assert os.listdir(source) == ['lenet.caffemodel']
+    finally:
+        os.chmod(source, 0o755)

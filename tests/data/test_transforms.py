@@ -106,5 +106,5 @@ def test_unreadable_images_raise_data_error(tmp_path):
     bad.write_bytes(open(data_path('cat.jpg'), 'rb').read()[:2000])
     with pytest.raises(DataError, match='bad.jpg'):
         CaffePreprocess()(str(bad))
-    with pytest.raises(DataError, match='cannot read image'):
+    with pytest.raises(DataError, match='missing.jpg: missing-file'):
         read_image(str(tmp_path / 'missing.jpg'))

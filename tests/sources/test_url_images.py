@@ -12,8 +12,8 @@ from PIL import Image
 
 from finetune import gather as gather_module
 from finetune.common.errors import DataError
-from finetune.sources.url_images import (Entry, gather, read_entries, read_label_names,
-                                         read_placeholder_hashes)
+from finetune.data.folder import read_class_names
+from finetune.sources.url_images import Entry, gather, read_entries, read_placeholder_hashes
 
 from tests.http_server import Response
 
@@ -69,7 +69,7 @@ CASES = [
     ('/slow.jpg', 'cat', 'skipped', 'timeout'),
     ('/page.html', 'dog', 'skipped', 'not-image'),
     ('/html-as-jpeg.jpg', 'dog', 'skipped', 'not-image'),
-    ('/truncated.jpg', 'dog', 'skipped', 'undecodable'),
+    ('/truncated.jpg', 'dog', 'skipped', 'truncated-image'),
     ('/cut-connection.jpg', 'dog', 'skipped', 'truncated'),
     ('/placeholder.png', 'cat', 'skipped', 'placeholder'),
     ('/copy-of-cat.jpg', 'dog', 'skipped', 'duplicate'),  # same bytes, other label
@@ -127,7 +127,7 @@ def test_issue_cases_write_exactly_the_good_images(tmp_path, server):
     assert rows[12].path == rows[13].path == rows[0].path == 'cat/' + stored_name(CAT, '.jpg')
 
     report = report_reasons(out / 'gather_report.csv')
-    assert report[server.url('/truncated.jpg')] == ('skipped', 'undecodable', '')
+    assert report[server.url('/truncated.jpg')] == ('skipped', 'truncated-image', '')
     assert report[server.url('/dog.png')][1] == 'bad-label'  # the last row for that URL wins
     assert len(server.requests_for('/flaky.jpg')) == 2
     assert len(server.requests_for('/missing.jpg')) == 1  # 4xx is not retried
@@ -206,7 +206,7 @@ def test_cli_reads_gzipped_flickr_csv_with_label_names(tmp_path, server, capsys)
 
 
 def test_read_entries_formats(tmp_path):
-    names = read_label_names(os.path.join(DATA, 'style_names.txt'))
+    names = read_class_names(os.path.join(DATA, 'style_names.txt'))
     assert len(names) == 20 and names[6] == 'Long Exposure'
     head = os.path.join(DATA, 'flickr_style_head.csv')
     gz = tmp_path / 'head.csv.gz'

@@ -1,0 +1,86 @@
+"""finetune.models.registry: every entry works in every command.
+
+``flickr_style`` end to end on a random-weight file of its exact layout
+(CaffeNet with a 20-way ``fc8_flickr``, from Caffe's deploy prototxt that
+ships in the package): fetched from a local server, converted by name,
+fine-tuned with Caffe's Flickr-Style surgery, and used by predict.
+"""
+import csv
+import dataclasses
+import hashlib
+import os
+
+import chainer
+import numpy as np
+
+import finetune
+from finetune.caffe.random_model import write_random_caffemodel
+from finetune.models import CaffeGraph
+from finetune.models import registry
+from finetune.models.model_file import load_model
+from finetune.sources.weights import fetch_model
+from tests.conftest import run_module
+from tests.conftest import write_style_folder
+from tests.http_server import Response
+
+
+def test_every_entry_names_files_that_exist_or_a_package():
+    for entry in registry.REGISTRY.values():
+        if entry.prototxt and entry.package is None:
+            assert os.path.isfile(entry.prototxt_path()), entry.name
+        if isinstance(entry.class_names, str):
+            assert len(registry.class_names_of(entry)) >= 2, entry.name
+
+
+def test_flickr_style_fetch_convert_finetune_predict(tmp_path, server,
+                                                     monkeypatch):
+    entry = registry.pretrained_model('flickr_style')
+    skeleton = CaffeGraph.from_prototxt(entry.prototxt_path(),
+                                        initialW=chainer.initializers.Zero())
+    assert skeleton.n_classes == len(registry.class_names_of(entry)) == 20
+    served = tmp_path / 'served.caffemodel'
+    written = write_random_caffemodel(str(served), skeleton,
+                                      entry.prototxt_path(), seed=1,
+                                      first_layer_scale=0.01)
+    body = served.read_bytes()
+    server.route('/' + entry.filename, Response(body))
+    monkeypatch.setitem(registry.REGISTRY, 'flickr_style',
+                        dataclasses.replace(
+                            entry, url=server.url('/' + entry.filename),
+                            sha1=hashlib.sha1(body).hexdigest()))
+    pretrained_dir = tmp_path / 'pretrained'
+    path = fetch_model('flickr_style', str(pretrained_dir), progress=False,
+                       log=lambda message: None, retries=0)
+    assert path == str(pretrained_dir / entry.filename)
+
+    # convert by name: the registry's prototxt, style names, 256/227 crops
+    converted = run_module('finetune.convert', 'flickr_style', '--out',
+                           str(tmp_path / 'flickr.npz'), cwd=str(tmp_path))
+    assert converted.returncode == 0, converted.stderr
+    model, meta, preprocess = load_model(str(tmp_path / 'flickr.npz'))
+    assert meta['class_names'] == registry.class_names_of(entry)
+    assert (preprocess.size, preprocess.crop_size) == ((256, 256), 227)
+    assert preprocess.mean.shape == (3, 256, 256)
+    assert np.array_equal(model['fc8_flickr'].W.array,
+                          written['fc8_flickr'][0])
+
+    # Caffe's Flickr-Style surgery: a new fc8_flickr for our classes
+    data = write_style_folder(tmp_path / 'photos')
+    result = finetune.fit(finetune.TrainConfig(
+        data=str(data), pretrained='flickr_style',
+        pretrained_dir=str(pretrained_dir), freeze='conv1-fc7',
+        replace='fc8_flickr', epochs=1, batchsize=4, val_split=0.25,
+        loaderjob=0, cache_features=True, out=str(tmp_path / 'result')))
+    assert os.path.isfile(result.model_final)
+    tuned, tuned_meta, _ = load_model(result.model_final)
+    assert tuned_meta['class_names'] == ['cool', 'warm']
+    assert tuned['fc8_flickr'].W.shape == (2, 4096)
+    assert np.array_equal(tuned['fc7'].W.array, written['fc7'][0])
+
+    preds = tmp_path / 'preds.csv'
+    predicted = run_module('finetune.predict', '--model', result.model_final,
+                           str(data), '-j', '0', '-o', str(preds))
+    assert predicted.returncode == 0, predicted.stderr
+    rows = list(csv.DictReader(open(preds)))
+    assert len(rows) == 12 and {r['label'] for r in rows} <= {'cool',
+                                                              'warm'}
