@@ -12,7 +12,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DEPLOY = os.path.join(ROOT, 'examples', 'bvlc_alexnet_deploy.prototxt')
+DEPLOY = os.path.join(ROOT, 'models', 'zoo', 'bvlc_alexnet_deploy.prototxt')
 DATA = os.path.join(ROOT, 'tests', 'assets')
 
 THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')

@@ -1,6 +1,6 @@
 """Frozen-trunk feature cache: head-only training vs recomputing the trunk.
 
-Three parts, all with the shipped code (``finetune.train.Job``):
+Three parts, all with the shipped code (``finetune.training.fit``):
 
 1. Training loop, images/s (AlexNet, ``--freeze conv1-conv5 --replace
    fc6-fc8``, random weights: speed does not depend on them): steady-state
@@ -32,12 +32,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-sys.path.insert(0, os.path.join(C.ROOT, 'examples'))
 
-MODES = (('recompute, Chainer trunk', ['--trunk-backend', 'chainer']),
-         ('recompute, OpenCV trunk', ['--trunk-backend', 'opencv']),
-         ('cached features', ['--cache-features']),
-         ('cached, optimizer before', ['--cache-features']))
+MODES = (('recompute, Chainer trunk', {'trunk_backend': 'chainer'}),
+         ('recompute, OpenCV trunk', {'trunk_backend': 'opencv'}),
+         ('cached features', {'cache_features': True}),
+         ('cached, optimizer before', {'cache_features': True}))
 
 
 def parse_args(argv=None):
@@ -133,50 +132,52 @@ def step_gflop(frozen, n_classes):
     return 2 * trunk / 1e9, 2 * (2 * head + head - macs[names[frozen]]) / 1e9
 
 
-def train_argv(data, pretrained, out, batch, loaderjob, extra, freeze,
-               replace):
-    return ['--data', data, '--pretrained', pretrained, '--out', out,
-            '--freeze', freeze, '--replace', replace,
-            '--batchsize', str(batch), '--val-split', '0.25',
-            '--loaderjob', str(loaderjob), '--log-interval', '0',
-            '--snapshot-interval', '100000'] + extra
+def train_config(data, pretrained, out, batch, loaderjob, extra, freeze,
+                 replace):
+    """The TrainConfig of these options (``extra``: keyword overrides)."""
+    from finetune.training.config import TrainConfig
+    return TrainConfig(data=data, pretrained=pretrained, out=out,
+                       freeze=freeze, replace=replace, batchsize=batch,
+                       val_split=0.25, loaderjob=loaderjob, log_interval=0,
+                       snapshot_interval=100000, **extra)
 
 
-def hooks_optimizer(job, args):
+def hooks_optimizer(run, config):
     """The optimizer as before finetune.training.solver: MomentumSGD, Chainer's
     WeightDecay hook and a hook scaling the step by Caffe's lr_mult (the
     reference of tests/test_solver.py)."""
-    sys.path.insert(0, os.path.join(C.ROOT, 'tests'))
-    from test_solver import reference_optimizer
-    net = job.network
+    sys.path.insert(0, C.ROOT)
+    from tests.training.test_solver import reference_optimizer
+    net = run.network
     optimizer = reference_optimizer(
-        net, args.lr, args.momentum, args.weight_decay, job.head,
-        args.head_lr_mult, 2.0, target=job.model)
-    for name in job.frozen:
+        net, config.lr, config.momentum, config.weight_decay, run.head,
+        config.head_lr_mult, 2.0, target=run.model)
+    for name in run.frozen:
         net[name].disable_update()
     return optimizer
 
 
 def training_loop(args, work, data, caffemodel):
     """Part 1: steady-state images/s of each mode, interleaved."""
-    from finetune.train import Job, build_parser
+    from finetune.training.distributed import ranks_for
     from finetune.training.extensions import SeededUpdater
+    from finetune.training.fit import assemble
     lines = []
     for batch in args.batches:
         updaters, jobs, built = {}, [], {}
         for name, extra in MODES:
-            parsed = build_parser().parse_args(train_argv(
+            config = train_config(
                 data, caffemodel, os.path.join(work, 'loop'), batch,
-                args.loaderjob, extra, args.freeze, args.replace))
+                args.loaderjob, extra, args.freeze, args.replace)
             start = time.perf_counter()
-            job = quietly(Job, parsed)
+            job = quietly(assemble, config, ranks_for(None))
             built[name] = time.perf_counter() - start
             jobs.append(job)
             optimizer = job.optimizer
             if name == 'cached, optimizer before':
-                optimizer = hooks_optimizer(job, parsed)
-            updaters[name] = SeededUpdater(job.train_iter, optimizer,
-                                           job.converter, job.device)
+                optimizer = hooks_optimizer(job, config)
+            updaters[name] = SeededUpdater(job.inputs.train_iter, optimizer,
+                                           job.inputs.converter, job.device)
         steps = max(1, 64 // batch)
         fns = {name: (lambda u=u: [u.update() for _ in range(steps)])
                for name, u in updaters.items()}
@@ -184,10 +185,10 @@ def training_loop(args, work, data, caffemodel):
             recs = C.interleaved(fns, args.rounds)
         finally:
             for job in jobs:
-                job.finalize()
+                job.inputs.finalize()
         peak = C.matmul_peak(sizes=(2048,), repeat=3)['peak']
         trunk_gflop, head_gflop = step_gflop(
-            jobs[0].net.frozen, len(jobs[0].class_names))
+            jobs[0].model.predictor.frozen, len(jobs[0].class_names))
         rows = []
         cached = 'cached features'
         for name, _ in MODES:
@@ -215,17 +216,16 @@ def training_loop(args, work, data, caffemodel):
 def whole_runs(args, work, caffemodel):
     """Part 2: seconds per epoch from the logs of complete runs."""
     import numpy as np
-    from finetune.train import build_parser, train
+    from finetune.training.fit import fit
     data = write_photo_classes(os.path.join(work, 'photos_runs'),
                                args.run_per_class, seed=1)
     rows = []
     for name, extra in MODES[:3]:
         out = os.path.join(work, 'run%d' % len(rows))
         start = time.time()
-        quietly(train, build_parser().parse_args(train_argv(
+        quietly(fit, train_config(
             data, caffemodel, out, args.batches[0], args.loaderjob,
-            extra + ['--epochs', str(args.epochs)], args.freeze,
-            args.replace)))
+            dict(extra, epochs=args.epochs), args.freeze, args.replace))
         log = json.load(open(os.path.join(out, 'log')))
         per_epoch = np.diff([0.0] + [e['elapsed_time'] for e in log])
         rows.append([name, time.time() - start, per_epoch[0],
@@ -260,19 +260,23 @@ def accuracy(args, work):
     """Part 3: cached vs uncached validation accuracy, real LeNet."""
     import numpy as np
     import finetune.data.feature_cache as feature_cache
-    from finetune.convert import convert_caffemodel
+    from finetune.caffe.conversion import ConversionOptions
+    from finetune.caffe.conversion import convert_caffemodel
     from finetune.demo import LENET_DIR, write_digit_folders
-    from finetune.train import build_parser, train
+    from finetune.training.config import TrainConfig
+    from finetune.training.fit import fit
     data = write_digit_folders(os.path.join(work, 'digits'))
     lenet = os.path.join(work, 'lenet32.npz')
     convert_caffemodel(
         os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'), lenet,
-        prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
-        labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256,
-        resize=(32, 32))
-    arms = [('uncached', [], None), ('cached', ['--cache-features'], None)]
+        ConversionOptions(
+            prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
+            labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256,
+            resize=(32, 32)))
+    cached = {'cache_features': True}
+    arms = [('uncached', {}, None), ('cached', cached, None)]
     if args.corner_crops:
-        arms.append(('corner crops', ['--cache-features'], corner_crops))
+        arms.append(('corner crops', cached, corner_crops))
     results = {name: [] for name, _, _ in arms}
     shipped = feature_cache.crop_windows
     for seed in range(args.seeds):
@@ -280,15 +284,14 @@ def accuracy(args, work):
             feature_cache.crop_windows = windows or shipped
             out = os.path.join(work, 'acc_%s_%d' % (name[:6], seed))
             try:
-                report = quietly(train, build_parser().parse_args([
-                    '--data', data, '--pretrained', lenet, '--out', out,
-                    '--freeze', 'conv1-conv2', '--replace', 'ip1-ip2',
-                    '--epochs', '8', '--batchsize', '16', '--val-split',
-                    '0.5', '--loaderjob', '0', '--seed', str(seed),
-                    '--log-interval', '0'] + extra))
+                result = quietly(fit, TrainConfig(
+                    data=data, pretrained=lenet, out=out,
+                    freeze='conv1-conv2', replace='ip1-ip2', epochs=8,
+                    batchsize=16, val_split=0.5, loaderjob=0, seed=seed,
+                    log_interval=0, **extra))
             finally:
                 feature_cache.crop_windows = shipped
-            results[name].append(report['top1_accuracy'])
+            results[name].append(result.metrics['top1_accuracy'])
             shutil.rmtree(out)
     base = np.array(results['uncached'])
     rows = []
@@ -319,7 +322,7 @@ def main(argv=None):
     keep_freed_memory()  # as the finetune.train command does
     C.emit(['# bench_feature_cache.py ' + ' '.join(sys.argv[1:])]
            + C.environment_report(args.threads, {}))
-    from finetune_flickr_style import write_random_alexnet
+    from finetune.caffe.random_model import write_random_alexnet
     work = tempfile.mkdtemp(prefix='bench_cache_')
     start = time.time()
     try:

@@ -98,18 +98,10 @@ def timed_child(cmd):
 
 
 def write_alexnet(path):
-    import numpy as np
-    import chainer
-    from finetune.caffe.caffemodel import read_prototxt_param
-    from finetune.caffe.writer import random_weights
-    from finetune.caffe.writer import write_caffemodel
-    from finetune.models import AlexNet
-    skeleton = AlexNet(initialW=chainer.initializers.Zero())
-    weights = random_weights(skeleton, np.random.RandomState(0))
-    weights['conv1'][0] /= 100
-    params = sum(a.size for arrays in weights.values() for a in arrays)
-    write_caffemodel(path, read_prototxt_param(C.DEPLOY), weights, v1=True)
-    return params
+    """A full-size random-weight V1 AlexNet; returns its parameter count."""
+    from finetune.caffe.random_model import write_random_alexnet
+    weights = write_random_alexnet(path, seed=0)
+    return sum(a.size for arrays in weights.values() for a in arrays)
 
 
 def main(argv=None):

@@ -121,18 +121,6 @@ def torch_alexnet(n_classes=1000):
     return TorchAlexNet()
 
 
-def random_caffe_weights(seed=0):
-    """BVLC-layout random weights (conv1 / 100 so activations stay ~1)."""
-    import chainer
-    import numpy as np
-    from finetune.caffe.writer import random_weights
-    from finetune.models import AlexNet
-    skeleton = AlexNet(initialW=chainer.initializers.Zero())
-    weights = random_weights(skeleton, np.random.RandomState(seed))
-    weights['conv1'][0] /= 100
-    return weights
-
-
 def chainer_net(weights):
     import chainer
     from finetune.models import AlexNet
@@ -678,7 +666,9 @@ def profile(args):
     import io
     import pstats
     import _variants
-    weights = random_caffe_weights()
+    from finetune.caffe.random_model import write_random_alexnet
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = write_random_alexnet(os.path.join(tmp, 'a.caffemodel'))
     x, _ = inputs(args.variant_batch)
     for label, names in (('as shipped', []),
                          ('all variants (MONKEYPATCHED)', list(
@@ -737,13 +727,10 @@ def main(argv=None):
     if 'peak' not in args.skip:
         peak = section_peak(args, figures)
         lap('peak')
-    weights = random_caffe_weights()
-    from finetune.caffe.caffemodel import read_prototxt_param
-    from finetune.caffe.writer import write_caffemodel
+    from finetune.caffe.random_model import write_random_alexnet
     with tempfile.TemporaryDirectory() as tmp:
         caffemodel = os.path.join(tmp, 'alexnet_random.caffemodel')
-        write_caffemodel(caffemodel, read_prototxt_param(C.DEPLOY), weights,
-                         v1=True)
+        weights = write_random_alexnet(caffemodel, seed=0)
         if 'forward' not in args.skip:
             section_forward(args, weights, caffemodel, peak, figures)
             lap('forward')

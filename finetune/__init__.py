@@ -15,9 +15,8 @@ Training from Python::
 ``Predictor``, ``fit`` or ``TrainConfig`` is first used (PEP 562), so
 ``fetch`` and ``gather`` start without it.
 """
-import importlib
-
 from finetune.common import gpu as _gpu
+from finetune.common import lazy_attributes
 from finetune.common.errors import FinetuneError  # NOQA: F401 (public)
 
 # CUDA libraries installed from pip must be loaded before chainer decides,
@@ -28,18 +27,9 @@ _gpu.preload_at_import()
 
 __version__ = '0.1.0'
 
-_LAZY = {'load': 'finetune.inference.predictor',
-         'Predictor': 'finetune.inference.predictor',
-         'fit': 'finetune.training.fit',
-         'FitResult': 'finetune.training.fit',
-         'TrainConfig': 'finetune.training.config'}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    'load': 'finetune.inference.predictor',
+    'Predictor': 'finetune.inference.predictor',
+    'fit': 'finetune.training.fit',
+    'FitResult': 'finetune.training.fit',
+    'TrainConfig': 'finetune.training.config'})

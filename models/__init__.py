@@ -4,18 +4,9 @@ model files with their metadata, the OpenCV runner, the pretrained registry.
 The networks load chainer when first used (PEP 562), so importing
 :mod:`finetune.models.registry` stays light.
 """
-import importlib
+from finetune.common import lazy_attributes
 
-_LAZY = {'AlexNet': 'finetune.models.alexnet',
-         'CaffeNet': 'finetune.models.alexnet',
-         'CaffeGraph': 'finetune.models.caffe_graph'}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    'AlexNet': 'finetune.models.alexnet',
+    'CaffeNet': 'finetune.models.alexnet',
+    'CaffeGraph': 'finetune.models.caffe_graph'})

@@ -386,6 +386,69 @@ def training_device(device, ranks):
     return gpu_device(gpu, option)
 
 
+@dataclasses.dataclass
+class Run:
+    """Everything one run is made of (built by :func:`assemble`).
+
+    Attributes:
+        model: Classifier over the training FineTuneNet.
+        optimizer: set up, Caffe multipliers and frozen layers applied.
+        inputs (RunInputs): iterators and converters.
+        device: the Chainer device.
+        ranks: SingleProcess or MultiNode.
+        head, frozen (list of str): replaced and frozen layer names.
+        class_names (list of str), preprocess (CaffePreprocess).
+        val_list (list): validation entries ``(path, label)``.
+    """
+    model: object
+    optimizer: object
+    inputs: RunInputs
+    device: object
+    ranks: object
+    head: list
+    frozen: list
+    class_names: list
+    preprocess: CaffePreprocess
+    val_list: list
+
+    @property
+    def network(self):
+        """The plain network (AlexNet, CaffeGraph...) being trained."""
+        return self.model.predictor.net
+
+
+def assemble(config, ranks, validation=True):
+    """Load the pretrained net, prepare the lists, do the surgery and build
+    model, optimizer and iterators: a :class:`Run` (its iterators hold
+    loader processes: ``run.inputs.finalize()`` when done)."""
+    np.random.seed(config.seed)
+    device = training_device(config.device, ranks)
+    pretrained, meta, pretrained_prep = load_pretrained(
+        config.pretrained, config.prototxt, config.pretrained_dir)
+    head, frozen = surgery_plan(config, pretrained)
+    lists = None
+    if ranks.is_root:
+        lists = prepare_lists(config, pretrained_prep.channels,
+                              pretrained_prep.size)
+    train_list, val_list, class_names, data_mean = ranks.bcast(lists)
+    if not validation:
+        val_list = []
+    elif ranks.is_root and not val_list:
+        print('no validation images: nothing is evaluated, model_best.npz '
+              'and the evaluation report are not written; model_final.npz '
+              'is the result', file=sys.stderr)
+    train_net, eval_net = build_networks(pretrained, meta, head, frozen,
+                                         len(class_names), config)
+    preprocess = choose_preprocess(pretrained_prep, config.mean, data_mean)
+    model = make_model(train_net, config.dtype, device)
+    eval_model = model if eval_net is train_net else Classifier(eval_net)
+    optimizer = make_optimizer(model, config, head, frozen, ranks)
+    inputs = make_inputs(config, model, eval_model, train_list, val_list,
+                         preprocess, device, ranks)
+    return Run(model, optimizer, inputs, device, ranks, head, frozen,
+               class_names, preprocess, val_list)
+
+
 def fit(config):
     """Run (or resume) one fine-tuning job.
 
@@ -398,48 +461,28 @@ def fit(config):
     Raises:
         FinetuneError: bad input (one line naming the file or option).
     """
-    np.random.seed(config.seed)
     ranks = ranks_for(config.communicator)
-    device = training_device(config.device, ranks)
-    pretrained, meta, pretrained_prep = load_pretrained(
-        config.pretrained, config.prototxt, config.pretrained_dir)
-    head, frozen = surgery_plan(config, pretrained)
-    lists = None
-    if ranks.is_root:
-        lists = prepare_lists(config, pretrained_prep.channels,
-                              pretrained_prep.size)
-    train_list, val_list, class_names, data_mean = ranks.bcast(lists)
-    if ranks.is_root and not val_list:
-        print('no validation images: nothing is evaluated, model_best.npz '
-              'and the evaluation report are not written; model_final.npz '
-              'is the result', file=sys.stderr)
-    train_net, eval_net = build_networks(pretrained, meta, head, frozen,
-                                         len(class_names), config)
-    preprocess = choose_preprocess(pretrained_prep, config.mean, data_mean)
-    model = make_model(train_net, config.dtype, device)
-    eval_model = model if eval_net is train_net else Classifier(eval_net)
-    optimizer = make_optimizer(model, config, head, frozen, ranks)
-    inputs = make_inputs(config, model, eval_model, train_list, val_list,
-                         preprocess, device, ranks)
-    network = train_net.net
+    run = assemble(config, ranks)
+    network = run.network
 
     def save(path, **extra):
-        save_model(path, network, class_names, preprocess, frozen=frozen,
-                   replaced=head, source=os.path.basename(config.pretrained),
-                   **extra)
+        save_model(path, network, run.class_names, run.preprocess,
+                   frozen=run.frozen, replaced=run.head,
+                   source=os.path.basename(config.pretrained), **extra)
 
-    updater = SeededUpdater(inputs.train_iter, optimizer, inputs.converter,
-                            device, seed=config.seed, rank=ranks.rank)
+    updater = SeededUpdater(run.inputs.train_iter, run.optimizer,
+                            run.inputs.converter, run.device,
+                            seed=config.seed, rank=ranks.rank)
     trainer = chainer.training.Trainer(updater, (config.epochs, 'epoch'),
                                        out=config.out)
     best = os.path.join(config.out, MODEL_BEST)
-    add_extensions(trainer, config, inputs, device, ranks,
+    add_extensions(trainer, config, run.inputs, run.device, ranks,
                    lambda acc: save(best, val_accuracy=acc))
     try:
         run_trainer(trainer, config.resume, ranks, updater, config.out)
     finally:
-        inputs.finalize()
-    agree = ranks.weights_agree(train_net)
+        run.inputs.finalize()
+    agree = ranks.weights_agree(run.model.predictor)
     if not ranks.is_root:
         return None
     if ranks.size > 1:
@@ -449,11 +492,13 @@ def fit(config):
     set_param_dtype(network, np.float32)  # evaluated as it is saved
     final = os.path.join(config.out, MODEL_FINAL)
     save(final)
-    summary = evaluate_and_report(config, network, val_list, class_names,
-                                  preprocess, device)
+    summary = evaluate_and_report(config, network, run.val_list,
+                                  run.class_names, run.preprocess,
+                                  run.device)
     if summary:
         print(report.format_summary(summary))
-    return FitResult(config.out, final, best if val_list else None, summary)
+    return FitResult(config.out, final, best if run.val_list else None,
+                     summary)
 
 
 def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
@@ -466,31 +511,19 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     if config.communicator:
         raise FinetuneError('--lr-find runs in one process: drop '
                             '--communicator')
-    ranks = ranks_for(None)
-    device = training_device(config.device, ranks)
-    pretrained, meta, pretrained_prep = load_pretrained(
-        config.pretrained, config.prototxt, config.pretrained_dir)
-    head, frozen = surgery_plan(config, pretrained)
-    train_list, val_list, class_names, data_mean = prepare_lists(
-        config, pretrained_prep.channels, pretrained_prep.size)
-    train_net, _ = build_networks(pretrained, meta, head, frozen,
-                                  len(class_names), config)
-    preprocess = choose_preprocess(pretrained_prep, config.mean, data_mean)
-    model = make_model(train_net, config.dtype, device)
-    optimizer = make_optimizer(model, config, head, frozen, ranks)
-    inputs = make_inputs(config, model, model, train_list, [], preprocess,
-                         device, ranks)
+    run = assemble(config, ranks_for(None), validation=False)
 
     def batches():
         while True:
-            yield inputs.converter(inputs.train_iter.next(), device)
+            yield run.inputs.converter(run.inputs.train_iter.next(),
+                                       run.device)
 
     try:
         with chainer.using_config('train', True):
-            result = lr_range_test(model, optimizer, batches(), lr_min,
-                                   lr_max, n_steps)
+            result = lr_range_test(run.model, run.optimizer, batches(),
+                                   lr_min, lr_max, n_steps)
     finally:
-        inputs.finalize()
+        run.inputs.finalize()
     path = os.path.join(config.out, 'lr_find.png')
     plot_lr_find(result, path)
     print('suggested learning rate: %.2g (--lr); loss curve: %s'
