@@ -14,6 +14,7 @@ layer type is an error that lists every such layer.
 All arrays are float32 (or the parameters' dtype, e.g. float16); shapes
 are Caffe's (N, C, H, W).
 """
+import contextlib
 import functools
 
 import chainer
@@ -112,12 +113,15 @@ class CaffeBatchNorm(chainer.Link):
         channels = self.mean.shape[0]
         one = xp.ones(channels, x.dtype)
         zero = xp.zeros(channels, x.dtype)
-        if chainer.config.train and not self.keep_statistics:
-            self._update_statistics(getattr(x, 'array', x))
-            return F.batch_normalization(x, one, zero, eps=self.eps)
-        return F.fixed_batch_normalization(
-            x, one, zero, self.mean.astype(x.dtype, copy=False),
-            self.var.astype(x.dtype, copy=False), eps=self.eps)
+        # cuDNN refuses eps < 1e-5 (CUDNN_BN_MIN_EPSILON); Caffe does not
+        with (chainer.using_config('use_cudnn', 'never') if self.eps < 1e-5
+              else contextlib.nullcontext()):
+            if chainer.config.train and not self.keep_statistics:
+                self._update_statistics(getattr(x, 'array', x))
+                return F.batch_normalization(x, one, zero, eps=self.eps)
+            return F.fixed_batch_normalization(
+                x, one, zero, self.mean.astype(x.dtype, copy=False),
+                self.var.astype(x.dtype, copy=False), eps=self.eps)
 
     def _update_statistics(self, x):
         axes = (0,) + tuple(range(2, x.ndim))
