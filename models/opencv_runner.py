@@ -6,7 +6,13 @@ they may run on the fastest implementation of the same arithmetic. OpenCV's
 faster than Chainer on the CPU (benchmarks/bench_model.py). The weights are
 handed over as an in-memory caffemodel of the current Chainer weights, so
 both paths compute the same function (checked in tests/test_opencv_backend.py
-to 1e-5 of the largest output).
+and tests/models/test_graph_opencv.py to 1e-5 of the largest output).
+
+A :class:`~finetune.models.CaffeGraph` (any DAG: ResNet, GoogLeNet...) is
+cut where its ``forward(x, stop=...)`` stops: the layers before the cut
+run on OpenCV and the one blob crossing the cut is the output. AlexNet and
+CaffeNet are cut by stages (:func:`truncated_definition`). BatchNorm runs
+on its stored statistics (test mode).
 
 OpenCV ignores LRN's ``k``; nets with ``k != 1`` stay on Chainer.
 """
@@ -14,6 +20,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from finetune.caffe.caffemodel import parse_net_text
+from finetune.caffe.importer import link_blobs
 from finetune.caffe.importer import weighted_links
 from finetune.caffe.writer import caffemodel_bytes
 
@@ -27,8 +34,17 @@ def opencv_dnn():
     return getattr(cv2, 'dnn', None)
 
 
+def _inputs_of(net_param):
+    kept = type(net_param)(name=net_param.name)
+    kept.input.extend(net_param.input)
+    kept.input_shape.extend(net_param.input_shape)
+    kept.input_dim.extend(net_param.input_dim)
+    return kept
+
+
 def truncated_definition(net_param, layer_names, stop):
-    """Layers of ``net_param`` up to the stage of ``layer_names[stop-1]``.
+    """Layers of a chain-shaped ``net_param`` up to the stage of
+    ``layer_names[stop-1]``.
 
     A stage is a weighted layer and the parameter-free layers after it, as
     in the models' ``forward(x, stop=...)``. A trailing Softmax is dropped
@@ -40,10 +56,7 @@ def truncated_definition(net_param, layer_names, stop):
     """
     stop = len(layer_names) if stop is None else stop
     end = layer_names[stop] if stop < len(layer_names) else None
-    kept = type(net_param)(name=net_param.name)
-    kept.input.extend(net_param.input)
-    kept.input_shape.extend(net_param.input_shape)
-    kept.input_dim.extend(net_param.input_dim)
+    kept = _inputs_of(net_param)
     output = None
     for layer in net_param.layer:
         if layer.name == end or layer.type == 'Softmax':
@@ -53,10 +66,62 @@ def truncated_definition(net_param, layer_names, stop):
     return kept, output
 
 
+def graph_definition(model, stop=None):
+    """The layers a CaffeGraph's ``forward(x, stop=stop)`` runs.
+
+    Args:
+        model: a :class:`~finetune.models.CaffeGraph`.
+        stop: a cut as ``forward`` takes it (None: the whole net).
+
+    Returns:
+        tuple: (NetParameter, name of the OpenCV layer whose first output
+        is the blob crossing the cut). When that blob is not the first top
+        of its layer (a Slice's second part) or is the input itself, an
+        identity layer (test-mode Dropout) is appended to name it.
+
+    Raises:
+        CaffeModelError: the cut is not crossed by exactly one blob.
+    """
+    net_param = model.net_param
+    keep = set(model.layers_before(stop))
+    producer, index = model.cut_source(stop)
+    kept = _inputs_of(net_param)
+    names = set()
+    for layer in net_param.layer:
+        names.add(layer.name)
+        if layer.type == 'Input' or layer.name in keep:
+            kept.layer.add().CopyFrom(layer)
+    if producer is not None and index == 0:
+        return kept, producer
+    output = 'cut_output'
+    while output in names:
+        output += '_'
+    identity = kept.layer.add(name=output, type='Dropout', top=[output])
+    identity.bottom.append(model.cut_blobs(stop)[0])
+    return kept, output
+
+
 def supports(net_param):
     """True when OpenCV computes every layer as Caffe does."""
     return all(layer.lrn_param.k == 1 for layer in net_param.layer
                if layer.type == 'LRN')
+
+
+def _caffe_weights(model, kept):
+    """``{layer: Caffe blobs}`` of the model's current weights, for the
+    weighted layers of ``kept``."""
+    layers = {layer.name: layer for layer in kept.layer}
+    weights = {}
+    for name, link in weighted_links(model).items():
+        if name not in layers:
+            continue
+        blobs = link_blobs(link)
+        layer = layers[name]
+        if layer.type == 'InnerProduct' and \
+                layer.inner_product_param.transpose:
+            blobs[0] = np.ascontiguousarray(blobs[0].T)
+        weights[name] = blobs
+    return weights
 
 
 class OpenCVStages:
@@ -64,31 +129,43 @@ class OpenCVStages:
 
     Args:
         model: AlexNet, CaffeNet or CaffeGraph (on the CPU); its current
-            weights are copied, so build a new one after they change.
-        stop (int): number of leading stages to run (default: all).
+            weights (and BatchNorm statistics) are copied, so build a new
+            one after they change.
+        stop: where to stop: the number of leading stages of AlexNet or
+            CaffeNet, or any cut of a CaffeGraph (an int index into
+            ``layer_names`` or a layer name); default: the whole net.
+
+    Raises:
+        ImportError: no OpenCV.
+        CaffeModelError: the CaffeGraph cut is not crossed by one blob.
     """
 
     def __init__(self, model, stop=None):
         dnn = opencv_dnn()
         if dnn is None:
             raise ImportError('OpenCV (opencv-python-headless) is needed')
-        definition = parse_net_text(model.definition(), 'model definition')
-        kept, self.output = truncated_definition(
-            definition, list(model.layer_names), stop)
-        names = {layer.name for layer in kept.layer}
-        weights = {name: [p.array.astype(np.float32, copy=False)
-                          for p in (link.W, link.b) if p is not None]
-                   for name, link in weighted_links(model).items()
-                   if name in names}
+        if hasattr(model, 'cut_source'):
+            kept, self.output = graph_definition(model, stop)
+            self.shape = model.cut_shape(stop)
+        else:
+            definition = parse_net_text(model.definition(),
+                                        'model definition')
+            kept, self.output = truncated_definition(
+                definition, list(model.layer_names), stop)
+            self.shape = None
         proto = text_format.MessageToString(kept).encode()
-        blob = caffemodel_bytes(kept, weights)
+        blob = caffemodel_bytes(kept, _caffe_weights(model, kept))
         self.net = dnn.readNetFromCaffe(np.frombuffer(proto, np.uint8),
                                         np.frombuffer(blob, np.uint8))
 
     def __call__(self, x):
-        """float32 (N, C, H, W) -> the stop-th stage's output (ndarray)."""
+        """float32 (N, C, H, W) -> the cut's output (ndarray, the shape
+        Chainer's forward returns)."""
         self.net.setInput(np.ascontiguousarray(x, dtype=np.float32))
-        return self.net.forward(self.output)
+        out = self.net.forward(self.output)
+        if self.shape is not None:
+            out = out.reshape((len(x),) + tuple(self.shape))
+        return out
 
 
 def fast_stages(model, stop=None):

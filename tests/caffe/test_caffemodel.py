@@ -204,13 +204,13 @@ def test_prototxt_with_unsupported_layers_lists_them(tmp_path):
     path = tmp_path / 'bad.prototxt'
     path.write_text('''
 input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
-layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
-layer { name: "sc" type: "Scale" bottom: "bn" top: "sc" }
-layer { name: "fc" type: "InnerProduct" bottom: "sc" top: "fc"
+layer { name: "up" type: "Deconvolution" bottom: "data" top: "up" }
+layer { name: "cut" type: "Crop" bottom: "up" bottom: "data" top: "cut" }
+layer { name: "fc" type: "InnerProduct" bottom: "cut" top: "fc"
         inner_product_param { num_output: 2 } }''')
     with pytest.raises(CaffeModelError) as e:
         CaffeGraph.from_prototxt(str(path))
-    assert 'bn (BatchNorm), sc (Scale)' in str(e.value)
+    assert 'up (Deconvolution), cut (Crop)' in str(e.value)
     path.write_text('layer { name: "x" type: ')
     with pytest.raises(CaffeModelError, match='cannot read prototxt'):
         CaffeGraph.from_prototxt(str(path))

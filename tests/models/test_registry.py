@@ -39,8 +39,8 @@ def test_flickr_style_fetch_convert_finetune_predict(tmp_path, server,
                                         initialW=chainer.initializers.Zero())
     assert skeleton.n_classes == len(registry.class_names_of(entry)) == 20
     served = tmp_path / 'served.caffemodel'
-    written = write_random_caffemodel(str(served), skeleton,
-                                      entry.prototxt_path(), seed=1,
+    written = write_random_caffemodel(entry.prototxt_path(), str(served),
+                                      seed=1, model=skeleton,
                                       first_layer_scale=0.01)
     body = served.read_bytes()
     server.route('/' + entry.filename, Response(body))
