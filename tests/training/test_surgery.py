@@ -1,0 +1,101 @@
+"""finetune.training.surgery on graph nets (the small ResNet of
+tests/assets/caffe), and a fine-tuning run on it through fit()."""
+import os
+
+import chainer
+import numpy as np
+import pytest
+
+import finetune
+from finetune.caffe.conversion import ConversionOptions
+from finetune.caffe.conversion import convert_caffemodel
+from finetune.common.errors import FinetuneError
+from finetune.models import CaffeGraph
+from finetune.models.model_file import load_model
+from finetune.training.surgery import check_freeze_set
+from finetune.training.surgery import frozen_cut
+from finetune.training.surgery import parse_layer_spec
+from finetune.training.surgery import replace_head
+from tests.conftest import write_style_folder
+
+
+@pytest.fixture
+def resnet(small_nets, tmp_path):
+    """(model file of the random-weight small ResNet, the caffemodel's
+    blobs)."""
+    files = small_nets['resnet_small']
+    out = str(tmp_path / 'resnet_small.npz')
+    convert_caffemodel(files['caffemodel'], out, ConversionOptions(
+        prototxt=files['prototxt'], resize=(40, 40)))
+    return out, files['weights']
+
+
+def test_ranges_may_end_at_any_layer_and_up_to(resnet):
+    net, _, _ = load_model(resnet[0])
+    assert parse_layer_spec('conv1-res2a', net) == [
+        'conv1', 'bn_conv1', 'scale_conv1', 'res2a_branch1', 'bn2a_branch1',
+        'scale2a_branch1', 'res2a_branch2a', 'bn2a_branch2a',
+        'scale2a_branch2a', 'res2a_branch2b', 'bn2a_branch2b',
+        'scale2a_branch2b', 'res2a_branch2c', 'bn2a_branch2c',
+        'scale2a_branch2c']
+    assert parse_layer_spec('up-to:res2a_relu', net) == parse_layer_spec(
+        'conv1-res2a', net)
+    assert parse_layer_spec('up-to:scale_conv1', net) == [
+        'conv1', 'bn_conv1', 'scale_conv1']
+    with pytest.raises(FinetuneError, match="unknown layer 'res9'"):
+        parse_layer_spec('up-to:res9', net)
+
+
+def test_a_trained_layer_feeding_a_frozen_one_is_refused(resnet):
+    net, _, _ = load_model(resnet[0])
+    check_freeze_set(net, parse_layer_spec('up-to:res2a', net))
+    with pytest.raises(FinetuneError) as error:
+        check_freeze_set(net, ['res2a_branch2b', 'bn2a_branch2b'])
+    assert str(error.value).startswith(
+        '--freeze: scale2a_branch2a is trained but feeds the frozen '
+        'res2a_branch2b')
+
+
+def test_the_frozen_cut_is_one_a_single_blob_crosses(resnet):
+    net, _, _ = load_model(resnet[0])
+    names = net.layer_names
+    # up to res2a_branch1's Scale: the branch2 path is still open there
+    frozen = names[:names.index('scale2a_branch1') + 1]
+    assert frozen_cut(net, frozen) == names.index('scale2a_branch1') - 2
+    assert frozen_cut(net, parse_layer_spec('up-to:res2a', net)) == \
+        names.index('res2b_branch2a')
+
+
+def test_replace_head_keeps_batchnorm_statistics(resnet):
+    path, blobs = resnet
+    net, meta, _ = load_model(path)
+    new = replace_head(net, meta, ['fc5'], 3)
+    bn = new['bn2a_branch2b']
+    mean, var, factor = blobs['bn2a_branch2b']
+    scale = 0 if factor[0] == 0 else 1 / factor[0]
+    np.testing.assert_allclose(bn.mean, mean * scale, rtol=1e-6)
+    np.testing.assert_allclose(bn.var, var * scale, rtol=1e-6)
+    assert new['fc5'].W.shape[0] == 3
+
+
+def test_fine_tuning_a_resnet_keeps_frozen_statistics(resnet, tmp_path):
+    """Frozen BatchNorm layers keep their stored mean and variance; those
+    that train update them (Caffe's moving average)."""
+    path, _ = resnet
+    data = write_style_folder(tmp_path / 'photos')
+    result = finetune.fit(finetune.TrainConfig(
+        data=str(data), pretrained=path, freeze='up-to:res2a',
+        replace='fc5', epochs=2, batchsize=4, val_split=0.25, loaderjob=0,
+        lr=0.01, out=str(tmp_path / 'out')))
+    before, _, _ = load_model(path)
+    after, _, _ = load_model(result.model_final)
+    for name in ('bn_conv1', 'bn2a_branch2c'):
+        assert np.array_equal(before[name].mean, after[name].mean), name
+        assert np.array_equal(before[name].var, after[name].var), name
+        assert np.array_equal(before['res2a_branch2c'].W.array,
+                              after['res2a_branch2c'].W.array)
+    assert not np.array_equal(before['bn2b_branch2a'].mean,
+                              after['bn2b_branch2a'].mean)
+    assert not np.array_equal(before['res2b_branch2a'].W.array,
+                              after['res2b_branch2a'].W.array)
+    assert result.metrics is not None and os.path.isfile(result.model_best)
