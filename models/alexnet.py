@@ -46,7 +46,6 @@ class AlexNet(chainer.Chain):
             weights are about to be loaded, to skip drawing 61M randoms).
     """
 
-    insize = 227
     layer_names = LAYER_NAMES
     pool_before_norm = False
     arch = 'alexnet'

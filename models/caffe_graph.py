@@ -394,7 +394,6 @@ class CaffeGraph(chainer.Chain):
                                   % (source, ', '.join(unsupported)))
         self._source = source
         self.net_input_shape = _input_shape(net, source)
-        self.insize = self.net_input_shape[1]
         layers = [l.param for l in net.layers if l.type != 'Input']
         classifier = _classifier(layers)
         if n_classes is not None:

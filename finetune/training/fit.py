@@ -175,8 +175,14 @@ def surgery_plan(config, pretrained):
         FinetuneError: an unknown layer, or a layer both replaced and
             frozen, or ``--cache-features`` without a frozen trunk.
     """
-    head = parse_layer_spec(config.replace, pretrained)
-    frozen = parse_layer_spec(config.freeze, pretrained)
+    try:
+        head = parse_layer_spec(config.replace, pretrained)
+    except FinetuneError as e:
+        raise FinetuneError('--replace: %s' % e) from None
+    try:
+        frozen = parse_layer_spec(config.freeze, pretrained)
+    except FinetuneError as e:
+        raise FinetuneError('--freeze: %s' % e) from None
     overlap = set(head) & set(frozen)
     if overlap:
         raise FinetuneError('layers both replaced and frozen: %s'

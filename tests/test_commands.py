@@ -1,0 +1,116 @@
+"""The commands: argparse plus one library call, the same option names for
+the same things, arguments checked before anything is read or written, and
+``import finetune`` light."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from finetune import convert, export, fetch, gather, predict
+from finetune.training import config as train_config
+from finetune.training.config import TrainConfig
+from tests.conftest import run_module
+
+PARSERS = {'train': train_config.build_parser(), 'predict':
+           predict.build_parser(), 'convert': convert.build_parser(),
+           'export': export.build_parser(), 'fetch': fetch.build_parser(),
+           'gather': gather.build_parser()}
+
+
+def options(name):
+    return set(PARSERS[name]._option_string_actions)
+
+
+def test_train_options_are_the_trainconfig_fields():
+    fields = dataclasses.fields(TrainConfig)
+    parser = PARSERS['train']
+    defaults = vars(parser.parse_args(['--data', 'x']))
+    assert set(defaults) == {f.name for f in fields}
+    for field in fields:
+        assert '--' + field.name.replace('_', '-') in options('train')
+        if field.name != 'data':
+            assert defaults[field.name] == field.default, field.name
+        assert field.metadata['doc'], field.name
+    assert train_config.config_from_args(parser.parse_args(
+        ['--data', 'x', '-B', '8', '-E', '3', '-j', '0', '-o', 'r', '-r',
+         'auto', '--gpu', '1'])) == TrainConfig(
+        data='x', batchsize=8, epochs=3, loaderjob=0, out='r',
+        resume='auto', device=1)
+
+
+def test_the_same_thing_has_the_same_name_everywhere():
+    for name in PARSERS:
+        assert {'-o', '--out'} <= options(name), name
+    for name in ('train', 'predict', 'export'):
+        assert {'-B', '--batchsize'} <= options(name), name
+    for name in ('train', 'predict'):
+        assert {'-j', '--loaderjob', '-d', '--device', '--gpu'} <= \
+            options(name), name
+    assert {'-E', '--epochs', '-r', '--resume'} <= options('train')
+
+
+def test_help_groups_options_by_stage():
+    text = PARSERS['train'].format_help()
+    for group in train_config.GROUPS:
+        assert '\n%s:\n' % group in text, group
+
+
+@pytest.mark.parametrize('flag,value,message', [
+    ('--val-split', '1', '--val-split 1.0: must be in [0, 1)'),
+    ('--val-split', '-0.1', '--val-split -0.1: must be in [0, 1)'),
+    ('--batchsize', '0', '--batchsize 0: must be >= 1'),
+    ('--epochs', '0', '--epochs 0: must be >= 1'),
+    ('--cache-crops', '0', '--cache-crops 0: must be >= 1'),
+    ('--freeze', 'conv9', "--freeze: unknown layer 'conv9'"),
+    ('--replace', 'ip2-conv1', "--replace: bad layer range 'ip2-conv1'"),
+])
+def test_train_refuses_bad_arguments_before_writing(tmp_path, digits, flag,
+                                                    value, message):
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    result = run_module('finetune.train', '--data', data, '--pretrained',
+                        pretrained, '-o', str(out), '--replace', 'ip2',
+                        flag, value)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists()  # nothing scanned, nothing written
+
+
+@pytest.mark.parametrize('flag', ['--batchsize', '--top'])
+@pytest.mark.parametrize('value', ['0', '-3'])
+def test_predict_refuses_non_positive_sizes(tmp_path, flag, value):
+    result = run_module('finetune.predict', '--model', 'm.npz', 'x.jpg',
+                        flag, value)
+    assert result.returncode == 2
+    assert 'expected an integer >= 1' in result.stderr.strip().splitlines(
+    )[-1]
+
+
+def test_import_finetune_and_the_light_commands_do_not_load_chainer():
+    code = ('import sys, finetune, finetune.fetch, finetune.gather, '
+            'finetune.models.registry\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("chainer", "cupy", "cv2")))')
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'
+    listed = run_module('finetune.fetch', '--list')
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [
+        'alexnet', 'flickr_style', 'open_nsfw']
+
+
+def test_public_names_load_on_first_use():
+    code = ('import sys, finetune\n'
+            'assert "chainer" not in sys.modules\n'
+            'finetune.TrainConfig, finetune.fit, finetune.load\n'
+            'print("chainer" in sys.modules)')
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))))
+    assert result.stdout.strip() == 'True', result.stderr
