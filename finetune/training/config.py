@@ -98,6 +98,9 @@ class TrainConfig:
     resume: Optional[str] = option(
         None, "snapshot file, or 'auto' for the latest in --out", '-r',
         group='output and snapshots')
+    overwrite: bool = option(
+        False, 'start anew in an --out that holds an earlier run\'s '
+        'snapshots (they are deleted)', group='output and snapshots')
     snapshot_interval: int = option(
         500, 'iterations between snapshots, besides one at each epoch end',
         group='output and snapshots')

@@ -43,6 +43,9 @@ from finetune.training.extensions import SeededUpdater
 from finetune.training.extensions import latest_snapshot
 from finetune.training.extensions import save_snapshot
 from finetune.training.lr_find import lr_range_test
+from finetune.training.run_dir import exclusive_run
+from finetune.training.run_dir import prepare_run_dir
+from finetune.training.run_dir import resume_snapshot
 from finetune.training.lr_find import plot_lr_find
 from finetune.training.solver import CaffeSGD
 from finetune.training.solver import set_caffe_lr_policy
@@ -363,14 +366,20 @@ def run_trainer(trainer, resume, ranks, updater, out):
     """Resume from ``resume`` (a snapshot or 'auto') and run ``trainer``.
 
     Raises:
-        FinetuneError: training diverged (the message suggests a lower
-            ``--lr`` and names the snapshots there are).
+        FinetuneError: the snapshot does not fit this run, or training
+            diverged (the message suggests a lower ``--lr`` and names the
+            snapshots there are).
     """
-    resume = latest_snapshot(out) if resume == 'auto' else resume
+    resume = resume_snapshot(resume, out) if resume else None
     if resume:
         if ranks.is_root:
             print('resuming from %s' % resume, file=sys.stderr)
-        chainer.serializers.load_npz(resume, trainer)
+        try:
+            chainer.serializers.load_npz(resume, trainer)
+        except (KeyError, ValueError) as e:
+            raise FinetuneError('--resume %s: does not fit this run (%s)'
+                                % (resume, ' '.join(str(e).split())[:200])
+                                ) from None
     try:
         trainer.run()
     except RuntimeError as e:
@@ -424,15 +433,42 @@ class Run:
         return self.model.predictor.net
 
 
-def assemble(config, ranks, validation=True):
-    """Load the pretrained net, prepare the lists, do the surgery and build
-    model, optimizer and iterators: a :class:`Run` (its iterators hold
-    loader processes: ``run.inputs.finalize()`` when done)."""
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """The pretrained network and the surgery planned on it.
+
+    Attributes:
+        network, meta, preprocess: as :func:`load_pretrained` returns.
+        head, frozen (list of str): the layers ``--replace`` and
+            ``--freeze`` name (checked against the network).
+    """
+    network: object
+    meta: dict
+    preprocess: CaffePreprocess
+    head: list
+    frozen: list
+
+
+def load_and_plan(config):
+    """:class:`Pretrained` for ``config``: the net loaded and the surgery
+    checked, before any image is read or anything is written to --out."""
+    network, meta, preprocess = load_pretrained(
+        config.pretrained, config.prototxt, config.pretrained_dir)
+    head, frozen = surgery_plan(config, network)
+    return Pretrained(network, meta, preprocess, head, frozen)
+
+
+def assemble(config, ranks, pretrained=None, validation=True):
+    """Prepare the lists, do the surgery on the pretrained net (loaded with
+    :func:`load_and_plan` unless given) and build model, optimizer and
+    iterators: a :class:`Run` (its iterators hold loader processes:
+    ``run.inputs.finalize()`` when done)."""
     np.random.seed(config.seed)
     device = training_device(config.device, ranks)
-    pretrained, meta, pretrained_prep = load_pretrained(
-        config.pretrained, config.prototxt, config.pretrained_dir)
-    head, frozen = surgery_plan(config, pretrained)
+    plan = pretrained or load_and_plan(config)
+    pretrained, meta, pretrained_prep = plan.network, plan.meta, \
+        plan.preprocess
+    head, frozen = plan.head, plan.frozen
     lists = None
     if ranks.is_root:
         lists = prepare_lists(config, pretrained_prep.channels,
@@ -469,7 +505,16 @@ def fit(config):
         FinetuneError: bad input (one line naming the file or option).
     """
     ranks = ranks_for(config.communicator)
-    run = assemble(config, ranks)
+    pretrained = load_and_plan(config)
+    if not ranks.is_root:
+        return _fit(config, ranks, pretrained)
+    with exclusive_run(config.out):
+        prepare_run_dir(config)
+        return _fit(config, ranks, pretrained)
+
+
+def _fit(config, ranks, pretrained):
+    run = assemble(config, ranks, pretrained)
     network = run.network
 
     def save(path, **extra):
@@ -518,7 +563,13 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     if config.communicator:
         raise FinetuneError('--lr-find runs in one process: drop '
                             '--communicator')
-    run = assemble(config, ranks_for(None), validation=False)
+    pretrained = load_and_plan(config)
+    with exclusive_run(config.out):
+        return _find_lr(config, pretrained, n_steps, lr_min, lr_max)
+
+
+def _find_lr(config, pretrained, n_steps, lr_min, lr_max):
+    run = assemble(config, ranks_for(None), pretrained, validation=False)
 
     def batches():
         while True:

@@ -78,3 +78,17 @@ def test_predict_reports_a_bad_model_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count('\n') == 1
     assert str(bogus) in result.stderr
+
+
+def test_print_predictions_writes_everything_to_out(alexnet_npz):
+    """``out`` receives each image line and its classes (it used to get
+    only the classes; the image line went to stdout)."""
+    import io
+    from finetune.inference.batch import predict_paths, print_predictions
+    predictor = finetune.load(alexnet_npz)
+    out = io.StringIO()
+    rows = predict_paths(predictor, [data_path('cat.jpg')], loaderjob=0,
+                         progress=False)
+    assert print_predictions(rows, predictor.class_names, 3, out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == data_path('cat.jpg') and len(lines) == 4

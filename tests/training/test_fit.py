@@ -269,7 +269,7 @@ def test_cached_features_train_like_images(digits, tmp_path, capsys):
         == read_log(tmp_path / 'cached')[-1]['validation/main/accuracy']
     # a second run reuses the cache
     run_train(*train_args(data, pretrained, tmp_path / 'cached', *common,
-                          '--cache-features'))
+                          '--cache-features', '--overwrite'))
     assert 'train features: reusing' in capsys.readouterr().err
 
 

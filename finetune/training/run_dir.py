@@ -1,0 +1,160 @@
+"""The output folder of a run: one run at a time, and only its own snapshots.
+
+A run's identity (what its snapshots are snapshots *of*: the data, the
+pretrained net, the surgery and the preprocessing) is written to
+``<out>/run.json`` when the run starts. ``--resume`` with a different
+identity is refused, naming what differs; a new run into a folder that
+holds another run's snapshots is refused unless ``--resume auto``, a new
+``--out`` or ``--overwrite`` says what to do. ``<out>/.lock`` is held
+(``fcntl.flock``) while a run uses the folder, so a second run on the same
+``--out`` stops at once, naming the first one's process.
+"""
+import contextlib
+import fcntl
+import json
+import os
+
+import numpy as np
+
+from finetune.common.errors import FinetuneError
+from finetune.common.fileio import atomic_write
+from finetune.training.extensions import SNAPSHOT_PREFIX
+from finetune.training.extensions import latest_snapshot
+
+IDENTITY_FILE = 'run.json'
+LOCK_FILE = '.lock'
+
+#: TrainConfig fields that make a run what it is (changing any of them
+#: makes the snapshots another run's); schedule, speed and output options
+#: may change between a run and its resumption.
+IDENTITY_FIELDS = ('label_file', 'val_split', 'mean', 'pretrained',
+                   'prototxt', 'freeze', 'replace', 'seed', 'dtype')
+
+
+@contextlib.contextmanager
+def exclusive_run(out):
+    """Hold ``<out>/.lock`` for the run (created with ``out``).
+
+    Raises:
+        FinetuneError: another process holds it (the message names it).
+    """
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK_FILE)
+    with open(path, 'a+') as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise FinetuneError('--out %s: a training run is already using '
+                                'this folder (%s); wait for it or choose '
+                                'another --out' % (out, holder)) from None
+        f.seek(0)
+        f.truncate()
+        f.write('pid %d' % os.getpid())
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def run_identity(config):
+    """The JSON-serializable identity of the run ``config`` describes."""
+    identity = {name: getattr(config, name) for name in IDENTITY_FIELDS}
+    identity['data'] = os.path.abspath(config.data)
+    return identity
+
+
+def _snapshots(out):
+    return sorted(name for name in os.listdir(out)
+                  if name.startswith(SNAPSHOT_PREFIX)) \
+        if os.path.isdir(out) else []
+
+
+def prepare_run_dir(config):
+    """Check ``--out`` against ``--resume``/``--overwrite`` and write (or
+    compare) the run's identity. Call with the folder locked.
+
+    Raises:
+        FinetuneError: a fresh run into another run's snapshots, or a
+            resumption whose identity differs (both name what to do).
+    """
+    identity = run_identity(config)
+    path = os.path.join(config.out, IDENTITY_FILE)
+    stored = None
+    if os.path.exists(path):
+        try:
+            with open(path, encoding='utf-8') as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            stored = None
+    if config.resume and config.resume != 'auto':
+        resume_snapshot(config.resume, config.out)  # before any scan
+    if config.resume:
+        source = os.path.dirname(os.path.abspath(config.resume)) \
+            if config.resume != 'auto' else config.out
+        if source != os.path.abspath(config.out):
+            stored = _stored_identity(source) or stored
+        differs = sorted(key for key in identity if stored is not None and
+                         stored.get(key) != identity[key])
+        if differs:
+            raise FinetuneError(
+                '--resume: the snapshots are of another run (%s differ: '
+                '%s); resume with the same options or start anew with '
+                'another --out (or --overwrite)' % (', '.join(
+                    _flag(k) for k in differs), '; '.join(
+                    '%s was %r, now %r' % (_flag(k), stored.get(k),
+                                           identity[k]) for k in differs)))
+    elif _snapshots(config.out):
+        if not config.overwrite:
+            raise FinetuneError(
+                '--out %s holds snapshots of an earlier run; continue it '
+                'with --resume auto, or choose another --out, or pass '
+                '--overwrite to replace it' % config.out)
+        for name in _snapshots(config.out):
+            os.remove(os.path.join(config.out, name))
+    with atomic_write(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(identity, f, indent=1, sort_keys=True)
+
+
+def _stored_identity(directory):
+    try:
+        with open(os.path.join(directory, IDENTITY_FILE),
+                  encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _flag(name):
+    return '--' + name.replace('_', '-') if name != 'data' else '--data'
+
+
+def resume_snapshot(resume, out):
+    """The snapshot file ``--resume`` names (``auto``: the latest in
+    ``out``, or None for a fresh start), checked to be a trainer snapshot.
+
+    Raises:
+        FinetuneError: not a readable trainer snapshot (a model file, a
+            text file, a truncated file).
+    """
+    path = latest_snapshot(out) if resume == 'auto' else resume
+    if path is None:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(getattr(npz, 'files', ()))
+    except Exception as e:  # zipfile, OSError, ValueError, EOFError...
+        raise FinetuneError('--resume %s: not a readable snapshot (%s)'
+                            % (path, ' '.join(str(e).split()) or
+                               type(e).__name__)) from None
+    if 'updater/iteration' not in keys:
+        hint = ' (a model file: pass it as --pretrained to fine-tune it ' \
+            'further)' if '__meta__' in keys else ''
+        raise FinetuneError('--resume %s: not a trainer snapshot%s'
+                            % (path, hint))
+    return path

@@ -1,0 +1,77 @@
+"""finetune.training.run_dir: a run's --out holds only its own snapshots,
+and one run at a time (real LeNet, real digits)."""
+import os
+import shutil
+
+import pytest
+
+from finetune.training.run_dir import exclusive_run
+from tests.conftest import run_module
+
+
+def train(data, pretrained, out, *extra):
+    return run_module('finetune.train', '--data', data, '--pretrained',
+                      pretrained, '-o', str(out), '--replace', 'ip2',
+                      '--freeze', 'conv1-conv2', '-E', '1', '-B', '16',
+                      '-j', '0', '--log-interval', '0', *extra)
+
+
+def one_error_line(result):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    return lines[0]
+
+
+def test_reused_out_with_other_data_is_refused(digits, tmp_path):
+    data, pretrained = digits
+    other = tmp_path / 'other'
+    shutil.copytree(data, other)
+    shutil.rmtree(other / '9')
+    out = tmp_path / 'out'
+    assert train(data, pretrained, out).returncode == 0
+    line = one_error_line(train(str(other), pretrained, out))
+    assert 'holds snapshots of an earlier run' in line
+    line = one_error_line(train(str(other), pretrained, out, '-r', 'auto'))
+    assert line.startswith('error: --resume: the snapshots are of another '
+                           'run (--data differ')
+    before = open(out / 'train.txt').read()
+    assert train(str(other), pretrained, out, '--overwrite').returncode == 0
+    assert open(out / 'train.txt').read() != before
+    assert '9' not in open(out / 'labels.txt').read().split()
+
+
+def test_a_second_run_on_the_same_out_stops(digits, tmp_path):
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    with exclusive_run(str(out)):
+        line = one_error_line(train(data, pretrained, out))
+    assert 'a training run is already using this folder (pid %d)' \
+        % os.getpid() in line
+    assert not (out / 'train.txt').exists()
+
+
+def test_resume_from_a_model_file_or_text_is_one_line(digits, tmp_path):
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    line = one_error_line(train(data, pretrained, out, '-r', pretrained))
+    assert 'not a trainer snapshot (a model file' in line
+    text = tmp_path / 'notes.txt'
+    text.write_text('hello')
+    line = one_error_line(train(data, pretrained, out, '-r', str(text)))
+    assert 'not a readable snapshot' in line
+
+
+def test_a_run_without_validation_images_resumes(digits, tmp_path):
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    first = train(data, pretrained, out, '--val-split', '0')
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert 'no validation images' in first.stderr
+    assert open(out / 'val.txt').read() == ''
+    again = train(data, pretrained, out, '--val-split', '0', '-E', '2',
+                  '-r', 'auto')
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert 'resuming from' in again.stderr
+    assert (out / 'model_final.npz').exists()
+    assert not (out / 'model_best.npz').exists()
