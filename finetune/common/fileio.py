@@ -60,3 +60,20 @@ def write_csv(path, header, rows):
                 writer.writerow(row)
                 count += 1
     return count
+
+
+def refuse_overwriting_inputs(output, inputs, option):
+    """Raise if the file ``output`` is one of ``inputs`` (same file, also
+    through links or another spelling).
+
+    Raises:
+        FinetuneError: naming ``option`` and the file.
+    """
+    from finetune.common.errors import FinetuneError
+    if not os.path.exists(output):
+        return
+    for item in inputs:
+        if os.path.exists(item) and os.path.samefile(output, item):
+            raise FinetuneError('%s %s: that is an input of this command; '
+                                'choose another output file'
+                                % (option, output))

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from finetune.common.errors import DataError
 from finetune.common.errors import FinetuneError
+from finetune.common.fileio import refuse_overwriting_inputs
 from finetune.common.fileio import write_csv
 from finetune.inference.predictor import load
 from finetune.inference.predictor import top_k
@@ -109,10 +110,12 @@ def label_images(model_path, images, out=None, batch_size=64, loaderjob=2,
         raise FinetuneError('%s: give the .npz model file (convert a '
                             'caffemodel with python -m finetune.convert)'
                             % model_path)
-    predictor = load(model_path, device=device, backend=backend)
     paths = list_images(images)
     if not paths:
         raise DataError('no images found in %s' % ' '.join(images))
+    if out:
+        refuse_overwriting_inputs(out, [model_path] + paths, '--out')
+    predictor = load(model_path, device=device, backend=backend)
     rows = predict_paths(predictor, paths, batch_size, loaderjob,
                          progress=bool(out))
     names = predictor.class_names

@@ -33,6 +33,7 @@ import numpy as np
 from finetune.models.model_file import load_model
 from finetune.common.errors import FinetuneError
 from finetune.common.fileio import atomic_write
+from finetune.common.fileio import refuse_overwriting_inputs
 
 ONNX_REQUIREMENT = 'onnx>=1.13,<1.19'
 INSTALL_HINT = ("ONNX export needs the onnx package: pip install "
@@ -306,6 +307,7 @@ def export_onnx(model_path, onnx_path, batch_size=1, opset=None):
     """
     _import_onnx()  # fail fast, before loading 240 MB of weights
     _check_args(batch_size, opset)
+    refuse_overwriting_inputs(onnx_path, [model_path], '--out')
     model, meta, preprocess = load_model(model_path)
     try:
         onnx_model = to_onnx(model, preprocess.input_shape, batch_size,

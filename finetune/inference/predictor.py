@@ -1,9 +1,13 @@
 """Classify images with a saved model: ``finetune.load(path).predict(...)``."""
+import os
+
 import chainer
 import chainer.functions as F
 import numpy as np
+from PIL import Image
 
 from finetune.models.model_file import load_model
+from finetune.common.errors import DataError
 from finetune.common.errors import FinetuneError
 from finetune.common.gpu import device as gpu_device
 from finetune.models.opencv_runner import fast_stages
@@ -52,12 +56,25 @@ class Predictor:
         return chainer.backend.CpuDevice().send(probs)
 
     def predict(self, images, batch_size=32):
-        """Classify PIL images or paths.
+        """Classify images.
+
+        Args:
+            images: a path, a PIL image or a uint8 (H, W, 3) RGB / (H, W)
+                gray NumPy array (as ``numpy.asarray(PIL.Image)`` gives),
+                or a list of those.
+            batch_size (int): images per forward pass.
 
         Returns:
             tuple: (labels, probs): the top-1 class name of each image and
             the (N, n_classes) float32 probabilities.
+
+        Raises:
+            DataError: an image that cannot be read, is empty, or an array
+                of another shape or dtype.
         """
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        images = [as_image(image) for image in images]
         probs = []
         for start in range(0, len(images), batch_size):
             batch = [self.preprocess(img)
@@ -67,6 +84,30 @@ class Predictor:
                  np.zeros((0, len(self.class_names)), np.float32))
         labels = [self.class_names[i] for i in probs.argmax(axis=1)]
         return labels, probs
+
+
+def as_image(image):
+    """A path (str) or PIL image for :class:`CaffePreprocess`, from a path,
+    a PIL image or a uint8 HWC RGB / HW gray array.
+
+    Raises:
+        DataError: an empty image or an array that is not one of those.
+    """
+    if isinstance(image, os.PathLike):
+        return os.fspath(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (
+                image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise DataError('array of shape %s and dtype %s: expected uint8 '
+                            '(H, W, 3) RGB or (H, W) gray'
+                            % (image.shape, image.dtype))
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image) and 0 in image.size:
+        raise DataError('empty image (%dx%d)' % image.size)
+    if not isinstance(image, (str, Image.Image)):
+        raise DataError('%r: expected a path, a PIL image or a uint8 array'
+                        % (image,))
+    return image
 
 
 def top_k(probs, k):

@@ -92,3 +92,23 @@ def test_print_predictions_writes_everything_to_out(alexnet_npz):
     assert print_predictions(rows, predictor.class_names, 3, out=out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0] == data_path('cat.jpg') and len(lines) == 4
+
+
+def test_outputs_never_overwrite_inputs(alexnet_npz, tmp_path):
+    """predict --out naming the model or an input image, and export naming
+    the model, are refused and leave the files as they were."""
+    image = tmp_path / 'cat.jpg'
+    shutil.copy(data_path('cat.jpg'), image)
+    model = tmp_path / 'model.npz'
+    shutil.copy(alexnet_npz, model)
+    before = {p: p.read_bytes() for p in (image, model)}
+    for target in (model, image):
+        result = run('finetune.predict', '--model', str(model), str(image),
+                     '-o', str(target))
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            'error: --out %s: that is an input of this command; choose '
+            'another output file' % target)
+    result = run('finetune.export', '--model', str(model), '-o', str(model))
+    assert result.returncode == 2 and 'is an input' in result.stderr
+    assert {p: p.read_bytes() for p in before} == before
