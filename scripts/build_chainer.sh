@@ -14,6 +14,9 @@
 set -euo pipefail
 
 PY=${1:?usage: scripts/build_chainer.sh PY [CACHE]}
+# absolute (the build runs elsewhere), but not resolved: a venv's python is
+# a symlink that must stay one to find its venv
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; *) PY=$(command -v "$PY") ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${2:-$ROOT/.whl}
 mkdir -p "$CACHE"
