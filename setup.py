@@ -42,9 +42,9 @@ setup(
         'opencv-python-headless>=4.5,<4.12',
     ],
     extras_require={
-        # chainer 7.8.1 predates cupy 10+; cupy 14 needs numpy 2 everywhere,
-        # so 13 is the line for all Pythons (13.6 has 3.12/3.13 wheels and
-        # allows NumPy <2.6). The CUDA 12 libraries come from pip
+        # chainer 7.8.1 predates cupy 10+; cupy 14 needs numpy 2, so 13 is
+        # the line that serves every Python here (13.6 has 3.9-3.13 wheels
+        # and allows NumPy 1.22 to <2.6). The CUDA 12 libraries come from pip
         # (finetune.gpu loads them); a CUDA toolkit found by the loader
         # takes precedence. cupy 13 needs cuDNN 8. NVRTC 12.2+ compiles
         # CuPy's kernels only with the CUDA runtime headers of the same
