@@ -36,9 +36,10 @@ $(STAMP): setup.py $(PATCH) scripts/build_chainer.sh
 # A PYTHON given to make must match an existing venv's Python.
 check-venv:
 	@if [ -n "$(PYTHON)" ] && [ -x $(PY) ]; then \
-	  want=$$(py=$$(scripts/find_python.sh $(PYTHON)) && $$py -c 'import sys; print(sys.version_info[:2])') || exit 1; \
-	  have=$$($(PY) -c 'import sys; print(sys.version_info[:2])'); \
-	  [ "$$want" = "$$have" ] || { echo "make: $(VENV) has Python $$have, not $(PYTHON): pass VENV=.venv-$(notdir $(PYTHON)) or run make clean" >&2; exit 1; }; \
+	  v='import sys; print("%d.%d" % sys.version_info[:2])'; \
+	  want=$$(py=$$(scripts/find_python.sh $(PYTHON)) && $$py -c "$$v") || exit 1; \
+	  have=$$($(PY) -c "$$v"); \
+	  [ "$$want" = "$$have" ] || { echo "make: $(VENV) has Python $$have, not $$want: pass VENV=.venv-$$want or run make clean" >&2; exit 1; }; \
 	fi
 
 demo: check-venv $(STAMP)
