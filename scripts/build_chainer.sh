@@ -59,4 +59,8 @@ whl=$(ls "$TMP"/dist/chainer-7.8.1+finetune.*-py3-none-any.whl) || {
 mkdir -p "$OUT.part"
 mv "$whl" "$OUT.part/"
 rm -rf "$OUT" && mv "$OUT.part" "$OUT"
+# wheels of earlier patches are not used again
+for old in "$CACHE"/chainer-7.8.1-*; do
+  [[ $old == "$OUT" ]] || rm -rf "$old"
+done
 echo "$OUT/$(basename "$whl")"
