@@ -84,3 +84,31 @@ def test_flickr_style_fetch_convert_finetune_predict(tmp_path, server,
     rows = list(csv.DictReader(open(preds)))
     assert len(rows) == 12 and {r['label'] for r in rows} <= {'cool',
                                                               'warm'}
+
+
+def test_open_nsfw_fine_tunes_by_name_without_a_download(open_nsfw,
+                                                         tmp_path):
+    """``--pretrained open_nsfw`` reads the caffemodel where the nsfw
+    package installed it, with the registry's preprocessing (256 resize,
+    224 crop, BGR mean 104/117/123) and its two class names replaced by
+    ours; the frozen trunk keeps the real weights bitwise."""
+    data = write_style_folder(tmp_path / 'photos', n_per_class=4)
+    result = finetune.fit(finetune.TrainConfig(
+        data=str(data), pretrained='open_nsfw',
+        pretrained_dir=str(tmp_path / 'nothing_here'),
+        freeze='up-to:eltwise_stage3_block2', replace='fc_nsfw', epochs=1,
+        batchsize=4, val_split=0.25, loaderjob=0, cache_features=True,
+        cache_crops=1, out=str(tmp_path / 'out')))
+    tuned, meta, preprocess = load_model(result.model_final)
+    assert meta['class_names'] == ['cool', 'warm']
+    assert (preprocess.size, preprocess.crop_size) == ((256, 256), 224)
+    np.testing.assert_array_equal(preprocess.mean.ravel(), [104, 117, 123])
+    original = CaffeGraph.from_prototxt(open_nsfw['prototxt'])
+    from finetune.caffe.importer import import_caffemodel
+    import_caffemodel(original, open_nsfw['caffemodel'])
+    for name in ('conv_1', 'bn_1'):
+        for a, b in zip(original[name].params(), tuned[name].params()):
+            np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_array_equal(original['bn_1'].mean, tuned['bn_1'].mean)
+    assert tuned['fc_nsfw'].W.shape[0] == 2
+    assert not os.path.exists(tmp_path / 'nothing_here')
