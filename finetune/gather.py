@@ -47,6 +47,9 @@ def build_parser():
                           help='seconds to connect and for each read (default: 10)')
     transfer.add_argument('--retries', type=int, default=2,
                           help='retries after timeouts, connection errors, 5xx (default: 2)')
+    transfer.add_argument('--deadline', type=float,
+                          help='seconds one image may take, retries included '
+                          '(default: 3 x --timeout); slower hosts are skipped')
     transfer.add_argument('--max-bytes', type=byte_count, default=DEFAULT_MAX_BYTES,
                           help='cap on bytes read per image, e.g. 20M (default: 20M)')
     transfer.add_argument('--no-progress', action='store_true', help='do not draw a progress bar')
@@ -69,7 +72,8 @@ def main(argv=None):
         args.label_names, args.placeholder_hashes, args.placeholder_image,
         args.report, jobs=args.jobs, timeout=args.timeout,
         retries=args.retries, max_bytes=args.max_bytes,
-        min_size=args.min_size, progress=not args.no_progress))
+        min_size=args.min_size, progress=not args.no_progress,
+        deadline=args.deadline))
     return 0
 
 

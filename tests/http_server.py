@@ -27,6 +27,8 @@ class Response:
             close the connection after this many body bytes.
         honor_range (bool): answer ``Range: bytes=N-`` with 206 (or 416).
         headers (dict): extra headers.
+        trickle (tuple or None): ``(n_bytes, seconds)``: send the body
+            ``n_bytes`` at a time, ``seconds`` apart (a slow host).
     """
     body: bytes = b''
     status: int = 200
@@ -35,6 +37,7 @@ class Response:
     truncate_at: int = None
     honor_range: bool = True
     headers: dict = dataclasses.field(default_factory=dict)
+    trickle: tuple = None
 
 
 class LocalHTTPServer:
@@ -117,8 +120,16 @@ def _handler_for(server):
                 if response.truncate_at is not None:
                     body = body[:response.truncate_at]
                     self.close_connection = True
-                self.wfile.write(body)
-                self.wfile.flush()
+                if response.trickle:
+                    size, pause = response.trickle
+                    for start in range(0, len(body), size):
+                        if server.stopping.wait(pause):
+                            return
+                        self.wfile.write(body[start:start + size])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(body)
+                    self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
 

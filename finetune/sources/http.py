@@ -94,13 +94,16 @@ def _content_length(response):
     return int(value) if value.isdigit() else None
 
 
-def _copy_body(url, response, write, offset, max_bytes, progress):
+def _copy_body(url, response, write, offset, max_bytes, progress,
+               deadline=None):
     """Stream the body into ``write``; return the number of bytes copied.
 
     ``offset`` is how many bytes of the file precede this body (resume);
     ``max_bytes`` caps ``offset`` plus the body. ``progress(done, total)`` is
     called with byte counts of the whole file (``total`` None if unknown).
-    A body shorter than its Content-Length raises a retryable ``truncated``.
+    A body shorter than its Content-Length raises a retryable ``truncated``;
+    ``deadline`` (a ``time.monotonic()`` value) passed while reading
+    raises ``deadline`` (a host trickling bytes never times out a read).
     """
     expected = _content_length(response)
     total = None if expected is None else offset + expected
@@ -110,11 +113,15 @@ def _copy_body(url, response, write, offset, max_bytes, progress):
     copied = 0
     while True:
         try:
-            chunk = response.read(CHUNK_BYTES)
+            # read1: what has arrived, so a trickle returns between reads
+            chunk = response.read1(CHUNK_BYTES)
         except (OSError, http.client.HTTPException) as error:
             raise _network_error(url, error) from None
         if not chunk:
             break
+        if deadline is not None and time.monotonic() > deadline:
+            raise TransferError(f'{url}: not downloaded within its deadline',
+                                'deadline', False)
         copied += len(chunk)
         if max_bytes is not None and offset + copied > max_bytes:
             raise TransferError(f'{url}: more than the {max_bytes}-byte cap',
@@ -144,7 +151,7 @@ def with_retries(attempt, retries, backoff, sleep=time.sleep):
 
 
 def fetch_bytes(url, *, timeout=10.0, retries=2, backoff=0.5, max_bytes=None,
-                check_headers=None):
+                check_headers=None, deadline=None):
     """Download ``url`` into memory; return ``(body, content_type)``.
 
     Args:
@@ -154,13 +161,17 @@ def fetch_bytes(url, *, timeout=10.0, retries=2, backoff=0.5, max_bytes=None,
         max_bytes (int or None): cap on the body size in bytes.
         check_headers (callable or None): called with the response headers
             before the body is read; it may raise a :class:`TransferError`.
+        deadline (float or None): seconds for the whole download, retries
+            included (``deadline`` reason when it passes).
     """
+    end = None if deadline is None else time.monotonic() + deadline
+
     def attempt():
         with _open(url, timeout) as response:
             if check_headers is not None:
                 check_headers(response.headers)
             parts = []
-            _copy_body(url, response, parts.append, 0, max_bytes, None)
+            _copy_body(url, response, parts.append, 0, max_bytes, None, end)
             return b''.join(parts), response.headers.get('Content-Type', '')
     return with_retries(attempt, retries, backoff)
 

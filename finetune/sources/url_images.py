@@ -43,6 +43,8 @@ LABEL_COLUMN = 'label'
 EXTENSIONS = {'JPEG': '.jpg', 'PNG': '.png', 'GIF': '.gif', 'BMP': '.bmp', 'WEBP': '.webp'}
 HASH_CHARS = 16
 DEFAULT_MAX_BYTES = 20 << 20
+#: default per-image deadline, in multiples of --timeout
+DEADLINE_TIMEOUTS = 3
 # SHA-1s of known "photo unavailable" images. Empty on purpose: hosts change
 # theirs; add one with --placeholder-image FILE or --placeholder-hashes FILE.
 BUILTIN_PLACEHOLDER_SHA1S = frozenset()
@@ -212,6 +214,7 @@ class Settings:
     max_bytes: int
     min_size: int
     placeholders: frozenset
+    deadline: float
 
 
 def download_image(url, settings):
@@ -219,7 +222,8 @@ def download_image(url, settings):
     try:
         data, _ = fetch_bytes(url, timeout=settings.timeout, retries=settings.retries,
                               backoff=settings.backoff, max_bytes=settings.max_bytes,
-                              check_headers=_image_content_only(url))
+                              check_headers=_image_content_only(url),
+                              deadline=settings.deadline)
     except TransferError as error:
         return Downloaded(reason=error.reason)
     sha1 = hashlib.sha1(data).hexdigest()
@@ -390,7 +394,7 @@ class _Store:
 
 def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
            max_bytes=DEFAULT_MAX_BYTES, min_size=32, placeholder_hashes=(),
-           report_path=None, progress=True):
+           report_path=None, progress=True, deadline=None):
     """Download ``entries`` into ``out_dir/<label>/``; return the report rows in input order.
 
     Args:
@@ -407,12 +411,17 @@ def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
         report_path (str or None): the CSV report; default
             ``<out_dir>/gather_report.csv``.
         progress (bool): draw a tqdm bar on stderr.
+        deadline (float or None): seconds one image may take, retries
+            included (default ``DEADLINE_TIMEOUTS`` x ``timeout``); a host
+            that trickles bytes is skipped as ``deadline``.
     """
     entries = [Entry(*entry) for entry in entries]
+    deadline = DEADLINE_TIMEOUTS * timeout if deadline is None else deadline
     os.makedirs(out_dir, exist_ok=True)
     report_path = report_path or os.path.join(out_dir, REPORT_NAME)
     settings = Settings(timeout, retries, backoff, max_bytes, min_size, frozenset(
-        BUILTIN_PLACEHOLDER_SHA1S | {h.lower() for h in placeholder_hashes}))
+        BUILTIN_PLACEHOLDER_SHA1S | {h.lower() for h in placeholder_hashes}),
+        deadline)
     store = _Store(out_dir, report_path)
     planned = [store.plan(entry) for entry in entries]
     to_download = [e.url for e, row in zip(entries, planned) if row is None]

@@ -18,6 +18,7 @@ from finetune.sources.url_images import Entry, gather, read_entries, read_placeh
 from tests.http_server import Response
 
 from tests.conftest import ASSETS
+from tests.conftest import data_path
 
 DATA = ASSETS
 FAST = {'timeout': 0.3, 'retries': 1, 'backoff': 0.01, 'jobs': 4, 'progress': False}
@@ -249,3 +250,17 @@ def test_file_urls_are_refused(tmp_path):
                   str(tmp_path / 'out'), **FAST)
     assert [(row.status, row.reason) for row in rows] == [('skipped', 'bad-url')] * 2
     assert files_under(tmp_path / 'out') == ['gather_report.csv']
+
+
+def test_a_host_that_trickles_bytes_meets_the_deadline(tmp_path, server):
+    """10 bytes every 0.3 s never times a read out; the per-image deadline
+    (here 1 s) skips it in about that time, with its own reason."""
+    import time
+    body = open(data_path('cat.jpg'), 'rb').read()[:4000]
+    server.route('/slow.jpg', Response(body, content_type='image/jpeg',
+                                       trickle=(10, 0.3)))
+    start = time.monotonic()
+    rows = gather([(server.url('/slow.jpg'), 'cat')], str(tmp_path / 'out'),
+                  timeout=2, retries=0, deadline=1.0, progress=False)
+    assert time.monotonic() - start < 5
+    assert [(r.status, r.reason) for r in rows] == [('skipped', 'deadline')]
