@@ -16,7 +16,6 @@ from finetune.caffe.caffemodel import _LAYER_BLOBS
 from finetune.caffe.caffemodel import _LAYER_BLOBS_V1
 from finetune.caffe.caffemodel import _NET_LAYER
 from finetune.caffe.caffemodel import _NET_LAYERS_V1
-from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.common.errors import CaffeModelError
 
 _V1_ENUM = {v2: v1 for v1, v2 in V1_TYPE_NAMES.items()}

@@ -505,6 +505,7 @@ def fit(config):
         FinetuneError: bad input (one line naming the file or option).
     """
     ranks = ranks_for(config.communicator)
+    training_device(config.device, ranks)  # a --device that cannot work
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
@@ -563,6 +564,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     if config.communicator:
         raise FinetuneError('--lr-find runs in one process: drop '
                             '--communicator')
+    training_device(config.device, ranks_for(None))
     pretrained = load_and_plan(config)
     with exclusive_run(config.out):
         return _find_lr(config, pretrained, n_steps, lr_min, lr_max)

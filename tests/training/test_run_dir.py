@@ -3,7 +3,6 @@ and one run at a time (real LeNet, real digits)."""
 import os
 import shutil
 
-import pytest
 
 from finetune.training.run_dir import exclusive_run
 from tests.conftest import run_module

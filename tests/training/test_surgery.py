@@ -2,7 +2,6 @@
 tests/assets/caffe), and a fine-tuning run on it through fit()."""
 import os
 
-import chainer
 import numpy as np
 import pytest
 
@@ -10,7 +9,6 @@ import finetune
 from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import convert_caffemodel
 from finetune.common.errors import FinetuneError
-from finetune.models import CaffeGraph
 from finetune.models.model_file import load_model
 from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
