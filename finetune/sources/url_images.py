@@ -80,11 +80,13 @@ def read_entries(path, url_column=None, label_column=None, label_names=None):
     try:
         with open_text(path) as stream:
             first_line = stream.readline()
-            header = next(csv.reader([first_line]), [])
+            delimiter = _delimiter(first_line)
+            header = next(csv.reader([first_line], delimiter=delimiter), [])
             url_key = url_column or next((c for c in URL_COLUMNS if c in header), None)
             lines = itertools.chain([first_line], stream)
             if url_key or label_column:
-                entries = _read_csv(path, lines, url_key, label_column or LABEL_COLUMN)
+                entries = _read_csv(path, lines, url_key, label_column or LABEL_COLUMN,
+                                    delimiter)
             else:
                 entries = _read_lines(lines)
     except (OSError, UnicodeDecodeError, EOFError, csv.Error) as error:
@@ -94,9 +96,17 @@ def read_entries(path, url_column=None, label_column=None, label_names=None):
     return entries
 
 
-def _read_csv(path, lines, url_key, label_key):
+def _delimiter(header_line):
+    """The CSV delimiter of a header line: ``,``, ``;`` or a tab, whichever
+    it holds most of (``,`` when none)."""
+    counts = {d: header_line.count(d) for d in (',', ';', '\t')}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ','
+
+
+def _read_csv(path, lines, url_key, label_key, delimiter=','):
     """Entries from CSV ``lines`` whose header names ``url_key`` and ``label_key``."""
-    reader = csv.DictReader(lines)
+    reader = csv.DictReader(lines, delimiter=delimiter)
     for key in (url_key, label_key):
         if key not in (reader.fieldnames or ()):
             raise DataError(f'{path}: no column {key!r} (columns: {", ".join(reader.fieldnames or ())})')

@@ -264,3 +264,13 @@ def test_a_host_that_trickles_bytes_meets_the_deadline(tmp_path, server):
                   timeout=2, retries=0, deadline=1.0, progress=False)
     assert time.monotonic() - start < 5
     assert [(r.status, r.reason) for r in rows] == [('skipped', 'deadline')]
+
+
+@pytest.mark.parametrize('delimiter', [';', '\t', ','])
+def test_csv_lists_with_other_delimiters_are_read(tmp_path, delimiter):
+    listing = tmp_path / 'list.csv'
+    listing.write_text(delimiter.join(['image_url', 'label']) + '\n' +
+                       delimiter.join(['http://a/1.jpg', 'cat']) + '\n' +
+                       delimiter.join(['http://a/2.jpg', 'dog']) + '\n')
+    assert read_entries(str(listing)) == [('http://a/1.jpg', 'cat'),
+                                          ('http://a/2.jpg', 'dog')]
