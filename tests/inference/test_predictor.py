@@ -33,3 +33,22 @@ def test_predict_takes_one_path_image_or_array_and_refuses_empty(
         model.predict(Image.new('RGB', (0, 0)))
     with pytest.raises(DataError, match='expected uint8'):
         model.predict(np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.parametrize('cut', ['empty', 'half', 'text'])
+def test_broken_model_files_are_one_line(alexnet_npz, tmp_path, cut):
+    from finetune.common.errors import CheckpointError
+    from tests.conftest import run_module
+    data = open(alexnet_npz, 'rb').read()
+    broken = tmp_path / 'model.npz'
+    broken.write_bytes({'empty': b'', 'half': data[:len(data) // 2],
+                        'text': b'hello\n'}[cut])
+    with pytest.raises(CheckpointError, match='model.npz'):
+        finetune.load(str(broken))
+    for command in (['finetune.predict', '--model', str(broken),
+                     data_path('cat.jpg')],
+                    ['finetune.export', '--model', str(broken), '-o',
+                     str(tmp_path / 'm.onnx')]):
+        result = run_module(*command)
+        assert result.returncode == 2, result.stderr[-1000:]
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
