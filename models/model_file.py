@@ -15,6 +15,7 @@ import chainer
 import numpy as np
 
 from finetune.common.errors import CheckpointError
+from finetune.common.errors import one_line
 from finetune.common.fileio import atomic_write
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
@@ -108,11 +109,7 @@ def read_model_meta(path):
             return read_meta(npz, path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError('%s: cannot read model file: %s'
-                              % (path, _one_line(e))) from None
-
-
-def _one_line(error):
-    return ' '.join(str(error).split()) or type(error).__name__
+                              % (path, one_line(e))) from None
 
 
 def load_model(path):
@@ -130,7 +127,7 @@ def load_model(path):
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError('%s: cannot read model file: %s'
-                              % (path, _one_line(e))) from None
+                              % (path, one_line(e))) from None
     if not hasattr(npz, 'files'):
         raise CheckpointError('%s: not a finetune model file (a bare '
                               'array)' % path)
@@ -144,7 +141,7 @@ def load_model(path):
                                   % (path, meta['arch'], e)) from None
         except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
             raise CheckpointError('%s: cannot read model file: %s'
-                                  % (path, _one_line(e))) from None
+                                  % (path, one_line(e))) from None
         prep = meta['preprocess']
         preprocess = CaffePreprocess(
             size=prep['size'], crop_size=prep['crop_size'],

@@ -7,6 +7,14 @@ with status 2 instead of showing a traceback.
 """
 
 
+def one_line(error):
+    """An exception as one line of text: its message with whitespace runs
+    collapsed, else its type's name; ``''`` for None."""
+    if error is None:
+        return ''
+    return ' '.join(str(error).split()) or type(error).__name__
+
+
 class FinetuneError(Exception):
     """Base class: a problem with the user's input, described in one line."""
 

@@ -19,6 +19,7 @@ import os
 import sys
 
 from finetune.common.errors import FinetuneError
+from finetune.common.errors import one_line
 
 #: (folder under nvidia/, soname) of the libraries CuPy 13 loads by name,
 #: dependencies first (libcublas needs libcublasLt; the wheels' RUNPATHs
@@ -88,7 +89,7 @@ def preload_pip_cuda_libraries(libraries=PIP_CUDA_LIBRARIES, path=None,
             ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
             loaded.append(lib)
         except OSError as e:
-            errors.append('%s: %s' % (soname, _one_line(e)))
+            errors.append('%s: %s' % (soname, one_line(e)))
     return loaded, errors
 
 
@@ -105,7 +106,7 @@ def preload_at_import():
 
 def _unusable_reason(cuda):
     """Why chainer finds CuPy unusable, with what the preload saw."""
-    reason = _one_line(getattr(cuda, '_resolution_error', None))
+    reason = one_line(getattr(cuda, '_resolution_error', None))
     reason = reason or 'cupy is not installed'
     if _AT_IMPORT['errors']:
         reason += '; could not load ' + ', '.join(_AT_IMPORT['errors'])
@@ -143,7 +144,7 @@ def device(gpu, option=None):
     except Exception as e:  # CUDARuntimeError: no driver, old driver
         raise FinetuneError('%s: CUDA is not usable (%s); it needs an '
                             'NVIDIA driver for CUDA 12 or newer'
-                            % (option, _one_line(e)))
+                            % (option, one_line(e)))
     if gpu >= count:
         raise FinetuneError('%s: this machine has %d CUDA device(s)'
                             % (option, count))
@@ -159,8 +160,3 @@ def usable_device_count():
         return chainer.backends.cuda.cupy.cuda.runtime.getDeviceCount()
     except Exception:  # CUDARuntimeError: no driver
         return 0
-
-
-def _one_line(error):
-    """An exception (or None) as one line of text."""
-    return ' '.join(str(error).split()) if error is not None else ''

@@ -5,10 +5,11 @@ Training's folder scan (``problems.csv``), ``gather``'s report and
 :data:`PROBLEMS` codes below, optionally followed by ``': '`` and a detail
 (PIL's message for ``undecodable``).
 """
-import io
 import os
 
 from PIL import Image, UnidentifiedImageError
+
+from finetune.common.errors import one_line
 
 #: File name extensions (lower case) that folder scans list, in training
 #: and in prediction alike (what PIL decodes).
@@ -61,21 +62,19 @@ def problem_of_exception(error):
         return NOT_IMAGE
     if isinstance(error, FileNotFoundError):
         return MISSING
-    message = ' '.join(str(error).split()) or type(error).__name__
+    message = one_line(error)
     if 'truncated' in message:
         return TRUNCATED
     return '%s: %s' % (UNDECODABLE, message)
 
 
-def open_decoded(source):
-    """Open ``source`` (a path or bytes) and decode it fully: a PIL image.
+def open_decoded(path):
+    """Open the image file ``path`` and decode it fully: a PIL image.
 
     Raises:
         Exception: whatever PIL raises (see :func:`problem_of_exception`).
     """
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
-    image = Image.open(source)
+    image = Image.open(path)
     image.load()
     return image
 

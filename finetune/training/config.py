@@ -124,7 +124,8 @@ class TrainConfig:
         check_config(self)
 
 
-def _flag(name):
+def option_flag(name):
+    """The command-line flag of the TrainConfig field ``name``."""
     return '--' + name.replace('_', '-')
 
 
@@ -154,7 +155,7 @@ def check_config(config):
     ]
     for name, ok, what in rules:
         if not ok:
-            raise FinetuneError('%s %s: %s' % (_flag(name),
+            raise FinetuneError('%s %s: %s' % (option_flag(name),
                                                getattr(config, name), what))
 
 
@@ -174,7 +175,7 @@ def add_config_arguments(parser):
             kwargs.setdefault('type', _argparse_type(field.type))
             kwargs['default'] = field.default
         flags = [f for f in meta['flags'] if not f.startswith('--')]
-        flags += [_flag(field.name)]
+        flags += [option_flag(field.name)]
         flags += [f for f in meta['flags'] if f.startswith('--')]
         groups[meta['group']].add_argument(*flags, **kwargs)
 

@@ -20,6 +20,7 @@ from chainer.training import extensions
 from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
+from finetune.common.errors import one_line
 from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
@@ -132,7 +133,6 @@ def load_pretrained(pretrained, prototxt=None, pretrained_dir='pretrained'):
     key = hashlib.sha1(source.encode('utf-8')).hexdigest()[:12]
     name = os.path.splitext(os.path.basename(source))[0]
     out = os.path.join(converted_cache_dir(), '%s-%s.npz' % (name, key))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     path, _ = ensure_converted(pretrained, ConversionOptions(
         prototxt=prototxt), out, pretrained_dir=pretrained_dir)
     return load_model(path)
@@ -378,7 +378,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
             chainer.serializers.load_npz(resume, trainer)
         except (KeyError, ValueError) as e:
             raise FinetuneError('--resume %s: does not fit this run (%s)'
-                                % (resume, ' '.join(str(e).split())[:200])
+                                % (resume, one_line(e)[:200])
                                 ) from None
     try:
         trainer.run()

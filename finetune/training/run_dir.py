@@ -17,7 +17,9 @@ import os
 import numpy as np
 
 from finetune.common.errors import FinetuneError
+from finetune.common.errors import one_line
 from finetune.common.fileio import atomic_write
+from finetune.training.config import option_flag
 from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import latest_snapshot
 
@@ -84,13 +86,7 @@ def prepare_run_dir(config):
     """
     identity = run_identity(config)
     path = os.path.join(config.out, IDENTITY_FILE)
-    stored = None
-    if os.path.exists(path):
-        try:
-            with open(path, encoding='utf-8') as f:
-                stored = json.load(f)
-        except (OSError, ValueError):
-            stored = None
+    stored = _stored_identity(config.out)
     if config.resume and config.resume != 'auto':
         resume_snapshot(config.resume, config.out)  # before any scan
     if config.resume:
@@ -105,8 +101,8 @@ def prepare_run_dir(config):
                 '--resume: the snapshots are of another run (%s differ: '
                 '%s); resume with the same options or start anew with '
                 'another --out (or --overwrite)' % (', '.join(
-                    _flag(k) for k in differs), '; '.join(
-                    '%s was %r, now %r' % (_flag(k), stored.get(k),
+                    option_flag(k) for k in differs), '; '.join(
+                    '%s was %r, now %r' % (option_flag(k), stored.get(k),
                                            identity[k]) for k in differs)))
     elif _snapshots(config.out):
         if not config.overwrite:
@@ -130,10 +126,6 @@ def _stored_identity(directory):
         return None
 
 
-def _flag(name):
-    return '--' + name.replace('_', '-') if name != 'data' else '--data'
-
-
 def resume_snapshot(resume, out):
     """The snapshot file ``--resume`` names (``auto``: the latest in
     ``out``, or None for a fresh start), checked to be a trainer snapshot.
@@ -150,8 +142,7 @@ def resume_snapshot(resume, out):
             keys = set(getattr(npz, 'files', ()))
     except Exception as e:  # zipfile, OSError, ValueError, EOFError...
         raise FinetuneError('--resume %s: not a readable snapshot (%s)'
-                            % (path, ' '.join(str(e).split()) or
-                               type(e).__name__)) from None
+                            % (path, one_line(e))) from None
     if 'updater/iteration' not in keys:
         hint = ' (a model file: pass it as --pretrained to fine-tune it ' \
             'further)' if '__meta__' in keys else ''
