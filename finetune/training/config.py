@@ -72,6 +72,9 @@ class TrainConfig:
         'GPUs; model files stay float32', group='solver',
         choices=['float32', 'float16'])
     epochs: int = option(10, 'epochs to train', '-E', group='schedule')
+    time_limit: float = option(
+        0.0, 'stop training after this many seconds (wall clock, at the next '
+        'iteration) even before --epochs; 0: no limit', group='schedule')
     lr_step: int = option(0, 'multiply lr by --lr-gamma every N epochs (0: '
                           'never)', group='schedule')
     lr_gamma: float = option(0.1, 'factor of each --lr-step', group='schedule')
@@ -146,6 +149,7 @@ def check_config(config):
         ('cache_crops', config.cache_crops >= 1, 'must be >= 1'),
         ('loaderjob', config.loaderjob >= 0, 'must be >= 0'),
         ('lr', config.lr > 0, 'must be > 0'),
+        ('time_limit', config.time_limit >= 0, 'must be >= 0'),
         ('lr_step', config.lr_step >= 0, 'must be >= 0'),
         ('snapshot_interval', config.snapshot_interval >= 0,
          'must be >= 0'),

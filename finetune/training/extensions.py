@@ -136,6 +136,31 @@ class EpochOrIntervalTrigger:
             self.interval and updater.iteration % self.interval == 0)
 
 
+class EpochsOrTimeLimit:
+    """Stop trigger: ``epochs`` epochs done, or ``seconds`` of training
+    (``trainer.elapsed_time``, wall clock, resumed runs included) spent
+    after at least one iteration; ``seconds`` 0 means no time limit. The
+    progress bar shows the epochs.
+    """
+
+    def __init__(self, epochs, seconds=0):
+        self.epochs = chainer.training.triggers.IntervalTrigger(epochs,
+                                                                'epoch')
+        self.seconds = seconds
+
+    def __call__(self, trainer):
+        if (self.seconds and trainer.updater.iteration
+                and trainer.elapsed_time >= self.seconds):
+            return True
+        return self.epochs(trainer)
+
+    def get_training_length(self):
+        return self.epochs.get_training_length()
+
+    def serialize(self, serializer):
+        self.epochs.serialize(serializer['epochs'])
+
+
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+import time
 from typing import Optional
 
 import chainer
@@ -37,6 +38,7 @@ from finetune.training import report
 from finetune.training.distributed import ranks_for
 from finetune.training.extensions import Classifier
 from finetune.training.extensions import EpochOrIntervalTrigger
+from finetune.training.extensions import EpochsOrTimeLimit
 from finetune.training.extensions import RandomCropConverter
 from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import SaveBestModel
@@ -74,11 +76,17 @@ class FitResult:
         metrics (dict or None): the final validation report's summary
             (``accuracy``, ``top5``, ``n_images``...; None without
             validation images).
+        seconds (dict): wall-clock seconds of each stage: ``scan`` (listing
+            and checking the images), ``features`` (the loaders, and the
+            feature cache when one is built), ``training`` (the trainer,
+            with its per-epoch validation) and ``evaluation`` (the final
+            report).
     """
     out: str
     model_final: str
     model_best: Optional[str]
     metrics: Optional[dict]
+    seconds: dict
 
 
 @dataclasses.dataclass
@@ -415,6 +423,8 @@ class Run:
         head, frozen (list of str): replaced and frozen layer names.
         class_names (list of str), preprocess (CaffePreprocess).
         val_list (list): validation entries ``(path, label)``.
+        seconds (dict): wall-clock seconds of the stages so far (``scan``,
+            ``features``; see :class:`FitResult`).
     """
     model: object
     optimizer: object
@@ -426,6 +436,7 @@ class Run:
     class_names: list
     preprocess: CaffePreprocess
     val_list: list
+    seconds: dict
 
     @property
     def network(self):
@@ -470,10 +481,12 @@ def assemble(config, ranks, pretrained=None, validation=True):
         plan.preprocess
     head, frozen = plan.head, plan.frozen
     lists = None
+    start = time.perf_counter()
     if ranks.is_root:
         lists = prepare_lists(config, pretrained_prep.channels,
                               pretrained_prep.size)
     train_list, val_list, class_names, data_mean = ranks.bcast(lists)
+    seconds = {'scan': time.perf_counter() - start}
     if not validation:
         val_list = []
     elif ranks.is_root and not val_list:
@@ -486,10 +499,12 @@ def assemble(config, ranks, pretrained=None, validation=True):
     model = make_model(train_net, config.dtype, device)
     eval_model = model if eval_net is train_net else Classifier(eval_net)
     optimizer = make_optimizer(model, config, head, frozen, ranks)
+    start = time.perf_counter()
     inputs = make_inputs(config, model, eval_model, train_list, val_list,
                          preprocess, device, ranks)
+    seconds['features'] = time.perf_counter() - start
     return Run(model, optimizer, inputs, device, ranks, head, frozen,
-               class_names, preprocess, val_list)
+               class_names, preprocess, val_list, seconds)
 
 
 def fit(config):
@@ -526,15 +541,18 @@ def _fit(config, ranks, pretrained):
     updater = SeededUpdater(run.inputs.train_iter, run.optimizer,
                             run.inputs.converter, run.device,
                             seed=config.seed, rank=ranks.rank)
-    trainer = chainer.training.Trainer(updater, (config.epochs, 'epoch'),
-                                       out=config.out)
+    trainer = chainer.training.Trainer(
+        updater, EpochsOrTimeLimit(config.epochs, config.time_limit),
+        out=config.out)
     best = os.path.join(config.out, MODEL_BEST)
     add_extensions(trainer, config, run.inputs, run.device, ranks,
                    lambda acc: save(best, val_accuracy=acc))
+    start = time.perf_counter()
     try:
         run_trainer(trainer, config.resume, ranks, updater, config.out)
     finally:
         run.inputs.finalize()
+    run.seconds['training'] = time.perf_counter() - start
     agree = ranks.weights_agree(run.model.predictor)
     if not ranks.is_root:
         return None
@@ -545,13 +563,15 @@ def _fit(config, ranks, pretrained):
     set_param_dtype(network, np.float32)  # evaluated as it is saved
     final = os.path.join(config.out, MODEL_FINAL)
     save(final)
+    start = time.perf_counter()
     summary = evaluate_and_report(config, network, run.val_list,
                                   run.class_names, run.preprocess,
                                   run.device)
+    run.seconds['evaluation'] = time.perf_counter() - start
     if summary:
         print(report.format_summary(summary))
     return FitResult(config.out, final, best if run.val_list else None,
-                     summary)
+                     summary, run.seconds)
 
 
 def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):

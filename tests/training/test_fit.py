@@ -450,3 +450,22 @@ def test_float16_trains_resumes_exactly_and_saves_float32(digits, tmp_path):
         data, pretrained, tmp_path / 'float32', '--epochs', '2',
         *common[:-4], '--log-interval', '0'))
     assert report['top1_accuracy'] >= float32['top1_accuracy'] - 0.05
+
+
+def test_time_limit_stops_before_the_epochs(digits, tmp_path):
+    """--time-limit stops at the first iteration past the limit (here the
+    first: 1 microsecond is over as soon as one step has run), and the run
+    still ends with model_final.npz, its evaluation and the stage times."""
+    data, pretrained = digits
+    argv = train_args(data, pretrained, tmp_path, '--epochs', '50',
+                      '--log-interval', '1', '--time-limit', '1e-6',
+                      '--replace', 'ip2')
+    result = fit(config_from_args(build_parser().parse_args(argv)))
+    with open(tmp_path / 'log') as f:
+        log = json.load(f)
+    assert [entry['iteration'] for entry in log] == [1]
+    assert os.path.exists(result.model_final)
+    assert result.metrics['n_examples'] > 0
+    assert set(result.seconds) == {'scan', 'features', 'training',
+                                   'evaluation'}
+    assert all(s > 0 for s in result.seconds.values())
