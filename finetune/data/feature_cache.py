@@ -11,8 +11,8 @@ was measured and rejected: 4 of its 5 positions are the extreme shifts, so
 the head trains on a harder distribution than the centered evaluation
 crops; see benchmarks/README.md.) Caches are memory-mapped ``.npy`` files,
 so datasets larger than memory work, and are keyed by a hash of the frozen
-weights, the preprocessing, the crop set and the image files (path, size,
-mtime): any change builds a new cache.
+weights (BatchNorm statistics included), the preprocessing, the crop set
+and the image files (path, size, mtime): any change builds a new cache.
 """
 import hashlib
 import json
@@ -49,6 +49,16 @@ def take_crops(array, preprocess, windows):
     return np.stack([preprocess.crop(array, window=w) for w in windows])
 
 
+def frozen_values(link):
+    """(name, NumPy array) of everything a frozen layer computes with, as
+    its serialization holds it: the parameters and the persistent values
+    (BatchNorm's stored mean, variance and factor), sorted by name."""
+    serializer = chainer.serializers.DictionarySerializer()
+    serializer.save(link)
+    return sorted((name, np.ascontiguousarray(value))
+                  for name, value in serializer.target.items())
+
+
 def cache_key(net, frozen_names, preprocess, root, entries, mode,
               count=10):
     """Hex digest of everything the cached features depend on."""
@@ -59,10 +69,9 @@ def cache_key(net, frozen_names, preprocess, root, entries, mode,
                               preprocess.scale, preprocess.channels]).encode())
     digest.update(np.ascontiguousarray(preprocess.mean).tobytes())
     for name in frozen_names:
-        for param_name, param in sorted(net[name].namedparams()):
-            digest.update(param_name.encode())
-            digest.update(chainer.backend.CpuDevice().send(
-                param.array).tobytes())
+        for value_name, value in frozen_values(net[name]):
+            digest.update(value_name.encode())
+            digest.update(value.tobytes())
     for path, label in entries:
         stat = os.stat(os.path.join(root, path))
         digest.update(('%s\0%d\0%d\0%d\n' % (path, label, stat.st_size,

@@ -21,7 +21,12 @@ Caffe's: both divide it by the window size); WITHIN_CHANNEL LRN as
 ``Mul``/``AveragePool``/``Pow``; Caffe's ceil-rounded pooling as
 ``MaxPool`` on an input padded with -inf (only when the rounding needs it),
 then ``Slice``. onnx_chainer's own ``Pad`` converter rejects a float pad
-value such as -inf, so this module supplies its own.
+value such as -inf, so this module supplies its own. On graph nets,
+BatchNorm is an inference ``BatchNormalization`` (scale 1, bias 0, the
+stored mean and variance, Caffe's eps), Scale a ``Mul`` (and ``Add`` with
+``bias_term``) by its broadcast weights, Eltwise SUM ``Add``, Concat
+``Concat``, global average pooling an ``AveragePool`` over the whole
+map.
 """
 import json
 import warnings

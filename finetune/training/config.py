@@ -59,8 +59,10 @@ class TrainConfig:
         'none', "layers not trained: 'conv1-conv5', 'conv1,conv2', 'none'",
         group='pretrained network and surgery')
     replace: str = option(
-        'fc6-fc8', 'layers re-initialized as the new head (Caffe '
-        'Flickr-Style: fc8)', group='pretrained network and surgery')
+        'auto', "layers re-initialized as the new head; 'auto': fc6-fc8 on "
+        'AlexNet/CaffeNet, the last InnerProduct on other nets (the last '
+        'Convolution without one); Caffe Flickr-Style: fc8',
+        group='pretrained network and surgery')
     head_lr_mult: float = option(10.0, 'learning-rate multiplier of the new '
                                  'head', group='solver')
     lr: float = option(0.001, 'base learning rate', group='solver')

@@ -56,6 +56,7 @@ from finetune.training.surgery import FineTuneNet
 from finetune.training.surgery import freeze_layers
 from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
+from finetune.training.surgery import parse_head_spec
 from finetune.training.surgery import parse_layer_spec
 from finetune.training.surgery import replace_head
 from finetune.training.surgery import set_param_dtype
@@ -187,7 +188,7 @@ def surgery_plan(config, pretrained):
             frozen, or ``--cache-features`` without a frozen trunk.
     """
     try:
-        head = parse_layer_spec(config.replace, pretrained)
+        head = parse_head_spec(config.replace, pretrained)
     except FinetuneError as e:
         raise FinetuneError('--replace: %s' % e) from None
     try:

@@ -6,7 +6,8 @@ forward order): ``conv1-conv5`` (a range), ``conv1,conv2`` (a list),
 prototxt (:class:`~finetune.models.CaffeGraph`) the ends of a range may be
 any layer in prototxt order (``conv_1-eltwise_stage2_block3`` selects the
 weighted layers between them) and ``up-to:LAYER`` selects every weighted
-layer before LAYER, and LAYER itself when it has weights.
+layer before LAYER, and LAYER itself when it has weights. ``--replace``
+defaults to ``auto``, the layers :func:`default_head` names.
 """
 import chainer
 import numpy
@@ -51,6 +52,32 @@ def parse_layer_spec(spec, model):
         chosen.update(n for n in names
                       if first <= order.index(n) <= last)
     return [n for n in names if n in chosen]
+
+
+#: ``--replace auto`` on the built-in AlexNet and CaffeNet chains (and on a
+#: bare sequence of layer names): Caffe's recipe, a new fc6-fc8 head.
+CHAIN_HEAD = 'fc6-fc8'
+
+
+def default_head(model):
+    """The layer spec ``--replace auto`` stands for on ``model``.
+
+    AlexNet and CaffeNet: ``fc6-fc8``. A net built from a prototxt
+    (:class:`~finetune.models.CaffeGraph`): its classifier, the last
+    InnerProduct (the last Convolution in a net without one, such as
+    SqueezeNet's ``conv10``); ``none`` when it has neither.
+    """
+    if hasattr(model, 'classifier_name'):
+        return model.classifier_name or 'none'
+    return CHAIN_HEAD
+
+
+def parse_head_spec(spec, model):
+    """:func:`parse_layer_spec` of a ``--replace`` value, ``auto`` being
+    :func:`default_head`."""
+    if (spec or '').strip() == 'auto':
+        spec = default_head(model)
+    return parse_layer_spec(spec, model)
 
 
 def check_freeze_set(model, frozen):

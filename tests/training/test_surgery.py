@@ -1,7 +1,8 @@
-"""finetune.training.surgery on graph nets (the small ResNet of
-tests/assets/caffe), and a fine-tuning run on it through fit()."""
+"""finetune.training.surgery on graph nets (the small nets of
+tests/assets/caffe), and fine-tuning runs on them through fit()."""
 import os
 
+import chainer
 import numpy as np
 import pytest
 
@@ -9,9 +10,14 @@ import finetune
 from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import convert_caffemodel
 from finetune.common.errors import FinetuneError
+from finetune.models import AlexNet
+from finetune.models import CaffeGraph
+from finetune.models import CaffeNet
 from finetune.models.model_file import load_model
+from finetune.models.model_file import read_model_meta
 from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
+from finetune.training.surgery import parse_head_spec
 from finetune.training.surgery import parse_layer_spec
 from finetune.training.surgery import replace_head
 from tests.conftest import write_style_folder
@@ -97,3 +103,37 @@ def test_fine_tuning_a_resnet_keeps_frozen_statistics(resnet, tmp_path):
     assert not np.array_equal(before['res2b_branch2a'].W.array,
                               after['res2b_branch2a'].W.array)
     assert result.metrics is not None and os.path.isfile(result.model_best)
+
+
+@pytest.mark.parametrize('name, head', [
+    ('resnet_small', ['fc5']), ('inception_small', ['loss3/classifier']),
+    ('mixed_small', ['fc']),  # not its squeeze-excitation se_fc
+    ('squeeze_small', ['conv10'])])  # no InnerProduct: the last Convolution
+def test_replace_auto_is_the_last_inner_product(name, head, small_nets):
+    net = CaffeGraph.from_prototxt(small_nets[name]['prototxt'])
+    assert parse_head_spec('auto', net) == head
+
+
+def test_replace_auto_on_alexnet_is_fc6_to_fc8():
+    assert finetune.TrainConfig(data='photos').replace == 'auto'
+    for arch in (AlexNet, CaffeNet):
+        net = arch(initialW=chainer.initializers.Zero())
+        assert parse_head_spec('auto', net) == ['fc6', 'fc7', 'fc8']
+    assert parse_head_spec('fc8', net) == ['fc8']
+
+
+def test_the_default_head_of_lenet_is_its_last_inner_product(digits,
+                                                            tmp_path):
+    """The real Caffe LeNet (a prototxt net: conv1, conv2, ip1, ip2) with
+    no --replace: ip2 alone is new, ip1 keeps its pretrained weights."""
+    data, pretrained = digits
+    result = finetune.fit(finetune.TrainConfig(
+        data=data, pretrained=pretrained, freeze='conv1-ip1', epochs=1,
+        batchsize=16, val_split=0.3, loaderjob=0, out=str(tmp_path)))
+    meta = read_model_meta(result.model_final)
+    assert meta['replaced'] == ['ip2']
+    assert meta['frozen'] == ['conv1', 'conv2', 'ip1']
+    before, _, _ = load_model(pretrained)
+    after, _, _ = load_model(result.model_final)
+    assert np.array_equal(before.ip1.W.array, after.ip1.W.array)
+    assert not np.array_equal(before.ip2.W.array, after.ip2.W.array)
