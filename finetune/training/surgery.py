@@ -12,6 +12,7 @@ defaults to ``auto``, the layers :func:`default_head` names.
 import chainer
 import numpy
 
+from finetune.models.caffe_graph import CaffeBatchNorm
 from finetune.models.model_file import build_model
 from finetune.common.errors import FinetuneError
 
@@ -159,7 +160,10 @@ def replace_head(pretrained, meta, names, n_classes):
 
     Returns:
         A new network of the same architecture whose other layers hold
-        copies of the pretrained weights.
+        copies of the pretrained weights. A re-initialized BatchNorm has no
+        statistics to keep, so it trains on batch statistics and updates
+        them as Caffe's TRAIN phase does, even where the deploy prototxt
+        says ``use_global_stats: true`` (as deploy files do).
     """
     last = pretrained.layer_names[-1]
     if n_classes != pretrained.n_classes and last not in names:
@@ -172,6 +176,9 @@ def replace_head(pretrained, meta, names, n_classes):
         if name not in names:
             # persistents too: BatchNorm's stored mean and variance
             model[name].copyparams(pretrained[name], copy_persistent=True)
+        elif isinstance(model[name], CaffeBatchNorm):
+            model[name].use_global_stats = False
+            model[name].keep_statistics = False
     return model
 
 

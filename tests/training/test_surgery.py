@@ -82,6 +82,27 @@ def test_replace_head_keeps_batchnorm_statistics(resnet):
     assert new['fc5'].W.shape[0] == 3
 
 
+def test_a_replaced_batchnorm_learns_batch_statistics(resnet):
+    """bn2a_branch1 says use_global_stats: true, as deploy files do; once
+    re-initialized it has no statistics to keep, so a training step
+    normalizes by the batch and moves its mean off zero, as Caffe's TRAIN
+    phase does (a kept one would stay at mean 0, factor 0)."""
+    path, _ = resnet
+    net, meta, _ = load_model(path)
+    assert net['bn2a_branch1'].keep_statistics
+    new = replace_head(net, meta, ['bn2a_branch1', 'fc5'], 3)
+    bn = new['bn2a_branch1']
+    assert np.array_equal(bn.mean, np.zeros_like(bn.mean))
+    x = np.random.RandomState(0).uniform(
+        -50, 50, (4,) + net.net_input_shape).astype(np.float32)
+    with chainer.using_config('train', True):
+        new(x)
+    assert np.abs(bn.mean).max() > 0 and bn.factor[0] == 1
+    # the layers not replaced keep what the prototxt says
+    assert new['bn2a_branch2a'].keep_statistics == \
+        net['bn2a_branch2a'].keep_statistics
+
+
 def test_fine_tuning_a_resnet_keeps_frozen_statistics(resnet, tmp_path):
     """Frozen BatchNorm layers keep their stored mean and variance; those
     that train update them (Caffe's moving average)."""
