@@ -3,6 +3,10 @@ import contextlib
 import csv
 import os
 import tempfile
+import zipfile
+
+import numpy as np
+from numpy.lib import format as npy_format
 
 
 @contextlib.contextmanager
@@ -14,7 +18,9 @@ def atomic_write(path, suffix=''):
     old ``path`` (or none) and a stray ``.tmp`` file, never a truncated
     ``path``. On an exception the temporary file is removed. ``suffix`` is
     appended to the temporary name for writers that insist on an extension
-    (``numpy.savez`` adds ``.npz`` to names without it).
+    (``numpy.savez`` adds ``.npz`` to names without it). A write that fails
+    without naming a file (a full disk: ``ENOSPC``, ``EFBIG``, ``EDQUOT``)
+    is re-raised naming ``path``, so the one-line error says which file.
 
     Args:
         path (str): final destination.
@@ -27,15 +33,31 @@ def atomic_write(path, suffix=''):
         dir=directory)
     os.close(fd)
     try:
-        yield tmp
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
+        with naming_write_errors(path):
+            yield tmp
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def naming_write_errors(path):
+    """Re-raise a write error that names no file, as ``write()`` raises on
+    a full disk (``ENOSPC``, ``EFBIG``, ``EDQUOT``), naming ``path``, so
+    the one-line error says where; other errors (subclasses such as socket
+    or SSL errors included) pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if type(error) is not OSError or error.errno is None \
+                or error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
 
 
 def _umask():
@@ -60,6 +82,31 @@ def write_csv(path, header, rows):
                 writer.writerow(row)
                 count += 1
     return count
+
+
+def write_npz(path, arrays):
+    """Write ``arrays`` (name -> array) to ``path`` as an uncompressed .npz
+    file, atomically (see :func:`atomic_write`).
+
+    The same file ``numpy.savez`` writes, but when a write fails (a full
+    disk) the half-written archive is closed before the error propagates:
+    ``numpy.savez`` leaves it open in the traceback's frames, and the
+    garbage collector's ``ZipFile.__del__`` then prints a second traceback
+    ("Exception ignored in ...") after the one-line error.
+    """
+    with atomic_write(path, suffix='.npz') as tmp, open(tmp, 'wb') as file:
+        archive = zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED,
+                                  allowZip64=True)
+        try:
+            for name, value in arrays.items():
+                with archive.open(name + '.npy', 'w',
+                                  force_zip64=True) as member:
+                    npy_format.write_array(member, np.asanyarray(value))
+        except BaseException:
+            with contextlib.suppress(OSError, ValueError):
+                archive.close()  # the file is removed; only release it
+            raise
+        archive.close()
 
 
 def refuse_overwriting_inputs(output, inputs, option):

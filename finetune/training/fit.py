@@ -21,6 +21,7 @@ from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
 from finetune.common.errors import one_line
+from finetune.common.fileio import naming_write_errors
 from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
@@ -41,8 +42,8 @@ from finetune.training.extensions import RandomCropConverter
 from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import SaveBestModel
 from finetune.training.extensions import SeededUpdater
+from finetune.training.extensions import SnapshotWriter
 from finetune.training.extensions import latest_snapshot
-from finetune.training.extensions import save_snapshot
 from finetune.training.lr_find import lr_range_test
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
@@ -333,7 +334,7 @@ def add_extensions(trainer, config, inputs, device, ranks, save_best):
              'validation/main/top5'], 'epoch', file_name='accuracy.png'),
             trigger=epoch)
     trainer.extend(extensions.snapshot(
-        savefun=save_snapshot,
+        writer=SnapshotWriter(),
         filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
         n_retains=config.keep_snapshots),
         trigger=EpochOrIntervalTrigger(config.snapshot_interval))
@@ -381,7 +382,11 @@ def run_trainer(trainer, resume, ranks, updater, out):
                                 % (resume, one_line(e)[:200])
                                 ) from None
     try:
-        trainer.run()
+        # no traceback of Chainer's own before the error (a full disk is
+        # one line); errors that are not the user's still show theirs.
+        # Chainer's log and plots do not name their file: name --out.
+        with naming_write_errors(out):
+            trainer.run(show_loop_exception_msg=False)
     except RuntimeError as e:
         if 'diverge' not in str(e):
             raise
