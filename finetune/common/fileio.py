@@ -18,9 +18,9 @@ def atomic_write(path, suffix=''):
     old ``path`` (or none) and a stray ``.tmp`` file, never a truncated
     ``path``. On an exception the temporary file is removed. ``suffix`` is
     appended to the temporary name for writers that insist on an extension
-    (``numpy.savez`` adds ``.npz`` to names without it). A write that fails
-    without naming a file (a full disk: ``ENOSPC``, ``EFBIG``, ``EDQUOT``)
-    is re-raised naming ``path``, so the one-line error says which file.
+    (``numpy.savez`` adds ``.npz`` to names without it). Errors name
+    ``path``, never the temporary file: a read-only folder, an immutable
+    ``path``, a full disk (see :func:`naming_write_errors`).
 
     Args:
         path (str): final destination.
@@ -28,12 +28,15 @@ def atomic_write(path, suffix=''):
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix='.' + os.path.basename(path) + '.', suffix='.tmp' + suffix,
-        dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix='.' + os.path.basename(path) + '.',
+            suffix='.tmp' + suffix, dir=directory)
+    except OSError as e:  # a read-only folder: name the file, not tmp
+        raise OSError(e.errno, e.strerror, path) from None
     os.close(fd)
     try:
-        with naming_write_errors(path):
+        with naming_write_errors(path, temporary=tmp):
             yield tmp
             with open(tmp, 'rb') as f:
                 os.fsync(f.fileno())
@@ -46,16 +49,18 @@ def atomic_write(path, suffix=''):
 
 
 @contextlib.contextmanager
-def naming_write_errors(path):
-    """Re-raise a write error that names no file, as ``write()`` raises on
-    a full disk (``ENOSPC``, ``EFBIG``, ``EDQUOT``), naming ``path``, so
-    the one-line error says where; other errors (subclasses such as socket
-    or SSL errors included) pass unchanged."""
+def naming_write_errors(path, temporary=None):
+    """Re-raise, naming ``path``, an ``OSError`` that names no file, as
+    ``write()`` raises on a full disk (``ENOSPC``, ``EFBIG``, ``EDQUOT``),
+    or that names the internal ``temporary`` file (an immutable ``path``
+    refuses the rename onto it), so the one-line error says which file;
+    other errors (socket or SSL errors, other files) pass unchanged."""
     try:
         yield
     except OSError as error:
-        if type(error) is not OSError or error.errno is None \
-                or error.filename is not None:
+        anonymous = type(error) is OSError and error.filename is None
+        internal = temporary is not None and error.filename == temporary
+        if error.errno is None or not (anonymous or internal):
             raise
         raise OSError(error.errno, error.strerror, path) from None
 

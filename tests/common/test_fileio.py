@@ -10,6 +10,7 @@ import pytest
 from finetune.common import fileio
 from finetune.common.fileio import atomic_write
 from finetune.common.fileio import naming_write_errors
+from finetune.common.fileio import write_csv
 from finetune.common.fileio import write_npz
 
 
@@ -92,4 +93,31 @@ def test_atomic_write_names_the_destination_of_a_failed_write(tmp_path):
             raise OSError(errno.ENOSPC, 'No space left on device')
     assert str(raised.value) == (
         "[Errno 28] No space left on device: '%s'" % path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_read_only_folder_names_the_file_not_the_temporary(
+        tmp_path, monkeypatch):
+    def read_only(prefix, suffix, dir):
+        name = os.path.join(dir, prefix + 'x1y2z3' + suffix)
+        raise OSError(errno.EROFS, 'Read-only file system', name)
+    monkeypatch.setattr(fileio.tempfile, 'mkstemp', read_only)
+    path = str(tmp_path / 'p.csv')
+    with pytest.raises(OSError) as raised:
+        write_csv(path, ['a'], [[1]])
+    assert str(raised.value) == "[Errno 30] Read-only file system: '%s'" % (
+        path)
+
+
+def test_an_immutable_destination_names_the_file_not_the_temporary(
+        tmp_path, monkeypatch):
+    def immutable(source, target):
+        raise PermissionError(errno.EPERM, 'Operation not permitted', source,
+                              target)
+    monkeypatch.setattr(fileio.os, 'replace', immutable)
+    path = str(tmp_path / 'model.npz')
+    with pytest.raises(PermissionError) as raised:
+        write_npz(path, {'w': np.zeros(3)})
+    assert str(raised.value) == "[Errno 1] Operation not permitted: '%s'" % (
+        path)
     assert os.listdir(tmp_path) == []
