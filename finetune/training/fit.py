@@ -45,6 +45,7 @@ from finetune.training.extensions import SeededUpdater
 from finetune.training.extensions import SnapshotWriter
 from finetune.training.extensions import latest_snapshot
 from finetune.training.lr_find import lr_range_test
+from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
 from finetune.training.run_dir import resume_snapshot
@@ -149,11 +150,27 @@ def choose_preprocess(preprocess, mean, prepared_mean):
                            preprocess.channels)
 
 
+def resumes_from_lists(config):
+    """Whether the run reads its lists from ``--out`` (a resumption of a
+    run that wrote them) rather than scanning ``--data``."""
+    return bool(config.resume) and os.path.exists(
+        os.path.join(config.out, folder.TRAIN_FILE))
+
+
+def check_data(config):
+    """Refuse a missing, empty or one-class ``--data`` folder (or a bad
+    ``--label-file``) that the run would scan, before ``--out`` is touched
+    (listing the folder twice costs little next to verifying every
+    image)."""
+    if not resumes_from_lists(config):
+        folder.list_dataset(config.data, config.label_file)
+
+
 def prepare_lists(config, channels, size):
     """(train, val, class_names, mean): the lists in ``--out`` when
     resuming, else built from ``--data``."""
     train_txt = os.path.join(config.out, folder.TRAIN_FILE)
-    if config.resume and os.path.exists(train_txt):
+    if resumes_from_lists(config):
         train, names = folder.read_label_file(train_txt, config.data)
         val, _ = folder.read_label_file(
             os.path.join(config.out, folder.VAL_FILE), config.data,
@@ -514,6 +531,8 @@ def fit(config):
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
+    check_run_dir(config)  # a refused run leaves --out as it was
+    check_data(config)
     with exclusive_run(config.out):
         prepare_run_dir(config)
         return _fit(config, ranks, pretrained)
@@ -571,6 +590,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
                             '--communicator')
     training_device(config.device, ranks_for(None))
     pretrained = load_and_plan(config)
+    check_data(config)
     with exclusive_run(config.out):
         return _find_lr(config, pretrained, n_steps, lr_min, lr_max)
 
