@@ -7,6 +7,7 @@ and writes the final model and evaluation report. Every step is a plain
 function of plain arguments; where Chainer needs an order (dtype before
 ``optimizer.setup``, ``disable_update`` after it) one function does both.
 """
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -514,6 +515,19 @@ def assemble(config, ranks, pretrained=None, validation=True):
                class_names, preprocess, val_list)
 
 
+@contextlib.contextmanager
+def run_folder(config):
+    """Hold ``--out`` for this run: the refusals first (:func:`check_run_dir`,
+    :func:`check_data`: a refused run leaves ``--out`` as it was), then the
+    lock (:func:`exclusive_run`) and the run's identity written
+    (:func:`prepare_run_dir`) before any list is."""
+    check_run_dir(config)
+    check_data(config)
+    with exclusive_run(config.out):
+        prepare_run_dir(config)
+        yield
+
+
 def fit(config):
     """Run (or resume) one fine-tuning job.
 
@@ -531,10 +545,7 @@ def fit(config):
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
-    check_run_dir(config)  # a refused run leaves --out as it was
-    check_data(config)
-    with exclusive_run(config.out):
-        prepare_run_dir(config)
+    with run_folder(config):
         return _fit(config, ranks, pretrained)
 
 
@@ -580,7 +591,10 @@ def _fit(config, ranks, pretrained):
 
 def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     """Learning-rate range test from the pretrained weights (nothing is
-    trained for good); writes ``lr_find.png`` into ``--out``.
+    trained for good); writes ``lr_find.png`` into ``--out``. ``--out``
+    is held as by a training run (:func:`run_folder`): another run's folder
+    is refused unless ``--resume auto`` (its lists are then used and kept)
+    or ``--overwrite``.
 
     Returns:
         LRFindResult (``suggested_lr``, the curve).
@@ -590,8 +604,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
                             '--communicator')
     training_device(config.device, ranks_for(None))
     pretrained = load_and_plan(config)
-    check_data(config)
-    with exclusive_run(config.out):
+    with run_folder(config):  # its lists are the run's, as in training
         return _find_lr(config, pretrained, n_steps, lr_min, lr_max)
 
 

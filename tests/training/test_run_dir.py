@@ -105,3 +105,24 @@ def test_a_run_without_validation_images_resumes(digits, tmp_path):
     assert 'resuming from' in again.stderr
     assert (out / 'model_final.npz').exists()
     assert not (out / 'model_best.npz').exists()
+
+
+def test_lr_find_keeps_another_runs_lists(digits, tmp_path):
+    data, pretrained = digits
+    other = tmp_path / 'other'
+    shutil.copytree(data, other)
+    shutil.rmtree(other / '9')
+    out = tmp_path / 'out'
+    assert train(str(other), pretrained, out).returncode == 0
+    before = folder_state(out)
+    line = one_error_line(train(data, pretrained, out, '--lr-find'))
+    assert 'holds snapshots of an earlier run' in line
+    assert folder_state(out) == before
+    found = train(str(other), pretrained, out, '--lr-find', '-r', 'auto')
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert (out / 'lr_find.png').exists()
+    lists = ('train.txt', 'val.txt', 'labels.txt')
+    assert [before[str(out / name)][2] for name in lists] == [
+        open(out / name, 'rb').read() for name in lists]
+    resumed = train(str(other), pretrained, out, '-E', '2', '-r', 'auto')
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
