@@ -20,6 +20,7 @@ from PIL import Image
 from PIL import ImageOps
 
 from finetune.common.errors import DataError
+from finetune.data.images import file_problem
 from finetune.data.images import problem_of_exception
 
 # ImageNet mean pixel, BGR, 0-255 (the ilsvrc_2012_mean image averaged).
@@ -108,7 +109,8 @@ def read_image(path, size=None):
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) \
             as e:
-        raise DataError('%s: %s' % (path, problem_of_exception(e))) from None
+        problem = file_problem(path) or problem_of_exception(e)
+        raise DataError('%s: %s' % (path, problem)) from None
     return img
 
 

@@ -109,6 +109,9 @@ def test_unreadable_images_raise_data_error(tmp_path):
         CaffePreprocess()(str(bad))
     with pytest.raises(DataError, match='missing.jpg: missing-file'):
         read_image(str(tmp_path / 'missing.jpg'))
+    (tmp_path / 'empty.png').write_bytes(b'')  # as the training scan says
+    with pytest.raises(DataError, match='empty.png: empty-file$'):
+        read_image(str(tmp_path / 'empty.png'))
 
 
 @pytest.mark.parametrize('orientation,turn', [
