@@ -5,7 +5,10 @@
         --url-column image_url --label-column label --label-names style_names.txt
 
 Only real, distinct images are kept; every entry's fate is a row of the
-report. The library call is
+report. A killed run (SIGKILL included) resumes when the same command is
+run again: it leaves its images and the journal ``.gather_report.csv.partial``
+beside the report, which the next run reads, appends to and removes when it
+completes. The library call is
 :func:`finetune.sources.url_images.gather_from_list`.
 """
 import argparse

@@ -16,7 +16,7 @@ import numpy as np
 
 from finetune.common.errors import CheckpointError
 from finetune.common.errors import one_line
-from finetune.common.fileio import atomic_write
+from finetune.common.fileio import write_npz
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
@@ -82,8 +82,7 @@ def save_model(path, model, class_names, preprocess, **extra):
             if value.dtype == np.float16 else value
     arrays['__meta__'] = np.array(json.dumps(meta))
     arrays['__mean__'] = np.asarray(preprocess.mean, dtype=np.float32)
-    with atomic_write(path, suffix='.npz') as tmp:
-        np.savez(tmp, **arrays)
+    write_npz(path, arrays)
 
 
 def read_meta(npz, path):

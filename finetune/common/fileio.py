@@ -3,6 +3,10 @@ import contextlib
 import csv
 import os
 import tempfile
+import zipfile
+
+import numpy as np
+from numpy.lib import format as npy_format
 
 
 @contextlib.contextmanager
@@ -14,7 +18,9 @@ def atomic_write(path, suffix=''):
     old ``path`` (or none) and a stray ``.tmp`` file, never a truncated
     ``path``. On an exception the temporary file is removed. ``suffix`` is
     appended to the temporary name for writers that insist on an extension
-    (``numpy.savez`` adds ``.npz`` to names without it).
+    (``numpy.savez`` adds ``.npz`` to names without it). Errors name
+    ``path``, never the temporary file: a read-only folder, an immutable
+    ``path``, a full disk (see :func:`naming_write_errors`).
 
     Args:
         path (str): final destination.
@@ -22,20 +28,41 @@ def atomic_write(path, suffix=''):
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix='.' + os.path.basename(path) + '.', suffix='.tmp' + suffix,
-        dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix='.' + os.path.basename(path) + '.',
+            suffix='.tmp' + suffix, dir=directory)
+    except OSError as e:  # a read-only folder: name the file, not tmp
+        raise OSError(e.errno, e.strerror, path) from None
     os.close(fd)
     try:
-        yield tmp
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
+        with naming_write_errors(path, temporary=tmp):
+            yield tmp
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def naming_write_errors(path, temporary=None):
+    """Re-raise, naming ``path``, an ``OSError`` that names no file, as
+    ``write()`` raises on a full disk (``ENOSPC``, ``EFBIG``, ``EDQUOT``),
+    or that names the internal ``temporary`` file (an immutable ``path``
+    refuses the rename onto it), so the one-line error says which file;
+    other errors (socket or SSL errors, other files) pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        anonymous = type(error) is OSError and error.filename is None
+        internal = temporary is not None and error.filename == temporary
+        if error.errno is None or not (anonymous or internal):
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
 
 
 def _umask():
@@ -60,6 +87,31 @@ def write_csv(path, header, rows):
                 writer.writerow(row)
                 count += 1
     return count
+
+
+def write_npz(path, arrays):
+    """Write ``arrays`` (name -> array) to ``path`` as an uncompressed .npz
+    file, atomically (see :func:`atomic_write`).
+
+    The same file ``numpy.savez`` writes, but when a write fails (a full
+    disk) the half-written archive is closed before the error propagates:
+    ``numpy.savez`` leaves it open in the traceback's frames, and the
+    garbage collector's ``ZipFile.__del__`` then prints a second traceback
+    ("Exception ignored in ...") after the one-line error.
+    """
+    with atomic_write(path, suffix='.npz') as tmp, open(tmp, 'wb') as file:
+        archive = zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED,
+                                  allowZip64=True)
+        try:
+            for name, value in arrays.items():
+                with archive.open(name + '.npy', 'w',
+                                  force_zip64=True) as member:
+                    npy_format.write_array(member, np.asanyarray(value))
+        except BaseException:
+            with contextlib.suppress(OSError, ValueError):
+                archive.close()  # the file is removed; only release it
+            raise
+        archive.close()
 
 
 def refuse_overwriting_inputs(output, inputs, option):

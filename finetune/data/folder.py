@@ -383,6 +383,19 @@ class PreparedDataset:
     problems: list
 
 
+def list_dataset(data_dir, label_file=None):
+    """``(entries, class_names)`` of ``label_file`` (see
+    :func:`read_label_file`), or of the class folders of ``data_dir`` (see
+    :func:`scan_image_folder`); reads no image.
+
+    Raises:
+        DataError: the label file or folder cannot be used.
+    """
+    if label_file is not None:
+        return read_label_file(label_file, data_dir)
+    return scan_image_folder(data_dir)
+
+
 def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
                     label_file=None, compute_mean=True, channels=3,
                     size=(256, 256), jobs=1):
@@ -414,10 +427,7 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         DataError: the folder or label file cannot be used, or no image
             can be read.
     """
-    if label_file is not None:
-        entries, class_names = read_label_file(label_file, data_dir)
-    else:
-        entries, class_names = scan_image_folder(data_dir)
+    entries, class_names = list_dataset(data_dir, label_file)
     good, problems = verify_images(data_dir, entries, jobs=jobs,
                                    channels=channels)
     if label_file is None:

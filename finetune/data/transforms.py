@@ -3,7 +3,8 @@
 An image becomes a network input in these steps, as Caffe's data layers do:
 
 1. decode (any PIL mode: gray, RGBA, CMYK, palette, 16-bit) to RGB, or to
-   gray for one-channel nets;
+   gray for one-channel nets, turned as it is shown (EXIF Orientation, as
+   OpenCV's ``imread`` in Caffe's tools does);
 2. float32 in 0-255, channels reordered to BGR, HWC -> CHW;
 3. resize to ``size`` (256x256 for AlexNet), ignoring aspect ratio;
 4. subtract the mean (a CxHxW mean image or a per-channel mean pixel);
@@ -16,12 +17,32 @@ CHW arrays of step 2, for viewing inputs and mean images.
 """
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from finetune.common.errors import DataError
+from finetune.data.images import file_problem
 from finetune.data.images import problem_of_exception
 
 # ImageNet mean pixel, BGR, 0-255 (the ilsvrc_2012_mean image averaged).
 IMAGENET_MEAN_PIXEL = (104.0, 117.0, 123.0)
+EXIF_ORIENTATION = 0x0112
+#: EXIF orientations whose display swaps width and height
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def orientation(img):
+    """The EXIF Orientation of ``img`` (1: stored as shown)."""
+    try:
+        return img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a corrupt EXIF block: shown as stored
+        return 1
+
+
+def upright(img):
+    """``img`` turned as it is shown: phone cameras store a photo as the
+    sensor saw it and tag how to turn it (EXIF Orientation); the tag is
+    dropped, so turning twice is impossible."""
+    return img if orientation(img) == 1 else ImageOps.exif_transpose(img)
 
 
 def _to_8bit_rgb_or_gray(img, channels):
@@ -82,11 +103,14 @@ def read_image(path, size=None):
     try:
         img = Image.open(path)
         if size is not None and img.format == 'JPEG':
-            img.draft(img.mode, (size[1], size[0]))
+            turned = orientation(img) in TRANSPOSED_ORIENTATIONS
+            img.draft(img.mode, tuple(size) if turned else (size[1],
+                                                            size[0]))
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) \
             as e:
-        raise DataError('%s: %s' % (path, problem_of_exception(e))) from None
+        problem = file_problem(path) or problem_of_exception(e)
+        raise DataError('%s: %s' % (path, problem)) from None
     return img
 
 
@@ -127,7 +151,7 @@ class CaffePreprocess:
         """Steps 1-5: mean-subtracted, scaled float32 (C, H, W) at ``size``."""
         if not isinstance(img, Image.Image):
             img = read_image(img, self.size)
-        img = _to_8bit_rgb_or_gray(img, self.channels)
+        img = _to_8bit_rgb_or_gray(upright(img), self.channels)
         if img.size != self.size[::-1]:
             img = img.resize(self.size[::-1], Image.BILINEAR)
         array = to_array(img, self.channels)

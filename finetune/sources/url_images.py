@@ -7,9 +7,14 @@ is not a duplicate is saved as ``<out>/<label>/<sha1[:16]>.<ext>``; every
 entry gets a row ``url,label,status,reason,path`` in the report (default
 ``<out>/gather_report.csv``, ``path`` relative to ``<out>``). Status is
 ``saved``, ``present`` (already on disk from an earlier run) or ``skipped``
-with a reason. Images are written under a temporary name and renamed; the
-report is written to ``.<name>.partial`` as the run goes and renamed at the
-end, and a re-run reads both to skip what is already on disk and valid.
+with a reason. Images are written under a temporary name and renamed.
+While a run goes, each row is also appended to the journal
+``.<report name>.partial`` beside the report: a run that is killed (even
+with SIGKILL) leaves its images and that journal, and re-running the same
+command reads the report and the journal to skip what is already on disk
+and valid, appends to the journal, and at the end writes the report (all
+rows, atomically) and removes the journal; a successful run leaves no
+journal.
 Nothing is written outside ``--out`` (labels that are not plain folder names
 are skipped as ``bad-label``) except the report when ``--report`` says so.
 """
@@ -33,6 +38,7 @@ from finetune.common.errors import DataError
 from finetune.data import images
 from finetune.data.folder import read_class_names
 from finetune.common.fileio import atomic_write
+from finetune.common.fileio import write_csv
 
 Entry = collections.namedtuple('Entry', 'url label')
 ReportRow = collections.namedtuple('ReportRow', 'url label status reason path')
@@ -296,7 +302,8 @@ def _previous_paths(report_path):
     paths = {}
     for path in (report_path, _journal_path(report_path)):
         try:
-            with open(path, encoding='utf-8', newline='') as file:
+            with open(path, encoding='utf-8', errors='replace',
+                      newline='') as file:  # a killed run's last line may be cut
                 for row in csv.DictReader(file):
                     if row.get('status') in ('saved', 'present') and _is_stored_path(row.get('path')):
                         paths[row['url']] = row['path']
@@ -317,29 +324,52 @@ def _holds_sha1_prefix(path, prefix):
 
 
 class _ReportWriter:
-    """Writes report rows to the journal as they come; :meth:`commit` renames it."""
+    """Journals report rows as they come; :meth:`commit` writes the report.
+
+    The journal (:func:`_journal_path`) is only ever appended to, so what
+    runs killed one after another saved stays known to the next run, even
+    when a later run was killed before reaching those entries again. The
+    report itself is written once, atomically, at the end; the journal is
+    then removed.
+    """
 
     def __init__(self, report_path):
         self.report_path = report_path
         self.journal = _journal_path(report_path)
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-        self.file = open(self.journal, 'w', encoding='utf-8', newline='')
+        self.file = _open_journal(self.journal)
         self.writer = csv.writer(self.file)
-        self.writer.writerow(ReportRow._fields)
 
     def write(self, row):
         """Append one :class:`ReportRow` and flush it to disk."""
         self.writer.writerow(row)
         self.file.flush()
 
-    def commit(self):
-        """Close the journal and rename it onto the report path."""
+    def commit(self, rows):
+        """Write ``rows`` as the report and remove the journal."""
         self.file.close()
-        os.replace(self.journal, self.report_path)
+        write_csv(self.report_path, ReportRow._fields, rows)
+        os.remove(self.journal)
 
     def close(self):
         """Close the journal, keeping it for the next run."""
         self.file.close()
+
+
+def _open_journal(path):
+    """``path`` opened to append CSV rows: the header first when it is new
+    or empty, a line break first when a killed run left half a line."""
+    last = b''
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, 'rb') as old:
+            old.seek(-1, os.SEEK_END)
+            last = old.read(1)
+    file = open(path, 'a', encoding='utf-8', newline='')
+    if not last:
+        csv.writer(file).writerow(ReportRow._fields)
+    elif last != b'\n':
+        file.write('\r\n')
+    return file
 
 
 # ---------------------------------------------------------------- gather
@@ -450,7 +480,7 @@ def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
         raise
     finally:
         downloads.close()
-    report.commit()
+    report.commit(rows)
     return rows
 
 

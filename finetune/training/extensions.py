@@ -15,7 +15,9 @@ import chainer.functions as F
 import numpy as np
 from chainer.dataset import concat_examples
 from chainer.training import extension
+from chainer.training.extensions import snapshot_writers
 
+from finetune.common.fileio import write_npz
 from finetune.inference.predictor import top_k
 
 
@@ -164,11 +166,20 @@ class EpochsOrTimeLimit:
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 
 
-def save_snapshot(path, target):
-    """Trainer snapshots as uncompressed .npz: zlib saves ~7 % of float
-    weights and takes 30x the time (AlexNet's weights and momentum: 11 s
-    vs 0.4 s, 396 vs 425 MiB), at every epoch end."""
-    chainer.serializers.npz.save_npz(path, target, compression=False)
+class SnapshotWriter(snapshot_writers.Writer):
+    """Writes trainer snapshots with :func:`~finetune.common.fileio.write_npz`
+    straight onto their names (atomically) instead of Chainer's temporary
+    folder, so a failed write (a full disk) names the snapshot in one line
+    and leaves no half-written archive behind.
+
+    Uncompressed: zlib saves ~7 % of float weights and takes 30x the time
+    (AlexNet's weights and momentum: 11 s vs 0.4 s, 396 vs 425 MiB), at
+    every epoch end.
+    """
+
+    def __call__(self, filename, outdir, target):
+        write_npz(os.path.join(outdir, filename), target)
+        self._post_save()  # removes the snapshots beyond --keep-snapshots
 
 
 def latest_snapshot(directory):

@@ -7,6 +7,7 @@ and writes the final model and evaluation report. Every step is a plain
 function of plain arguments; where Chainer needs an order (dtype before
 ``optimizer.setup``, ``disable_update`` after it) one function does both.
 """
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -22,6 +23,7 @@ from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
 from finetune.common.errors import one_line
+from finetune.common.fileio import naming_write_errors
 from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
@@ -43,9 +45,10 @@ from finetune.training.extensions import RandomCropConverter
 from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import SaveBestModel
 from finetune.training.extensions import SeededUpdater
+from finetune.training.extensions import SnapshotWriter
 from finetune.training.extensions import latest_snapshot
-from finetune.training.extensions import save_snapshot
 from finetune.training.lr_find import lr_range_test
+from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
 from finetune.training.run_dir import resume_snapshot
@@ -157,11 +160,27 @@ def choose_preprocess(preprocess, mean, prepared_mean):
                            preprocess.channels)
 
 
+def resumes_from_lists(config):
+    """Whether the run reads its lists from ``--out`` (a resumption of a
+    run that wrote them) rather than scanning ``--data``."""
+    return bool(config.resume) and os.path.exists(
+        os.path.join(config.out, folder.TRAIN_FILE))
+
+
+def check_data(config):
+    """Refuse a missing, empty or one-class ``--data`` folder (or a bad
+    ``--label-file``) that the run would scan, before ``--out`` is touched
+    (listing the folder twice costs little next to verifying every
+    image)."""
+    if not resumes_from_lists(config):
+        folder.list_dataset(config.data, config.label_file)
+
+
 def prepare_lists(config, channels, size):
     """(train, val, class_names, mean): the lists in ``--out`` when
     resuming, else built from ``--data``."""
     train_txt = os.path.join(config.out, folder.TRAIN_FILE)
-    if config.resume and os.path.exists(train_txt):
+    if resumes_from_lists(config):
         train, names = folder.read_label_file(train_txt, config.data)
         val, _ = folder.read_label_file(
             os.path.join(config.out, folder.VAL_FILE), config.data,
@@ -342,7 +361,7 @@ def add_extensions(trainer, config, inputs, device, ranks, save_best):
              'validation/main/top5'], 'epoch', file_name='accuracy.png'),
             trigger=epoch)
     trainer.extend(extensions.snapshot(
-        savefun=save_snapshot,
+        writer=SnapshotWriter(),
         filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
         n_retains=config.keep_snapshots),
         trigger=EpochOrIntervalTrigger(config.snapshot_interval))
@@ -390,7 +409,11 @@ def run_trainer(trainer, resume, ranks, updater, out):
                                 % (resume, one_line(e)[:200])
                                 ) from None
     try:
-        trainer.run()
+        # no traceback of Chainer's own before the error (a full disk is
+        # one line); errors that are not the user's still show theirs.
+        # Chainer's log and plots do not name their file: name --out.
+        with naming_write_errors(out):
+            trainer.run(show_loop_exception_msg=False)
     except RuntimeError as e:
         if 'diverge' not in str(e):
             raise
@@ -508,6 +531,19 @@ def assemble(config, ranks, pretrained=None, validation=True):
                class_names, preprocess, val_list, seconds)
 
 
+@contextlib.contextmanager
+def run_folder(config):
+    """Hold ``--out`` for this run: the refusals first (:func:`check_run_dir`,
+    :func:`check_data`: a refused run leaves ``--out`` as it was), then the
+    lock (:func:`exclusive_run`) and the run's identity written
+    (:func:`prepare_run_dir`) before any list is."""
+    check_run_dir(config)
+    check_data(config)
+    with exclusive_run(config.out):
+        prepare_run_dir(config)
+        yield
+
+
 def fit(config):
     """Run (or resume) one fine-tuning job.
 
@@ -525,8 +561,7 @@ def fit(config):
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
-    with exclusive_run(config.out):
-        prepare_run_dir(config)
+    with run_folder(config):
         return _fit(config, ranks, pretrained)
 
 
@@ -577,7 +612,10 @@ def _fit(config, ranks, pretrained):
 
 def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     """Learning-rate range test from the pretrained weights (nothing is
-    trained for good); writes ``lr_find.png`` into ``--out``.
+    trained for good); writes ``lr_find.png`` into ``--out``. ``--out``
+    is held as by a training run (:func:`run_folder`): another run's folder
+    is refused unless ``--resume auto`` (its lists are then used and kept)
+    or ``--overwrite``.
 
     Returns:
         LRFindResult (``suggested_lr``, the curve).
@@ -587,7 +625,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
                             '--communicator')
     training_device(config.device, ranks_for(None))
     pretrained = load_and_plan(config)
-    with exclusive_run(config.out):
+    with run_folder(config):  # its lists are the run's, as in training
         return _find_lr(config, pretrained, n_steps, lr_min, lr_max)
 
 

@@ -76,16 +76,17 @@ def _snapshots(out):
         if os.path.isdir(out) else []
 
 
-def prepare_run_dir(config):
-    """Check ``--out`` against ``--resume``/``--overwrite`` and write (or
-    compare) the run's identity. Call with the folder locked.
+def check_run_dir(config):
+    """Refuse a run that ``--out`` does not allow, reading only: a fresh
+    run into another run's snapshots, a ``--resume`` of no trainer snapshot
+    or of a run with another identity. :func:`finetune.fit` calls it before
+    it takes the lock, so a refused run leaves ``--out`` as it was (and
+    does not create it); :func:`prepare_run_dir` checks again, locked.
 
     Raises:
-        FinetuneError: a fresh run into another run's snapshots, or a
-            resumption whose identity differs (both name what to do).
+        FinetuneError: naming what differs and what to do.
     """
     identity = run_identity(config)
-    path = os.path.join(config.out, IDENTITY_FILE)
     stored = _stored_identity(config.out)
     if config.resume and config.resume != 'auto':
         resume_snapshot(config.resume, config.out)  # before any scan
@@ -104,17 +105,30 @@ def prepare_run_dir(config):
                     option_flag(k) for k in differs), '; '.join(
                     '%s was %r, now %r' % (option_flag(k), stored.get(k),
                                            identity[k]) for k in differs)))
-    elif _snapshots(config.out):
-        if not config.overwrite:
-            raise FinetuneError(
-                '--out %s holds snapshots of an earlier run; continue it '
-                'with --resume auto, or choose another --out, or pass '
-                '--overwrite to replace it' % config.out)
+    elif _snapshots(config.out) and not config.overwrite:
+        raise FinetuneError(
+            '--out %s holds snapshots of an earlier run; continue it '
+            'with --resume auto, or choose another --out, or pass '
+            '--overwrite to replace it' % config.out)
+
+
+def prepare_run_dir(config):
+    """Check ``--out`` against ``--resume``/``--overwrite`` (see
+    :func:`check_run_dir`) and write the run's identity; with
+    ``--overwrite``, remove the earlier run's snapshots. Call with the
+    folder locked.
+
+    Raises:
+        FinetuneError: a fresh run into another run's snapshots, or a
+            resumption whose identity differs (both name what to do).
+    """
+    check_run_dir(config)
+    if not config.resume:
         for name in _snapshots(config.out):
             os.remove(os.path.join(config.out, name))
-    with atomic_write(path) as tmp:
+    with atomic_write(os.path.join(config.out, IDENTITY_FILE)) as tmp:
         with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(identity, f, indent=1, sort_keys=True)
+            json.dump(run_identity(config), f, indent=1, sort_keys=True)
 
 
 def _stored_identity(directory):

@@ -10,6 +10,7 @@ from finetune.data.transforms import CaffePreprocess
 from finetune.data.transforms import from_array
 from finetune.data.transforms import read_image
 from finetune.data.transforms import to_array
+from finetune.data.transforms import upright
 
 
 def test_to_array_is_bgr_chw_0_255():
@@ -108,3 +109,42 @@ def test_unreadable_images_raise_data_error(tmp_path):
         CaffePreprocess()(str(bad))
     with pytest.raises(DataError, match='missing.jpg: missing-file'):
         read_image(str(tmp_path / 'missing.jpg'))
+    (tmp_path / 'empty.png').write_bytes(b'')  # as the training scan says
+    with pytest.raises(DataError, match='empty.png: empty-file$'):
+        read_image(str(tmp_path / 'empty.png'))
+
+
+@pytest.mark.parametrize('orientation,turn', [
+    (3, Image.ROTATE_180), (6, Image.ROTATE_90), (8, Image.ROTATE_270)])
+def test_exif_rotated_photos_are_read_as_they_are_shown(tmp_path, orientation,
+                                                        turn):
+    """A phone photo stored turned, with the EXIF Orientation that turns it
+    back, gives the input of the upright photo (path or PIL image), as
+    OpenCV's imread (Caffe's tools) reads it."""
+    upright = Image.open(data_path('cat.jpg')).convert('RGB').resize((120, 90))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = str(tmp_path / 'phone.jpg')
+    upright.transpose(turn).save(path, quality=100, subsampling=0,
+                                 exif=exif)
+    prep = CaffePreprocess((90, 120), None, None)
+    expected = prep(upright)
+    for image in (path, Image.open(path)):
+        assert np.abs(prep(image) - expected).mean() < 1
+    cv2 = pytest.importorskip('cv2')
+    shown = cv2.imread(path).transpose(2, 0, 1).astype(np.float32)  # BGR
+    assert np.abs(prep(path) - shown).max() <= 2
+
+
+def test_a_turned_large_jpeg_is_drafted_to_at_least_the_size(tmp_path):
+    """Draft mode scales JPEGs down by 2, 4 or 8 while decoding; for a photo
+    shown turned the wanted size is turned too."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 4000 wide, 2400 high; shown 2400 x 4000
+    path = str(tmp_path / 'tall.jpg')
+    Image.new('RGB', (4000, 2400), (90, 90, 90)).save(path, exif=exif)
+    img = read_image(path, (100, 1000))  # (H, W): shown 1000 wide at least
+    assert img.size == (2000, 1200)  # halved, not quartered
+    assert upright(img).size == (1200, 2000)
+    assert CaffePreprocess((100, 1000), None, None)(path).shape == (
+        3, 100, 1000)

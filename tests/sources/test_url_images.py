@@ -5,6 +5,10 @@ import hashlib
 import io
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -173,6 +177,84 @@ def test_killed_run_leaves_journal_that_next_run_uses(tmp_path, server):
     assert rows[0].status == 'present'
     assert len(server.requests) == 1
     assert files_under(out) == ['cat/' + stored_name(CAT, '.jpg'), 'gather_report.csv']
+
+
+def start_gather(listing, out):
+    """``python -m finetune.gather LISTING -o OUT`` in its own session."""
+    return subprocess.Popen(
+        [sys.executable, '-m', 'finetune.gather', str(listing), '-o', str(out),
+         '--timeout', '30', '--retries', '0', '--no-progress'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_until(condition, timeout=60):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, 'gave up waiting'
+        time.sleep(0.02)
+
+
+def kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def test_sigkilled_runs_resume_and_leave_no_journal(tmp_path, server):
+    jpeg = 'image/jpeg'
+    hang = Response(CAT, content_type=jpeg, delay=120)
+    server.route('/host-down.jpg', Response(b'down', 503, 'text/plain'), hang,
+                 Response(FLAKY, content_type=jpeg))
+    server.route('/cat.jpg', Response(CAT, content_type=jpeg))
+    server.route('/dog.png', Response(DOG, content_type='image/png'))
+    server.route('/late.jpg', hang, Response(DOG2, content_type=jpeg))
+    listing = tmp_path / 'urls.txt'
+    listing.write_text(''.join(server.url(path) + ' ' + label + '\n' for path, label in [
+        ('/host-down.jpg', 'cat'), ('/cat.jpg', 'cat'), ('/dog.png', 'dog'),
+        ('/late.jpg', 'dog')]))
+    out = tmp_path / 'photos'
+    journal = out / '.gather_report.csv.partial'
+    # 1st run: host-down fails, cat and dog are saved, killed waiting for late
+    proc = start_gather(listing, out)
+    wait_until(lambda: journal.exists() and server.url('/dog.png') in journal.read_text())
+    wait_until(lambda: server.requests_for('/late.jpg'))
+    kill(proc)
+    saved = ['cat/' + stored_name(CAT, '.jpg'), 'dog/' + stored_name(DOG, '.png')]
+    assert files_under(out) == sorted(saved + [journal.name])
+    # 2nd run: retries host-down, which now hangs before cat and dog's rows
+    proc = start_gather(listing, out)
+    wait_until(lambda: len(server.requests_for('/host-down.jpg')) == 2
+               and len(server.requests_for('/late.jpg')) == 2)
+    kill(proc)
+    assert files_under(out) == sorted(saved + [journal.name])
+    # 3rd run completes: cat and dog are still known, not downloaded again
+    proc = start_gather(listing, out)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert 'gather: 2 saved, 2 already present, 0 skipped' in stdout
+    assert len(server.requests_for('/cat.jpg')) == len(server.requests_for('/dog.png')) == 1
+    assert files_under(out) == sorted(saved + [
+        'cat/' + stored_name(FLAKY, '.jpg'), 'dog/' + stored_name(DOG2, '.jpg'),
+        'gather_report.csv'])  # no journal, no temporary file
+    report = report_reasons(out / 'gather_report.csv')
+    assert [status for status, _, _ in report.values()] == ['saved', 'present', 'present', 'saved']
+
+
+def test_rows_after_a_journal_line_cut_by_a_kill_stay_readable(tmp_path, server):
+    server.route('/cat.jpg', Response(CAT, content_type='image/jpeg'))
+    server.route('/dog.png', Response(DOG, content_type='image/png'))
+    out = tmp_path / 'photos'
+    out.mkdir()
+    journal = out / '.gather_report.csv.partial'
+    journal.write_text('url,label,status,reason,path\r\n' + server.url('/dog.png') + ',do')
+    (out / 'dog').write_text('a file where the dog folder should be')
+    entries = [Entry(server.url('/cat.jpg'), 'cat'), Entry(server.url('/dog.png'), 'dog')]
+    with pytest.raises(OSError):  # cat saved and journaled, then dog fails
+        gather(entries, str(out), **FAST)
+    os.remove(out / 'dog')
+    rows = gather(entries, str(out), **FAST)
+    assert [row.status for row in rows] == ['present', 'saved']
+    assert len(server.requests_for('/cat.jpg')) == 1  # known from the journal
+    assert not journal.exists()
 
 
 def test_cli_reads_gzipped_flickr_csv_with_label_names(tmp_path, server, capsys):

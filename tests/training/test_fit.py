@@ -6,6 +6,7 @@ network is the Caffe-trained LeNet from examples/lenet.
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,18 +203,17 @@ def test_sigkill_and_resume_gives_the_same_weights(digits, tmp_path):
 
 KILL_IN_SNAPSHOT = '''
 import os, sys
-import chainer.serializers.npz as npz
+import finetune.common.fileio as fileio
 from finetune.train import main
-real = npz.save_npz
-def dying_save(file, target, *args, **kwargs):
-    if str(getattr(file, 'name', file)).endswith('snapshot_iter_6'):
-        if isinstance(file, str):
-            file = open(file, 'wb')
-        file.write(b'PK partial')
-        file.flush()
+real = fileio.atomic_write
+def dying_write(path, suffix=''):
+    if not path.endswith('snapshot_iter_6'):
+        return real(path, suffix)
+    with real(path, suffix) as tmp:
+        with open(tmp, 'wb') as file:
+            file.write(b'PK partial')
         os._exit(9)
-    return real(file, target, *args, **kwargs)
-npz.save_npz = dying_save
+fileio.atomic_write = dying_write
 main(sys.argv[1:])
 '''
 
@@ -237,6 +237,64 @@ def test_kill_during_snapshot_write_keeps_the_last_good_one(digits,
         train_command(data, pretrained, out, '--resume', 'auto'),
         capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+
+
+FILE_SIZE_LIMIT = '''
+import resource, runpy, signal, sys
+limit = int(sys.argv.pop(1))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+runpy.run_module('finetune.train', run_name='__main__')
+'''
+
+
+def with_file_size_limit(limit, argv, directory):
+    """``python -m finetune.train ARGV`` where no file may grow past
+    ``limit`` bytes (RLIMIT_FSIZE: what a full disk does to a write)."""
+    return [sys.executable, '-c', FILE_SIZE_LIMIT, str(limit)] + argv
+
+
+def on_full_tmpfs(size, argv, directory):
+    """``python -m finetune.train ARGV`` with a tmpfs of ``size`` bytes
+    mounted on ``directory`` (in a user and mount namespace: no root
+    needed where unprivileged namespaces are allowed; skips elsewhere)."""
+    mount = ['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c',
+             'mount -t tmpfs -o size=%d tmpfs "$0" && exec "$@"' % size,
+             str(directory)]
+    probe = subprocess.run(mount + ['true'], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip('cannot mount a tmpfs here: %s' % probe.stderr[-200:])
+    return mount + [sys.executable, '-m', 'finetune.train'] + argv
+
+
+@pytest.mark.parametrize('limited,size,message,written', [
+    # below the model's 1.7 MB: model_best.npz is the first write to fail
+    (with_file_size_limit, 10 ** 6, 'File too large', r'model_best\.npz'),
+    # room for model_best.npz, not for a snapshot (weights and momentum)
+    (with_file_size_limit, 25 * 10 ** 5, 'File too large',
+     r'snapshot_iter_\d+'),
+    (on_full_tmpfs, 10 ** 6, 'No space left on device',
+     r'model_best\.npz'),
+], ids=['file-size-limit-model', 'file-size-limit-snapshot', 'full-tmpfs'])
+def test_full_disk_stops_with_one_line_naming_the_file(
+        digits, tmp_path, limited, size, message, written):
+    data, pretrained = digits
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    out = disk / 'out'
+    argv = train_args(data, pretrained, out, '--epochs', '2',
+                      '--replace', 'ip2')
+    result = subprocess.run(limited(size, argv, disk), capture_output=True,
+                            text=True, cwd=str(tmp_path))
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"error: \[Errno \d+\] %s: '%s/%s'" % (
+        message, re.escape(str(out)), written), lines[-1]), lines[-1]
+    assert [line for line in lines if 'error' in line.lower()] == lines[-1:]
+    for text in (result.stdout, result.stderr):
+        assert 'Traceback' not in text and 'Exception ignored' not in text
+    if limited is with_file_size_limit:  # (the tmpfs went with its files)
+        assert not [name for name in os.listdir(out) if 'tmp' in name]
 
 
 def test_missing_pretrained_says_how_to_fetch(tmp_path, digits):

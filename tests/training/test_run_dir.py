@@ -15,6 +15,18 @@ def train(data, pretrained, out, *extra):
                       '-j', '0', '--log-interval', '0', *extra)
 
 
+def folder_state(folder):
+    """{path: (size, mtime_ns, bytes)} of the files under ``folder``."""
+    state = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, 'rb') as f:
+                state[path] = (os.stat(path).st_size,
+                               os.stat(path).st_mtime_ns, f.read())
+    return state
+
+
 def one_error_line(result):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
@@ -29,11 +41,13 @@ def test_reused_out_with_other_data_is_refused(digits, tmp_path):
     shutil.rmtree(other / '9')
     out = tmp_path / 'out'
     assert train(data, pretrained, out).returncode == 0
+    before = folder_state(out)
     line = one_error_line(train(str(other), pretrained, out))
     assert 'holds snapshots of an earlier run' in line
     line = one_error_line(train(str(other), pretrained, out, '-r', 'auto'))
     assert line.startswith('error: --resume: the snapshots are of another '
                            'run (--data differ')
+    assert folder_state(out) == before  # the lock file not even touched
     before = open(out / 'train.txt').read()
     assert train(str(other), pretrained, out, '--overwrite').returncode == 0
     assert open(out / 'train.txt').read() != before
@@ -59,6 +73,23 @@ def test_resume_from_a_model_file_or_text_is_one_line(digits, tmp_path):
     text.write_text('hello')
     line = one_error_line(train(data, pretrained, out, '-r', str(text)))
     assert 'not a readable snapshot' in line
+    assert not out.exists()  # refused before --out is made
+
+
+def test_an_unusable_data_folder_is_refused_before_out_is_made(digits,
+                                                               tmp_path):
+    data, pretrained = digits
+    (tmp_path / 'empty').mkdir()
+    shutil.copytree(os.path.join(data, '3'), tmp_path / 'one' / '3')
+    out = tmp_path / 'out'
+    for folder, message in [(tmp_path / 'nope', 'nope: not a folder'),
+                            (tmp_path / 'empty', 'found 0 class folder(s)'),
+                            (tmp_path / 'one', 'found 1 class folder(s)')]:
+        assert message in one_error_line(train(str(folder), pretrained, out))
+        assert not out.exists()
+        lr_find = train(str(folder), pretrained, out, '--lr-find')
+        assert message in one_error_line(lr_find)
+        assert not out.exists()
 
 
 def test_a_run_without_validation_images_resumes(digits, tmp_path):
@@ -74,3 +105,24 @@ def test_a_run_without_validation_images_resumes(digits, tmp_path):
     assert 'resuming from' in again.stderr
     assert (out / 'model_final.npz').exists()
     assert not (out / 'model_best.npz').exists()
+
+
+def test_lr_find_keeps_another_runs_lists(digits, tmp_path):
+    data, pretrained = digits
+    other = tmp_path / 'other'
+    shutil.copytree(data, other)
+    shutil.rmtree(other / '9')
+    out = tmp_path / 'out'
+    assert train(str(other), pretrained, out).returncode == 0
+    before = folder_state(out)
+    line = one_error_line(train(data, pretrained, out, '--lr-find'))
+    assert 'holds snapshots of an earlier run' in line
+    assert folder_state(out) == before
+    found = train(str(other), pretrained, out, '--lr-find', '-r', 'auto')
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert (out / 'lr_find.png').exists()
+    lists = ('train.txt', 'val.txt', 'labels.txt')
+    assert [before[str(out / name)][2] for name in lists] == [
+        open(out / name, 'rb').read() for name in lists]
+    resumed = train(str(other), pretrained, out, '-E', '2', '-r', 'auto')
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
