@@ -115,6 +115,26 @@ def run_lenet_demo(out_dir, epochs=8, fraction=0.1, loaderjob=2, seed=0,
     return results
 
 
+def flowers_config(out, data=FLOWERS_DIR, epochs=20, loaderjob=2, seed=0,
+                   **options):
+    """The TrainConfig of one demo run on open_nsfw into ``out``: 16-photo
+    batches, a third of each class validating, a log line and a snapshot
+    at each epoch end only; ``options`` are the other TrainConfig fields
+    (the freeze, head and learning rate of the run)."""
+    from finetune.training.config import TrainConfig
+    return TrainConfig(
+        data=data, pretrained='open_nsfw', batchsize=16, val_split=1 / 3,
+        loaderjob=loaderjob, seed=seed, epochs=epochs, log_interval=0,
+        snapshot_interval=0, keep_snapshots=1, overwrite=True, out=out,
+        **options)
+
+
+def finetuned_options(cache_crops=5):
+    """The fine-tuned run's surgery: trunk frozen and cached, new head."""
+    return dict(freeze=FLOWERS_FREEZE, replace='fc_nsfw',
+                cache_features=True, cache_crops=cache_crops)
+
+
 def run_flowers_demo(out_dir, epochs=20, loaderjob=2, seed=0,
                      scratch_rates=(0.01, 0.1), cache_crops=5,
                      scratch_epochs=None, data=FLOWERS_DIR):
@@ -135,24 +155,17 @@ def run_flowers_demo(out_dir, epochs=20, loaderjob=2, seed=0,
         dict: run description -> its FitResult (the fine-tuned run and
         the better from-scratch one).
     """
-    from finetune.training.config import TrainConfig
     from finetune.training.fit import fit
 
     def run(name, **options):
         print('== %s' % name, flush=True)
         options.setdefault('epochs', epochs)
-        config = TrainConfig(
-            data=data, pretrained='open_nsfw', batchsize=16,
-            val_split=1 / 3, loaderjob=loaderjob, seed=seed,
-            log_interval=0, snapshot_interval=0, keep_snapshots=1,
-            overwrite=True, out=os.path.join(out_dir, name.split()[0]),
-            **options)
-        return fit(config)
+        return fit(flowers_config(os.path.join(out_dir, name.split()[0]),
+                                  data, loaderjob=loaderjob, seed=seed,
+                                  **options))
 
     finetuned = run('finetuned (trunk %s frozen, new fc_nsfw)'
-                    % FLOWERS_FREEZE, freeze=FLOWERS_FREEZE,
-                    replace='fc_nsfw', cache_features=True,
-                    cache_crops=cache_crops)
+                    % FLOWERS_FREEZE, **finetuned_options(cache_crops))
     if scratch_epochs:
         budget, limit = '%d epochs' % scratch_epochs, 0.0
     else:
