@@ -162,6 +162,29 @@ def rate(rec, batch):
     return batch / median(rec['times'])
 
 
+def chainer_forward_fn(net, x):
+    """A call of ``net`` on ``x`` in inference mode, without a graph."""
+    import chainer
+
+    def run():
+        with chainer.using_config('train', False), \
+                chainer.no_backprop_mode():
+            return net(x).array
+    return run
+
+
+def torch_forward_fn(net, x):
+    """A call of the PyTorch module ``net`` on ``x`` in eval mode."""
+    import torch
+    xt = torch.from_numpy(x)
+    net.eval()
+
+    def run():
+        with torch.no_grad():
+            return net(xt).numpy()
+    return run
+
+
 def table(headers, rows, title=None):
     """A plain-text table (list of lines); floats get 3 significant-ish
     digits."""

@@ -151,15 +151,6 @@ def inputs(batch, seed=1):
 
 
 # ---------------------------------------------------------------- steps
-def chainer_forward_fn(net, x):
-    import chainer
-
-    def run():
-        with chainer.using_config('train', False), \
-                chainer.no_backprop_mode():
-            return net(x).array
-    return run
-
 
 def finetune_net(net, frozen, backend='chainer'):
     """FineTuneNet(net, frozen) with its frozen prefix run by ``backend``:
@@ -197,16 +188,6 @@ def chainer_train_fn(net, x, t, frozen, backend='chainer'):
             opt.update(model, x, t)
     return run
 
-
-def torch_forward_fn(net, x):
-    import torch
-    xt = torch.from_numpy(x)
-    net.eval()
-
-    def run():
-        with torch.no_grad():
-            return net(xt).numpy()
-    return run
 
 
 def torch_train_fn(net, x, t, frozen):
@@ -264,7 +245,7 @@ def child_forward(args):
     from finetune.models import AlexNet
     net = AlexNet()
     x, _ = inputs(args.child_forward)
-    run = chainer_forward_fn(net, x)
+    run = C.chainer_forward_fn(net, x)
     recs = C.interleaved({'f': run}, args.child_calls, 1)['f']
     print(json.dumps({'img_s': C.rate(recs, args.child_forward),
                       'utime': recs['utime'], 'stime': recs['stime'],
@@ -326,8 +307,8 @@ def section_forward(args, weights, caffemodel, peak, figures):
     rows, cpu_rows = [], []
     for i, batch in enumerate(args.batches):
         x, _ = inputs(batch)
-        fns = {'chainer': chainer_forward_fn(cnet, x),
-               'pytorch': torch_forward_fn(tnet, x),
+        fns = {'chainer': C.chainer_forward_fn(cnet, x),
+               'pytorch': C.torch_forward_fn(tnet, x),
                'opencv': opencv_forward_fn(C.DEPLOY, caffemodel, x)}
         if i == 0:
             ref = fns['opencv']()
@@ -485,7 +466,7 @@ def section_variants(args, weights, peak, figures):
     batch = args.variant_batch
     x, t = inputs(batch)
     tnet_f, tnet_ft = torch_net(weights), torch_net(weights)
-    tfns = {'pt fwd': torch_forward_fn(tnet_f, x),
+    tfns = {'pt fwd': C.torch_forward_fn(tnet_f, x),
             'pt frozen': torch_train_fn(tnet_ft, x, t, True)}
     rows = []
     applied = []
@@ -499,7 +480,7 @@ def section_variants(args, weights, peak, figures):
             label = '+ detach (already shipped: no change)'
         applied += _variants.apply(names)
         cnet_f, cnet_ft = chainer_net(weights), chainer_net(weights)
-        fns = {'ch fwd': chainer_forward_fn(cnet_f, x),
+        fns = {'ch fwd': C.chainer_forward_fn(cnet_f, x),
                'ch frozen': chainer_train_fn(cnet_ft, x, t, 5)}
         fns.update(tfns)
         logits = fns['ch fwd']()  # also the warm-up of 'ch fwd'
@@ -674,7 +655,7 @@ def profile(args):
                          ('all variants (MONKEYPATCHED)', list(
                              _variants.ALL))):
         _variants.apply(names)
-        run = chainer_forward_fn(chainer_net(weights), x)
+        run = C.chainer_forward_fn(chainer_net(weights), x)
         run()
         prof = cProfile.Profile()
         prof.enable()

@@ -588,24 +588,6 @@ def torch_gflop(net):
     return 2 * sum(macs) / 1e9
 
 
-def chainer_forward_fn(model, x):
-    import chainer
-
-    def run():
-        with chainer.using_config('train', False), \
-                chainer.no_backprop_mode():
-            return model(x).array
-    return run
-
-
-def torch_forward_fn(net, x):
-    import torch
-    xt = torch.from_numpy(x)
-
-    def run():
-        with torch.no_grad():
-            return net(xt).numpy()
-    return run
 
 
 def opencv_forward_fn(model, x):
@@ -626,8 +608,8 @@ def section_forward(args, npz, entry, peak, figures):
     tnet = torch_from_chainer(model, prototxt_eps(entry.prototxt_path()))
     gflop = torch_gflop(tnet)
     x = inputs(batch)
-    fns = {'chainer': chainer_forward_fn(model, x),
-           'pytorch': torch_forward_fn(tnet, x),
+    fns = {'chainer': C.chainer_forward_fn(model, x),
+           'pytorch': C.torch_forward_fn(tnet, x),
            'opencv': opencv_forward_fn(model, x)}
     ref = fns['chainer']()     # also the warm-up of each
     errs = {k: rel_err(fns[k](), ref) for k in ('pytorch', 'opencv')}
