@@ -46,7 +46,7 @@ demo: check-venv $(STAMP)
 	$(PY) -m finetune.demo
 
 test: check-venv $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 # OpenMPI for multi-process training (and its test); needs root.
 mpi-system:
