@@ -112,3 +112,24 @@ def test_outputs_never_overwrite_inputs(alexnet_npz, tmp_path):
     result = run('finetune.export', '--model', str(model), '-o', str(model))
     assert result.returncode == 2 and 'is an input' in result.stderr
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_predict_lists_a_folder_as_training_scans_it(tmp_path):
+    """A symlinked class folder is followed and hidden files and other
+    extensions are left out, as in training's scan."""
+    from finetune.data.folder import scan_image_folder
+    from finetune.inference.batch import list_images
+    root = tmp_path / 'photos'
+    (root / 'cat').mkdir(parents=True)
+    shutil.copy(data_path('cat.jpg'), root / 'cat' / 'a.jpg')
+    shutil.copy(data_path('cat.jpg'), root / 'cat' / '.hidden.jpg')
+    (root / 'cat' / 'notes.txt').write_text('not an image')
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    shutil.copy(data_path('fish-bike.jpg'), elsewhere / 'b.jpg')
+    os.symlink(elsewhere, root / 'bike')
+    listed = sorted(os.path.relpath(p, root) for p in list_images([root]))
+    assert listed == [os.path.join('bike', 'b.jpg'),
+                      os.path.join('cat', 'a.jpg')]
+    scanned, _ = scan_image_folder(str(root))
+    assert sorted(path for path, _ in scanned) == listed
