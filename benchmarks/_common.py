@@ -59,6 +59,17 @@ def setup_threads(threads, unset_openblas_tuning=False):
     return removed
 
 
+def framework_threads(threads):
+    """Import PyTorch and OpenCV and give each ``threads`` threads (their
+    own settings, beside :func:`setup_threads`' variables); returns the
+    modules (torch, cv2)."""
+    import cv2
+    import torch
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    return torch, cv2
+
+
 def blas_info():
     """One line per BLAS/OpenMP runtime loaded (threadpoolctl)."""
     try:

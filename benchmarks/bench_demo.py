@@ -19,6 +19,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
+#: FitResult.seconds' stages, in the order they run
+STAGES = ('scan', 'features', 'training', 'evaluation')
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -46,8 +49,6 @@ def main(argv=None):
                    title='\nthe demo\'s fine-tuned run, seconds by stage '
                    '(total includes loading the net and saving)'))
 
-
-STAGES = ('scan', 'features', 'training', 'evaluation')
 
 if __name__ == '__main__':
     main()

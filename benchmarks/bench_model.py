@@ -686,10 +686,7 @@ def main(argv=None):
     if args.child_forward:
         return child_forward(args)
     start = time.time()
-    import cv2
-    import torch
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
+    torch, cv2 = C.framework_threads(args.threads)
     if args.profile:
         return profile(args)
     import chainer

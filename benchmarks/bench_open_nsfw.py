@@ -725,10 +725,7 @@ def main(argv=None):
     if args.child:
         return child_main(args)
     start = time.time()
-    import cv2
-    import torch
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
+    torch, cv2 = C.framework_threads(args.threads)
     import chainer
     from finetune.models.registry import pretrained_model
     entry = pretrained_model('open_nsfw')
