@@ -84,6 +84,18 @@ def conversion_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('FINETUNE_CACHE', str(tmp_path / 'finetune-cache'))
 
 
+def backend_probabilities(path):
+    """Probabilities of the model file ``path`` on cat.jpg and
+    fish-bike.jpg from ``finetune.load``'s default (OpenCV) backend and
+    from its Chainer backend: (fast, slow), each (2, n_classes)."""
+    import finetune
+    images = [data_path('cat.jpg'), data_path('fish-bike.jpg')]
+    fast = finetune.load(path)
+    slow = finetune.load(path, backend='chainer')
+    assert fast.fast is not None and slow.fast is None
+    return fast.predict(images)[1], slow.predict(images)[1]
+
+
 def run_module(*args, timeout=300, **kwargs):
     """``python -m ARGS...`` in a subprocess: the CompletedProcess (text)."""
     return subprocess.run([sys.executable, '-m'] + list(args),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import finetune
-from tests.conftest import data_path
+from tests.conftest import backend_probabilities
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.models.model_file import save_model
 from finetune.models import AlexNet
@@ -95,12 +95,7 @@ def test_predictor_backends_agree(tmp_path):
     model = AlexNet(n_classes=4, initialW=chainer.initializers.Normal(0.01))
     path = str(tmp_path / 'm.npz')
     save_model(path, model, list('abcd'), CaffePreprocess())
-    images = [data_path('cat.jpg'), data_path('fish-bike.jpg')]
-    fast = finetune.load(path)
-    slow = finetune.load(path, backend='chainer')
-    assert fast.fast is not None and slow.fast is None
-    _, p_fast = fast.predict(images)
-    _, p_slow = slow.predict(images)
+    p_fast, p_slow = backend_probabilities(path)
     assert np.abs(p_fast - p_slow).max() < 1e-5
     assert np.allclose(p_fast.sum(axis=1), 1)
 

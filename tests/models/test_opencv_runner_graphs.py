@@ -5,7 +5,7 @@ import chainer
 import numpy as np
 import pytest
 
-import finetune
+from tests.conftest import backend_probabilities
 from tests.conftest import data_path
 from finetune.caffe.importer import import_caffemodel
 from finetune.common.errors import CaffeModelError
@@ -112,11 +112,6 @@ def test_predictor_backends_agree_on_a_graph(small_nets, tmp_path):
     path = str(tmp_path / 'resnet.npz')
     prep = CaffePreprocess(size=(36, 36), crop_size=32)
     save_model(path, model, list('abcde'), prep)
-    images = [data_path('cat.jpg'), data_path('fish-bike.jpg')]
-    fast = finetune.load(path)
-    slow = finetune.load(path, backend='chainer')
-    assert fast.fast is not None and slow.fast is None
-    _, p_fast = fast.predict(images)
-    _, p_slow = slow.predict(images)
+    p_fast, p_slow = backend_probabilities(path)
     assert p_fast.shape == (2, 5)
     assert np.abs(p_fast - p_slow).max() < 1e-5
