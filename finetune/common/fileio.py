@@ -71,9 +71,59 @@ def _umask():
     return mask
 
 
+# Cells a spreadsheet would run as a formula (OWASP's "CSV injection"):
+# those starting with one of these characters get a leading apostrophe.
+FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')
+
+
+def csv_cell(value):
+    """``value`` as a CSV cell a spreadsheet shows and never evaluates.
+
+    Text starting with ``= + - @``, a tab or a carriage return is prefixed
+    with ``'`` as OWASP recommends, and so is text already starting with
+    ``'``, so that :func:`read_csv_cell` gives every text back unchanged.
+    Text holding characters that cannot be UTF-8 (a file name of undecodable
+    bytes, as ``os.fsdecode`` returns it) has them written as ``\\xNN``
+    escapes (see :func:`printable`). Numbers and None pass unchanged.
+    """
+    if not isinstance(value, str):
+        return value
+    value = printable(value)
+    if value.startswith(FORMULA_STARTS + ("'",)):
+        return "'" + value
+    return value
+
+
+def read_csv_cell(text):
+    """The text :func:`csv_cell` was given (a cell read back from a CSV)."""
+    if text.startswith("'") and text[1:].startswith(FORMULA_STARTS + ("'",)):
+        return text[1:]
+    return text
+
+
+def csv_row(row):
+    """``row`` (an iterable of cells) with each cell made safe by
+    :func:`csv_cell`: a list."""
+    return [csv_cell(cell) for cell in row]
+
+
+def printable(text):
+    """``text`` with surrogate-escaped bytes (undecodable file names) as
+    ``\\xNN``: the same text when it is valid Unicode, else a str that
+    encodes to UTF-8 and shows which bytes were wrong."""
+    try:
+        text.encode('utf-8')
+        return text
+    except UnicodeEncodeError:
+        return text.encode('utf-8', 'surrogateescape').decode(
+            'utf-8', 'backslashreplace').encode(
+            'utf-8', 'backslashreplace').decode('utf-8')
+
+
 def write_csv(path, header, rows):
     """Write ``header`` and ``rows`` (any iterable, consumed once) as a
-    UTF-8 CSV file, atomically (see :func:`atomic_write`).
+    UTF-8 CSV file, atomically (see :func:`atomic_write`); text cells go
+    through :func:`csv_cell` (no formulas, any file name).
 
     Returns:
         int: the number of rows written.
@@ -82,9 +132,9 @@ def write_csv(path, header, rows):
     with atomic_write(path, suffix='.csv') as tmp:
         with open(tmp, 'w', newline='', encoding='utf-8') as f:
             writer = csv.writer(f)
-            writer.writerow(header)
+            writer.writerow(csv_row(header))
             for row in rows:
-                writer.writerow(row)
+                writer.writerow(csv_row(row))
                 count += 1
     return count
 

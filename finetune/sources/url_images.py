@@ -38,6 +38,8 @@ from finetune.common.errors import DataError
 from finetune.data import images
 from finetune.data.folder import read_class_names
 from finetune.common.fileio import atomic_write
+from finetune.common.fileio import csv_row
+from finetune.common.fileio import read_csv_cell
 from finetune.common.fileio import write_csv
 
 Entry = collections.namedtuple('Entry', 'url label')
@@ -305,6 +307,8 @@ def _previous_paths(report_path):
             with open(path, encoding='utf-8', errors='replace',
                       newline='') as file:  # a killed run's last line may be cut
                 for row in csv.DictReader(file):
+                    row = {key: read_csv_cell(value or '')
+                           for key, value in row.items() if key}
                     if row.get('status') in ('saved', 'present') and _is_stored_path(row.get('path')):
                         paths[row['url']] = row['path']
         except (OSError, UnicodeDecodeError, csv.Error):
@@ -342,7 +346,7 @@ class _ReportWriter:
 
     def write(self, row):
         """Append one :class:`ReportRow` and flush it to disk."""
-        self.writer.writerow(row)
+        self.writer.writerow(csv_row(row))
         self.file.flush()
 
     def commit(self, rows):

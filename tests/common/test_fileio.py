@@ -121,3 +121,30 @@ def test_an_immutable_destination_names_the_file_not_the_temporary(
     assert str(raised.value) == "[Errno 1] Operation not permitted: '%s'" % (
         path)
     assert os.listdir(tmp_path) == []
+
+
+FORMULAS = ['=HYPERLINK("http://x","y")', '+1', '-2+3', '@SUM(A1)',
+            '\tq', '\r=x', "'=quoted", "'plain"]
+
+
+def test_formula_cells_are_escaped_and_read_back_unchanged(tmp_path):
+    import csv
+    path = str(tmp_path / 'x.csv')
+    values = FORMULAS + ['a=b', 'fine', '']
+    write_csv(path, ['name', 'n'], [[value, 3] for value in values])
+    with open(path, newline='', encoding='utf-8') as f:
+        rows = list(csv.reader(f))[1:]
+    # OWASP: no cell a spreadsheet reads starts with a formula character
+    assert all(not row[0].startswith(fileio.FORMULA_STARTS) for row in rows)
+    assert [row[0] for row in rows[:6]] == ["'" + v for v in FORMULAS[:6]]
+    assert [row[1] for row in rows] == ['3'] * len(values)  # numbers as is
+    assert [fileio.read_csv_cell(row[0]) for row in rows] == values
+
+
+def test_undecodable_file_names_are_written_escaped(tmp_path):
+    import csv
+    name = os.fsdecode(b'bad\xff.png')
+    path = str(tmp_path / 'x.csv')
+    write_csv(path, ['path'], [[name]])
+    with open(path, newline='', encoding='utf-8') as f:
+        assert list(csv.reader(f))[1] == ['bad\\xff.png']
