@@ -17,6 +17,7 @@ import pytest
 
 from tests.http_server import LocalHTTPServer
 from tests.reliability.cases import build_cases
+from tests.reliability.hostile import write_hostile_files
 from tests.reliability.inputs import build_inputs
 from tests.reliability.judge import Case
 from tests.reliability.judge import Corpus
@@ -46,6 +47,7 @@ def corpus():
         with LocalHTTPServer() as server:
             CORPUS.server = server
             build_inputs(CORPUS)
+            write_hostile_files(CORPUS)
             yield CORPUS, probe(os.path.join(ROOT, 'probe'))
     finally:
         restore_permissions(ROOT, immutable=True)
@@ -60,7 +62,9 @@ def test_case_ends_as_it_must(case, corpus, tmp_path, record_property):
     record_property('reliability', tally(outcome))
     if outcome.skipped:
         pytest.skip(outcome.skipped)
-    assert not outcome.problems, report_line(CASES.index(case) + 1, outcome)
+    if outcome.problems:
+        pytest.fail(report_line(CASES.index(case) + 1, outcome),
+                    pytrace=False)
 
 
 def test_the_corpus_covers_what_it_claims():

@@ -1,0 +1,285 @@
+"""The reliability corpus's hostile files and misuse (issue 20): files
+crafted by someone else (snapshots that unpickle code, model files with
+lying metadata or bombs inside, prototxts with impossible values) and a
+careless user's values, each refused in one line naming the file or
+option, with nothing written and no code run.
+
+:func:`write_hostile_files` writes the crafted files into
+``inputs/hostile`` from the corpus's real LeNet model file and run
+folders; :func:`hostile_cases` lists the cases. A crafted pickle's payload
+creates ``inputs/hostile/PWNED``: the judge sees any such file as changed
+outside the outputs, and :func:`no_code_ran` says so by name.
+"""
+import json
+import os
+import re
+import shutil
+import zipfile
+
+import numpy as np
+
+from tests.reliability.judge import Case
+from tests.reliability.judge import PY
+from tests.reliability.judge import api
+from tests.reliability.judge import exact
+from tests.reliability.judge import module
+
+#: ``python -c`` running ``python -m MODULE ARGS`` and failing (exit 99)
+#: when the process's peak RSS went past LIMIT MiB: a bomb inflated
+MEMORY_LIMIT = '''
+import os, resource, runpy, sys
+limit = int(sys.argv.pop(1))
+sys.argv[0] = sys.argv.pop(1)
+try:
+    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+finally:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    if peak > limit:
+        print('peak RSS %d MiB, over %d MiB' % (peak, limit), file=sys.stderr)
+        os._exit(99)
+'''
+
+#: the crafted model files: name -> what is wrong with them
+MODEL_FILES = {
+    'pickled_meta': '__meta__ is a pickle that runs a command',
+    'truncated_json': '__meta__ is half a JSON document',
+    'deep_json': '__meta__ nests lists 100,000 deep',
+    'ten_classes': 'n_classes is "ten"',
+    'names_mismatch': 'class names are 3 for 10 outputs',
+    'no_arch': 'metadata lacks arch',
+    'huge_layer': 'stored prototxt says ip1 num_output: 1000000000',
+    'zero_size': 'preprocess size is [0, 0]',
+    'nan_weights': 'ip2/W holds a NaN',
+    'bomb': 'conv1/W inflates to 1 GiB of zeros',
+}
+
+#: prototxts with impossible values, each read with the real LeNet
+#: caffemodel: name -> (the text replaced, its replacement, layer, field)
+PROTOTXTS = {
+    'stride0': ('num_output: 20\n    kernel_size: 5\n    stride: 1',
+                'num_output: 20\n    kernel_size: 5\n    stride: 0', 'conv1',
+                'stride'),
+    'kernel0': ('num_output: 20\n    kernel_size: 5', 'num_output: 20\n'
+                '    kernel_size: 0', 'conv1', 'kernel_size'),
+    'group0': ('num_output: 50\n', 'num_output: 50\n    group: 0\n', 'conv2',
+               'group'),
+    'huge_output': ('num_output: 500', 'num_output: 1000000000', 'ip1',
+                    'num_output'),
+    'huge_input': ('dim: 28 dim: 28', 'dim: 100000 dim: 100000', 'data',
+                   'dim'),
+}
+
+
+class Payload:
+    """Unpickles as ``os.system(command)``: what an attacker puts in a
+    snapshot or model file."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def marker(corpus):
+    return corpus.path('hostile', 'PWNED')
+
+
+def write_hostile_files(corpus):
+    """The crafted files under ``inputs/hostile`` (needs the LeNet model
+    file and the ``noval_run`` run folder of :func:`build_inputs`)."""
+    directory = corpus.path('hostile')
+    os.makedirs(directory)
+    payload = Payload('touch %s' % marker(corpus))
+    with np.load(corpus.path('lenet.npz')) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    for name in MODEL_FILES:
+        _write_npz(os.path.join(directory, name + '.npz'),
+                   crafted_model(name, dict(arrays), payload))
+    _write_bomb(os.path.join(directory, 'bomb.npz'), arrays)
+    with open(corpus.path('lenet', 'lenet.prototxt')) as f:
+        prototxt = f.read()
+    for name, (old, new, _, _) in PROTOTXTS.items():
+        assert old in prototxt, name
+        with open(os.path.join(directory, name + '.prototxt'), 'w') as f:
+            f.write(prototxt.replace(old, new, 1))
+    with open(corpus.path('lenet', 'lenet.caffemodel'), 'rb') as f:
+        caffemodel = f.read()
+    with open(os.path.join(directory, 'nan.caffemodel'), 'wb') as f:
+        f.write(with_a_nan(caffemodel, arrays['ip2/W']))
+    run = os.path.join(directory, 'pickled_run')
+    shutil.copytree(corpus.path('noval_run'), run)
+    snapshot = max((n for n in os.listdir(run)
+                    if n.startswith('snapshot_iter_')),
+                   key=lambda n: int(n.split('_')[-1]))
+    with np.load(os.path.join(run, snapshot)) as npz:
+        members = {name: npz[name] for name in npz.files}
+    members['updater/iteration'] = np.array(payload, dtype=object)
+    _write_npz(os.path.join(run, snapshot), members)
+
+
+def crafted_model(name, arrays, payload):
+    """The LeNet model file's members with what ``name`` says is wrong."""
+    meta = json.loads(str(arrays['__meta__']))
+    text = None
+    if name == 'pickled_meta':
+        arrays['__meta__'] = np.array(payload, dtype=object)
+    elif name == 'truncated_json':
+        text = json.dumps(meta)[:200]
+    elif name == 'deep_json':
+        text = '[' * 100000 + ']' * 100000
+    elif name == 'ten_classes':
+        meta['n_classes'] = 'ten'
+    elif name == 'names_mismatch':
+        meta['class_names'] = meta['class_names'][:3]
+    elif name == 'no_arch':
+        del meta['arch']
+    elif name == 'huge_layer':
+        meta['prototxt'] = meta['prototxt'].replace('num_output: 500',
+                                                    'num_output: 1000000000')
+    elif name == 'zero_size':
+        meta['preprocess']['size'] = [0, 0]
+    elif name == 'nan_weights':
+        arrays['ip2/W'] = arrays['ip2/W'].copy()
+        arrays['ip2/W'][0, 0] = np.nan
+    if name != 'pickled_meta':
+        arrays['__meta__'] = np.array(json.dumps(meta) if text is None
+                                      else text)
+    return arrays
+
+
+def with_a_nan(caffemodel, weights):
+    """The bytes ``caffemodel`` with the first of ``weights`` (a layer's
+    float32 weights, as converted) made NaN where the file stores it."""
+    stored = np.ascontiguousarray(weights, '<f4').tobytes()[:16]
+    at = caffemodel.index(stored)
+    assert caffemodel.find(stored, at + 1) < 0, 'ambiguous weights'
+    return caffemodel[:at] + np.float32(np.nan).tobytes() + caffemodel[at + 4:]
+
+
+def _write_npz(path, arrays):
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            with archive.open(name + '.npy', 'w') as member:
+                np.lib.format.write_array(member, np.asanyarray(value),
+                                          allow_pickle=True)
+
+
+def _write_bomb(path, arrays, gib=1):
+    """``arrays`` with ``conv1/W`` a deflated member of ``gib`` GiB of
+    zeros (about 1 MB on disk), streamed: never held in memory."""
+    shape = (gib * 256, 1024, 1024)
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for name, value in arrays.items():
+            if name != 'conv1/W':
+                with archive.open(name + '.npy', 'w') as member:
+                    np.lib.format.write_array(member, value)
+                continue
+            with archive.open(name + '.npy', 'w', force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, {
+                    'descr': '<f4', 'fortran_order': False, 'shape': shape})
+                block = bytes(64 << 20)
+                for _ in range(gib * 16):
+                    member.write(block)
+
+
+# ---------------------------------------------------------------- checks
+
+def without_marker(corpus, setup=None):
+    """Set-up: no payload marker left by an earlier case, then ``setup``."""
+    def prepare(folder):
+        if os.path.exists(marker(corpus)):
+            os.remove(marker(corpus))
+        if setup:
+            setup(folder)
+    return prepare
+
+
+def no_code_ran(corpus):
+    def check(folder, result):
+        if os.path.exists(marker(corpus)):
+            os.remove(marker(corpus))
+            return 'the pickle ran: %s was created' % marker(corpus)
+    return check
+
+
+# ---------------------------------------------------------------- cases
+
+def hostile_cases(corpus):
+    """Issue 20's items 1-4 and 10: crafted snapshots, model files and
+    prototxts; non-finite values."""
+    path = corpus.path
+    hostile = lambda name: path('hostile', name)  # noqa: E731
+    run = hostile('pickled_run')
+    snapshot = lambda: max(  # noqa: E731
+        (os.path.join(run, n) for n in os.listdir(run)
+         if n.startswith('snapshot_iter_')),
+        key=lambda n: int(n.split('_')[-1]))
+    train = ['train', '--data', path('digits'), '--pretrained',
+             path('lenet.npz'), '--replace', 'ip2', '-E', '2', '-B', '16',
+             '-j', '0', '--val-split', '0', '-o', 'out']
+    cases = [
+        Case('20.1 train --resume a snapshot that unpickles a command',
+             module(*train, '--resume', snapshot),
+             setup=without_marker(corpus),
+             last=r'^error: --resume \S*pickled_run/snapshot_iter_\d+: ',
+             check=no_code_ran(corpus)),
+        Case('20.1 train --resume auto into that snapshot',
+             module(*train, '--resume', 'auto'),
+             setup=without_marker(corpus, lambda folder: shutil.copytree(
+                 run, os.path.join(folder, 'out'), symlinks=True)),
+             last=r'^error: --resume out/snapshot_iter_\d+: ',
+             check=no_code_ran(corpus)),
+    ]
+    digits0 = path('digits', '0')
+    for name, what in MODEL_FILES.items():
+        model = hostile(name + '.npz')
+        named = r'^error: (CheckpointError: )?%s: ' % exact(model)
+        check = no_code_ran(corpus)
+        cases += [
+            Case('20.2 predict a model file whose %s' % what,
+                 [PY, '-c', MEMORY_LIMIT, '600', 'finetune.predict',
+                  '--model', model, digits0, '-j', '0'],
+                 setup=without_marker(corpus), last=named, check=check),
+            Case('20.2 finetune.load a model file whose %s' % what,
+                 api('finetune.load(%r)' % model), last=named,
+                 setup=without_marker(corpus), check=check),
+        ]
+    cases += [
+        Case('20.2 train --pretrained a model file whose %s'
+             % MODEL_FILES['pickled_meta'],
+             module('train', '--data', path('digits'), '--pretrained',
+                    hostile('pickled_meta.npz'), '--replace', 'ip2', '-o',
+                    'out'),
+             setup=without_marker(corpus),
+             last=r'^error: %s: ' % exact(hostile('pickled_meta.npz')),
+             check=no_code_ran(corpus)),
+        Case('20.10 finetune.load a caffemodel',
+             api('finetune.load(%r)' % path('lenet', 'lenet.caffemodel')),
+             last=r'^error: CheckpointError: \S*lenet\.caffemodel: .*'
+                  r'caffemodel.*finetune\.convert'),
+    ]
+    for name, (_, _, layer, field) in PROTOTXTS.items():
+        prototxt = hostile(name + '.prototxt')
+        cases.append(Case(
+            '20.3 convert a prototxt whose %s %s is impossible'
+            % (layer, field),
+            [PY, '-c', MEMORY_LIMIT, '600', 'finetune.convert',
+             path('lenet', 'lenet.caffemodel'), '--prototxt', prototxt,
+             '-o', 'm.npz'],
+            last=r'^error: %s: .*\b%s\b.*\b%s\b' % (exact(prototxt),
+                                                  re.escape(layer),
+                                                  re.escape(field))))
+    cases.append(Case(
+        '20.4 convert a caffemodel holding a NaN weight', module(
+            'convert', hostile('nan.caffemodel'), '--prototxt',
+            path('lenet', 'lenet.prototxt'), '-o', 'm.npz'),
+        last=r'^error: %s: .*ip2.*(NaN|nan|finite)'
+             % exact(hostile('nan.caffemodel'))))
+    for value in ('nan', 'inf', '0'):
+        cases.append(Case(
+            '20.4 convert --scale %s' % value, module(
+                'convert', path('lenet', 'lenet.caffemodel'), '--prototxt',
+                path('lenet', 'lenet.prototxt'), '--scale', value, '-o',
+                'm.npz'), last=r'--scale'))
+    return cases
