@@ -17,6 +17,7 @@ import time
 from finetune.models.model_file import read_model_meta
 from tests.http_server import Response
 from tests.reliability.hostile import hostile_cases
+from tests.reliability.hostile import misuse_cases
 from tests.reliability.inputs import JPEG
 from tests.reliability.inputs import ODD_BAD
 from tests.reliability.inputs import ODD_GOOD
@@ -54,7 +55,8 @@ def build_cases(corpus):
             model_file_cases(corpus) + disk_cases(corpus) +
             library_cases(corpus) + gather_cases(corpus) +
             data_cases(corpus) + image_cases(corpus) +
-            output_cases(corpus) + hostile_cases(corpus))
+            output_cases(corpus) + hostile_cases(corpus) +
+            misuse_cases(corpus))
 
 
 def trainer(corpus):

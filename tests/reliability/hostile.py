@@ -283,3 +283,213 @@ def hostile_cases(corpus):
                 path('lenet', 'lenet.prototxt'), '--scale', value, '-o',
                 'm.npz'), last=r'--scale'))
     return cases
+
+
+# ---------------------------------------------------------------- misuse
+
+#: a class folder name a spreadsheet would run as a formula
+FORMULA_CLASS = "=cmd|' /C calc'!A0"
+
+
+def write_misuse_files(corpus):
+    """Inputs of :func:`misuse_cases` under ``inputs/misuse``: class
+    folders with a formula name, an undecodable file name, a class of
+    unreadable images; a LAB TIFF; an RGBA digit; URL lists."""
+    from PIL import Image
+    path = corpus.path
+    directory = path('misuse')
+    os.makedirs(directory)
+    digits = lambda label: sorted(os.listdir(path('digits', label)))  # noqa
+    for name, (label, count) in {FORMULA_CLASS: ('0', None),
+                                 '+1': ('1', None)}.items():
+        os.makedirs(os.path.join(directory, 'formula', name))
+        for file in digits(label)[:count]:
+            shutil.copy(path('digits', label, file),
+                        os.path.join(directory, 'formula', name, file))
+    for label in ('0', '1'):
+        shutil.copytree(path('digits', label),
+                        os.path.join(directory, 'odd_names', label))
+    first = digits('1')[0]
+    shutil.copy(path('digits', '1', first), os.path.join(
+        os.fsencode(directory), b'odd_names/1/bad\xff.png'))
+    for label in ('0', '1'):
+        shutil.copytree(path('digits', label),
+                        os.path.join(directory, 'unreadable_class', label))
+    os.makedirs(os.path.join(directory, 'unreadable_class', 'broken'))
+    for i in range(3):
+        with open(os.path.join(directory, 'unreadable_class', 'broken',
+                               '%d.jpg' % i), 'w') as f:
+            f.write('not an image %d\n' % i)
+    digit = Image.open(path('odd', 'upright.png')).convert('RGB')
+    digit.convert('LAB').save(os.path.join(directory, 'lab.tif'))
+    ink = Image.new('RGBA', digit.size, (0, 0, 0, 0))  # black ink, clear
+    ink.putalpha(Image.open(path('odd', 'upright.png')).convert('L'))
+    ink.save(os.path.join(directory, 'rgba_ink.png'))
+    url = corpus.server.url
+    with open(os.path.join(directory, 'numbered.csv'), 'w') as f:
+        f.write('url,label\n%s,0\n' % url('/a.jpg'))
+    with open(os.path.join(directory, 'names.txt'), 'w') as f:
+        f.write('cat\n')
+
+
+def cells_are_not_formulas(*names):
+    """No cell of the CSVs ``names`` (under the case's folder) starts as a
+    formula, and the formula class names are there, escaped."""
+    import csv
+    dangerous = ('=', '+', '-', '@', '\t', '\r')
+
+    def check(folder, result):
+        cells = []
+        for name in names:
+            with open(os.path.join(folder, name), newline='',
+                      encoding='utf-8') as f:
+                cells += [cell for row in csv.reader(f) for cell in row]
+        formulas = [cell for cell in cells if cell.startswith(dangerous)]
+        if formulas:
+            return 'formula cells: %s' % formulas[:3]
+        if "'" + FORMULA_CLASS not in cells:
+            return 'the class %r is not in %s, escaped' % (FORMULA_CLASS,
+                                                          names)
+    return check
+
+
+def trained_classes(out, expected):
+    def check(folder, result):
+        with open(os.path.join(folder, out, 'labels.txt'),
+                  encoding='utf-8') as f:
+            names = f.read().splitlines()
+        if names != expected:
+            return 'trained on classes %s, not %s' % (names, expected)
+    return check
+
+
+def stale_temporary(name):
+    """Set-up: the hidden temporary a killed write of ``name`` leaves
+    (as finetune.common.fileio.atomic_write names it)."""
+    def setup(folder):
+        with open(os.path.join(folder, stale_name(name)), 'wb') as f:
+            f.write(b'\0' * 4096)
+    return setup
+
+
+def stale_name(name):
+    base, ext = os.path.splitext(name)
+    return '.%s.k1ll3d.tmp%s' % (name, ext)
+
+
+def gone(name):
+    def check(folder, result):
+        if os.path.exists(os.path.join(folder, name)):
+            return '%s was left' % name
+    return check
+
+
+def misuse_cases(corpus):
+    """Issue 20's items 5-12: outputs over inputs, scans of odd folders,
+    formulas in CSVs, odd names and images, values, the Python API."""
+    path = corpus.path
+    misuse = lambda *parts: path('misuse', *parts)  # noqa: E731
+    lenet = path('lenet.npz')
+    train = lambda data, *args: module(  # noqa: E731
+        'train', '--data', data, '--pretrained', lenet, '--replace', 'ip2',
+        '-E', '1', '-B', '16', '-j', '0', '-o', 'out', *args)
+    trained = r'^report written to out \(see highest_loss\.csv'
+    numbered = misuse('numbered.csv')
+    cases = [
+        Case('20.5 gather --report the URL list', module(
+            'gather', numbered, '-o', 'photos', '--label-names',
+            misuse('names.txt'), '--report', numbered, '--no-progress'),
+            last=r'--report'),
+        Case('20.5 gather --report the --label-names file', module(
+            'gather', numbered, '-o', 'photos', '--label-names',
+            misuse('names.txt'), '--report', misuse('names.txt'),
+            '--no-progress'), last=r'--report'),
+        Case('20.5 train --label-file inside --out', train(
+            path('digits'), '--label-file', 'out/list.txt'),
+            setup=lambda folder: (os.makedirs(os.path.join(folder, 'out')),
+                                  shutil.copy(path('noval_run', 'train.txt'),
+                                              os.path.join(folder, 'out',
+                                                           'list.txt'))),
+            last=r'--label-file'),
+        Case('20.5 convert X.npz onto itself (its default output)', module(
+            'convert', 'weights.npz', '--prototxt', path('lenet',
+                                                         'lenet.prototxt')),
+            setup=lambda folder: shutil.copy(
+                path('lenet', 'lenet.caffemodel'),
+                os.path.join(folder, 'weights.npz')),
+            last=r'weights\.npz'),
+        Case('20.6 a class of unreadable images is left out', train(
+            misuse('unreadable_class')), status=0, outputs=('out',),
+            stream='stdout', last=trained,
+            check=trained_classes('out', ['0', '1'])),
+        Case('20.7 formula class names are escaped in the reports', train(
+            misuse('formula')), status=0, outputs=('out',), stream='stdout',
+            last=trained, check=cells_are_not_formulas(
+                'out/per_class_accuracy.csv', 'out/confusion_matrix.csv')),
+        Case('20.7 formula class names are escaped in predict', module(
+            'predict', '--model', lenet, misuse('formula'), '-o', 'p.csv',
+            '-j', '0'), status=0, outputs=('p.csv',),
+            last=r'images labelled', check=cells_are_not_formulas('p.csv')),
+        Case('20.8 train on an undecodable file name', train(
+            misuse('odd_names')), status=0, outputs=('out',),
+            stream='stdout', last=trained),
+        Case('20.8 predict an undecodable file name', module(
+            'predict', '--model', lenet, misuse('odd_names'), '-o', 'p.csv',
+            '-j', '0'), status=0, outputs=('p.csv',),
+            last=r'images labelled'),
+        Case('20.8 predict a LAB TIFF', module(
+            'predict', '--model', lenet, misuse('lab.tif'), '-j', '0'),
+            status=1, last=r': skipped: \S+: undecodable'),
+        Case('20.8 finetune.load(...).predict a LAB TIFF', api(
+            'finetune.load(%r).predict(%r)' % (lenet, misuse('lab.tif'))),
+            last=r'^error: DataError: .*undecodable'),
+        Case('20.11 an RGBA image on a gray net is composited on white',
+             api('m = finetune.load(%r)\n'
+                 'ink = Image.open(%r)\n'
+                 'white = Image.new("RGBA", ink.size, (255, 255, 255, 255))\n'
+                 'flat = Image.alpha_composite(white, ink).convert("L")\n'
+                 'a, b = m.predict([ink, flat])[1]\n'
+                 'print(float(abs(a - b).max()) < 1e-6)'
+                 % (lenet, misuse('rgba_ink.png'))),
+             status=0, stream='stdout', last=r'^True$'),
+        Case('20.12 convert removes its own stale temporary', module(
+            'convert', path('lenet', 'lenet.caffemodel'), '--prototxt',
+            path('lenet', 'lenet.prototxt'), '-o', 'm.npz'), status=0,
+            setup=stale_temporary('m.npz'),
+            outputs=('m.npz', stale_name('m.npz')), stream='stdout',
+            last=r'^wrote m\.npz$', check=gone(stale_name('m.npz'))),
+    ]
+    for option, value in (('--head-lr-mult', '-1'), ('--lr-gamma', '-1'),
+                          ('--lr', 'nan'), ('--momentum', 'inf'),
+                          ('--weight-decay', '-1')):
+        cases.append(Case('20.9 train %s %s' % (option, value), train(
+            path('digits'), option, value), last=re.escape(option)))
+    for command, value in (('gather', '0'), ('gather', '-1'),
+                           ('gather', 'nan'), ('fetch', '0')):
+        argv = [numbered, '-o', 'photos'] if command == 'gather' \
+            else ['alexnet']
+        cases.append(Case('20.9 %s --timeout %s' % (command, value), module(
+            command, *argv, '--timeout', value), last=r'--timeout'))
+    cases += [
+        Case('20.9 predict(batch_size=0)', api(
+            'finetune.load(%r).predict(%r, batch_size=0)'
+            % (lenet, path('odd', 'upright.png'))),
+            last=r'^error: \w+: .*batch_size'),
+        Case("20.10 TrainConfig(batchsize='32')", api(
+            "finetune.fit(finetune.TrainConfig(data=%r, pretrained=%r, "
+            "out='out', batchsize='32'))" % (path('digits'), lenet)),
+            last=r'^error: \w+: .*batchsize'),
+        Case("20.10 TrainConfig(mean='imagenet') on a gray net", api(
+            "finetune.fit(finetune.TrainConfig(data=%r, pretrained=%r, "
+            "out='out', mean='imagenet', loaderjob=0, epochs=1))"
+            % (path('digits'), lenet)), last=r'^error: \w+: .*mean'),
+        Case('20.10 TrainConfig takes pathlib.Path everywhere', api(
+            "import pathlib\n"
+            "r = finetune.fit(finetune.TrainConfig(data=pathlib.Path(%r), "
+            "pretrained=pathlib.Path(%r), out=pathlib.Path('out'), "
+            "replace='ip2', loaderjob=0, epochs=1))\n"
+            "print('trained', r.model_final)" % (path('digits'), lenet)),
+            status=0, outputs=('out',), stream='stdout',
+            last=r'^trained \S*model_final\.npz$'),
+    ]
+    return cases

@@ -18,6 +18,7 @@ import pytest
 from tests.http_server import LocalHTTPServer
 from tests.reliability.cases import build_cases
 from tests.reliability.hostile import write_hostile_files
+from tests.reliability.hostile import write_misuse_files
 from tests.reliability.inputs import build_inputs
 from tests.reliability.judge import Case
 from tests.reliability.judge import Corpus
@@ -48,6 +49,7 @@ def corpus():
             CORPUS.server = server
             build_inputs(CORPUS)
             write_hostile_files(CORPUS)
+            write_misuse_files(CORPUS)
             yield CORPUS, probe(os.path.join(ROOT, 'probe'))
     finally:
         restore_permissions(ROOT, immutable=True)
