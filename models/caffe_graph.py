@@ -11,6 +11,15 @@ Slice and Flatten. Layers may run in place, branch and merge in any way
 (ResNet, GoogLeNet, SqueezeNet); layers run in prototxt order. Any other
 layer type is an error that lists every such layer.
 
+Every numeric field that makes a shape (kernel, stride, pad, dilation,
+group, num_output, local_size, axes, input dims) or a value (alpha, eps,
+dropout_ratio, coeff...) is checked as its layer is planned, and each
+parameter array, each output blob and the parameters in all are sized
+from the shapes before any link is made (bounds and reasons in
+:mod:`finetune.models.caffe_params`): a bad value is one line naming the
+prototxt, the layer and the field, never a ZeroDivisionError or a
+MemoryError.
+
 All arrays are float32 (or the parameters' dtype, e.g. float16); shapes
 are Caffe's (N, C, H, W).
 """
@@ -30,7 +39,7 @@ from finetune.caffe.caffemodel import prototxt_net
 from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.caffe.caffemodel import upgrade_v1_net
 from finetune.common.errors import CaffeModelError
-from finetune.models.caffe_params import MAX_PARAMETER_BYTES
+from finetune.models import caffe_params
 from finetune.models.caffe_params import LayerError as _LayerError
 from finetune.models.caffe_params import array_bytes
 from finetune.models.caffe_params import at_least
@@ -486,14 +495,14 @@ class CaffeGraph(chainer.Chain):
         """
         sizes = {name: nbytes for name, _, nbytes in self._planned}
         total = sum(sizes.values())
-        if total > MAX_PARAMETER_BYTES:
+        limit = caffe_params.MAX_PARAMETER_BYTES
+        if total > limit:
             largest = max(sizes, key=sizes.get)
             raise CaffeModelError(
                 '%s: the parameters would take %s (the largest, layer %s: '
                 '%s); the limit is %s' % (
                     self._source, size_text(total), largest,
-                    size_text(sizes[largest]),
-                    size_text(MAX_PARAMETER_BYTES)))
+                    size_text(sizes[largest]), size_text(limit)))
         for name, make, _ in self._planned:
             link = make()
             link.cleargrads()
