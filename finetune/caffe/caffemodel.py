@@ -92,6 +92,27 @@ class CaffeNet:
         return None
 
 
+_CONTROL = re.compile('[\x00-\x1f\x7f]')
+
+
+def check_names(net):
+    """Refuse layer names, types and blob names holding control characters
+    (a newline would split the one-line errors that name them).
+
+    Raises:
+        ValueError: naming the layer with the characters escaped.
+    """
+    for layer in list(net.layer) + list(net.layers):
+        texts = [layer.name, layer.type] + list(layer.bottom) + \
+            list(layer.top)
+        # strings that are not UTF-8 come back from protobuf as bytes
+        texts = [t.decode('utf-8', 'replace') if isinstance(t, bytes) else t
+                 for t in texts if not isinstance(t, int)]  # V1 types: enums
+        if any(_CONTROL.search(t) for t in texts):
+            raise ValueError('layer %s: its name, type or blob names hold '
+                             'control characters' % ascii(layer.name))
+
+
 def _layer_record(message, v1, blobs=()):
     if v1:
         type_name = v1_type_name(message.type)
@@ -141,6 +162,10 @@ def parse_net_text(text, source='prototxt'):
     except RecursionError:
         raise CaffeModelError('%s: cannot read prototxt: messages nested too '
                               'deeply' % source) from None
+    try:
+        check_names(net)
+    except ValueError as e:
+        raise CaffeModelError('%s: %s' % (source, e)) from None
     return net
 
 
@@ -283,6 +308,9 @@ def _parse_layer(buf, begin, end, v1, counts):
             rest += buf[lo:hi]
     message = (schema.V1LayerParameter if v1 else schema.LayerParameter)()
     message.ParseFromString(bytes(rest))
+    container = schema.NetParameter()
+    (container.layers if v1 else container.layer).append(message)
+    check_names(container)
     counts['blobs'] += len(blobs)
     return _layer_record(message, v1, blobs)
 

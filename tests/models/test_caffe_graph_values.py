@@ -221,3 +221,10 @@ def test_prototxt_files_are_read_with_the_same_bound(tmp_path):
     assert str(e.value).startswith(str(path) + ': cannot read prototxt: ')
     assert 'the limit is %d' % (16 * 2 ** 20) in str(e.value)
     assert os.path.getsize(path) > 16 * 2 ** 20
+
+
+def test_names_with_control_characters_are_refused():
+    """A newline in a layer name would split every message naming it."""
+    text = HEADER + conv('num_output: 2 kernel_size: 1', name='a\\nb')
+    assert refusal(text) == ("t.prototxt: layer 'a\\nb': its name, type or "
+                             'blob names hold control characters')
