@@ -226,3 +226,18 @@ def test_streamed_conversion_equals_a_loaded_model(small_nets, tmp_path,
             if key != '__meta__':
                 assert a[key].dtype == b[key].dtype, key
                 assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def test_kernel_size_zero_is_blamed_on_the_prototxt(lenet_files, tmp_path,
+                                                    capsys):
+    prototxt = tmp_path / 'deploy.prototxt'
+    text = open(lenet_files['prototxt']).read()
+    assert text.count('kernel_size: 5') == 2
+    prototxt.write_text(text.replace('kernel_size: 5', 'kernel_size: 0', 1))
+    status, err = run_convert(capsys, lenet_files['caffemodel'], '--prototxt',
+                              str(prototxt), '--out',
+                              str(tmp_path / 'lenet.npz'))
+    assert status == 2
+    assert err == ('error: %s: layer conv1 (Convolution): kernel_size must '
+                   'be >= 1, got 0\n' % prototxt)
+    assert sorted(os.listdir(tmp_path)) == ['deploy.prototxt']
