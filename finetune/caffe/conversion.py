@@ -30,8 +30,10 @@ import numpy as np
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.importer import Unset
 from finetune.caffe.importer import bind_caffemodel
+from finetune.caffe.importer import listed
 from finetune.common.errors import CaffeModelError
 from finetune.common.errors import CheckpointError
+from finetune.common.errors import one_line
 from finetune.common.fileio import refuse_overwriting_inputs
 from finetune.data.folder import read_class_names
 from finetune.data.resources import imagenet_class_names
@@ -48,6 +50,8 @@ from finetune.models.registry import class_names_of
 from finetune.models.registry import registry_entry_for
 
 
+#: Most values a ``--mean`` .npy may hold (a 3x256x256 image holds 196,608).
+MAX_MEAN_ELEMENTS = 16 * 2 ** 20
 @dataclasses.dataclass(frozen=True)
 class ConversionOptions:
     """How a caffemodel becomes a model file; ``None`` means the default
@@ -76,6 +80,10 @@ class ConversionOptions:
                 math.isfinite(self.scale) and self.scale > 0):
             raise CaffeModelError('--scale %r: the input multiplier must be '
                                   'a finite number > 0' % (self.scale,))
+        if self.mean is not None and np.ndim(self.mean) not in (1, 3):
+            raise CaffeModelError('--mean: a mean pixel (C,) or image '
+                                  '(C, H, W), not of shape %s'
+                                  % (np.shape(self.mean),))
         if self.mean is not None and not np.isfinite(
                 np.asarray(self.mean, np.float64)).all():
             raise CaffeModelError('--mean: the mean holds NaN or infinity')
@@ -102,10 +110,30 @@ def detect_alexnet(net, source):
         raise CaffeModelError(
             '%s: not an AlexNet/CaffeNet layout (layers: %s); pass '
             '--prototxt with its deploy definition' % (source,
-                                                       ', '.join(names)))
+                                                       listed(names)))
     if names.index('pool1') < names.index('norm1'):
         return CaffeNet
     return AlexNet
+
+
+def alexnet_classes(net, source):
+    """The outputs of an AlexNet/CaffeNet caffemodel: fc8's weight rows
+    (1000 when fc8 has no weights; the import then says so).
+
+    Raises:
+        CaffeModelError: fc8's weights are not (n >= 1, 4096), as 2-D or
+            legacy 4-D (1, 1, n, 4096).
+    """
+    fc8 = net.layer('fc8')
+    if not fc8.blobs:
+        return 1000
+    shape = fc8.blobs[0].shape
+    rows = shape[-2] if len(shape) >= 2 else 0
+    if shape[-1:] != (4096,) or rows < 1 or any(d != 1 for d in shape[:-2]):
+        raise CaffeModelError('%s: layer fc8: weights of shape %s; an '
+                              'AlexNet/CaffeNet fc8 has (n_classes, 4096)'
+                              % (source, shape))
+    return rows
 
 
 def strip_label_ids(names):
@@ -129,10 +157,9 @@ def caffemodel_to_model(caffemodel, prototxt=None):
     if prototxt:
         model = CaffeGraph.from_prototxt(prototxt, initialW=unset)
     else:
-        fc8 = net.layer('fc8')
-        n_classes = fc8.blobs[0].shape[-2] if fc8 and fc8.blobs else 1000
-        model = detect_alexnet(net, caffemodel)(n_classes=n_classes,
-                                                initialW=unset)
+        kind = detect_alexnet(net, caffemodel)
+        model = kind(n_classes=alexnet_classes(net, caffemodel),
+                     initialW=unset)
     bind_caffemodel(model, net, source=caffemodel)
     return model
 
@@ -382,11 +409,15 @@ def parse_mean(text):
     if text == 'none':
         return np.zeros(1, np.float32)
     if text.endswith('.npy'):
-        try:
-            return np.load(text, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as e:
-            raise CaffeModelError('--mean %s: cannot read: %s' % (text, e)) \
-                from None
+        try:  # memory-mapped: the header's shape is checked before reading
+            mean = np.load(text, mmap_mode='r', allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise CaffeModelError('--mean %s: cannot read: %s'
+                                  % (text, one_line(e))) from None
+        if not isinstance(mean, np.ndarray) or mean.size > MAX_MEAN_ELEMENTS:
+            raise CaffeModelError('--mean %s: not a mean image of at most %d '
+                                  'values' % (text, MAX_MEAN_ELEMENTS))
+        return np.array(mean, np.float32)
     try:
         return np.array([float(v) for v in text.split(',')], np.float32)
     except ValueError:

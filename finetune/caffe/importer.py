@@ -27,6 +27,17 @@ LOADABLE_TYPES = ('Convolution', 'InnerProduct', 'BatchNorm', 'Scale',
                   'PReLU')
 #: Elements checked at a time for NaN/infinity (4 MiB of float32).
 _FINITE_CHUNK = 2 ** 20
+#: Most layer names an error message lists before "... and N more" (a
+#: crafted caffemodel may have 20,000 layers).
+_LISTED = 10
+
+
+def listed(names):
+    """``names`` joined by commas: at most ten, then ``... and N more``."""
+    names = list(names)
+    more = len(names) - _LISTED
+    return ', '.join(names[:_LISTED]) + (' ... and %d more' % more
+                                          if more > 0 else '')
 
 
 class Unset(chainer.Initializer):
@@ -158,18 +169,18 @@ def staged_arrays(model, caffemodel, source=None):
                    if l.type not in LOADABLE_TYPES]
     if unsupported:
         raise CaffeModelError('%s: unsupported weighted layer types: %s'
-                              % (source, ', '.join(unsupported)))
+                              % (source, listed(unsupported)))
     links = weighted_links(model)
     by_name = {l.name: l for l in weighted}
     missing = [name for name in links if name not in by_name]
     if missing:
         raise CaffeModelError('%s: layers missing from the caffemodel: %s'
-                              % (source, ', '.join(missing)))
+                              % (source, listed(missing)))
     extra = ['%s (%s)' % (name, by_name[name].type) for name in by_name
              if name not in links]
     if extra:
         raise CaffeModelError('%s: the model has no layer for the weights of: '
-                              '%s' % (source, ', '.join(extra)))
+                              '%s' % (source, listed(extra)))
     return {name: _layer_arrays(by_name[name], link, source)
             for name, link in links.items()}
 

@@ -241,3 +241,65 @@ def test_kernel_size_zero_is_blamed_on_the_prototxt(lenet_files, tmp_path,
     assert err == ('error: %s: layer conv1 (Convolution): kernel_size must '
                    'be >= 1, got 0\n' % prototxt)
     assert sorted(os.listdir(tmp_path)) == ['deploy.prototxt']
+
+
+def fake_caffemodel(tmp_path, names, fc8_shape=(3, 4096)):
+    """A caffemodel of InnerProduct layers called ``names``, fc8's weights
+    of ``fc8_shape``, the others one weight each."""
+    from finetune.caffe import schema
+    net = schema.NetParameter(name='fake')
+    for name in names:
+        net.layer.add(name=name, type='InnerProduct')
+    weights = {name: [np.zeros(fc8_shape if name == 'fc8' else 1,
+                               np.float32)] for name in names}
+    path = str(tmp_path / 'fake.caffemodel')
+    write_caffemodel(path, net, weights)
+    return path
+
+
+@pytest.mark.parametrize('shape', [(4096,), (0, 4096), (10, 12),
+                                   (2, 1, 10, 4096)])
+def test_an_alexnet_fc8_of_the_wrong_shape_is_refused(tmp_path, capsys,
+                                                      shape):
+    caffemodel = fake_caffemodel(tmp_path, ['conv1', 'norm1', 'pool1',
+                                            'fc8'], shape)
+    status, err = run_convert(capsys, caffemodel)
+    assert status == 2
+    assert err == ('error: %s: layer fc8: weights of shape %s; an '
+                   'AlexNet/CaffeNet fc8 has (n_classes, 4096)\n'
+                   % (caffemodel, shape))
+
+
+def test_long_layer_lists_are_cut_in_messages(tmp_path, capsys):
+    caffemodel = fake_caffemodel(tmp_path, ['x%d' % i for i in range(500)])
+    status, err = run_convert(capsys, caffemodel)
+    assert status == 2
+    assert err == ('error: %s: not an AlexNet/CaffeNet layout (layers: %s '
+                   '... and 490 more); pass --prototxt with its deploy '
+                   'definition\n' % (caffemodel, ', '.join(
+                       'x%d' % i for i in range(10))))
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'not a mean image of at most 16777216 values'),
+    (b'\x93NUMPY\x01\x00v\x00{\'descr\': \'<f4\', \'fortran_order\': False, '
+     b'\'shape\': (100000, 100000), }' + b' ' * 43 + b'\n',
+     'cannot read: '),
+])
+def test_a_mean_file_is_checked_before_it_is_read(tmp_path, capsys,
+                                                  lenet_files, content,
+                                                  message):
+    """A .npy whose header claims 10^10 values (40 GB) is refused from the
+    header: never allocated."""
+    mean = str(tmp_path / 'mean.npy')
+    if content is None:
+        np.save(mean, np.zeros((1, 4097, 4097), np.float32))
+    else:
+        with open(mean, 'wb') as f:
+            f.write(content)
+    status, err = run_convert(capsys, lenet_files['caffemodel'], '--prototxt',
+                              lenet_files['prototxt'], '--mean', mean,
+                              '--out', str(tmp_path / 'x.npz'))
+    assert status == 2
+    assert err.startswith('error: --mean %s: ' % mean) and message in err
+    assert err.count('\n') == 1
