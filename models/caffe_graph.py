@@ -41,7 +41,6 @@ from finetune.caffe.caffemodel import upgrade_v1_net
 from finetune.common.errors import CaffeModelError
 from finetune.models import caffe_params
 from finetune.models.caffe_params import LayerError as _LayerError
-from finetune.models.caffe_params import array_bytes
 from finetune.models.caffe_params import at_least
 from finetune.models.caffe_params import check_array
 from finetune.models.caffe_params import finite

@@ -24,7 +24,6 @@ import re
 import stat
 from typing import Optional, Tuple
 
-import chainer
 import numpy as np
 
 from finetune.caffe.caffemodel import read_caffemodel
@@ -52,6 +51,8 @@ from finetune.models.registry import registry_entry_for
 
 #: Most values a ``--mean`` .npy may hold (a 3x256x256 image holds 196,608).
 MAX_MEAN_ELEMENTS = 16 * 2 ** 20
+
+
 @dataclasses.dataclass(frozen=True)
 class ConversionOptions:
     """How a caffemodel becomes a model file; ``None`` means the default
