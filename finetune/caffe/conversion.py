@@ -321,6 +321,8 @@ def remove_stale_temporaries(out):
     own = re.compile(r'\.%s\.[A-Za-z0-9_]{8}\.tmp\.npz'
                      % re.escape(os.path.basename(out)))
     removed = []
+    if not os.path.isdir(directory):  # made when the output is written
+        return removed
     for entry in os.listdir(directory):
         if own.fullmatch(entry):
             path = os.path.join(directory, entry)

@@ -170,6 +170,15 @@ def test_the_next_convert_removes_its_own_stale_temporaries(
         [busy, temporary_name(out, 'a_link00'), 'lenet.npz'] + others)
 
 
+def test_an_output_in_a_folder_yet_to_be_made(lenet_files, tmp_path,
+                                              capsys):
+    out = str(tmp_path / 'new' / 'sub' / 'lenet.npz')
+    status, err = run_convert(capsys, lenet_files['caffemodel'], '--prototxt',
+                              lenet_files['prototxt'], '--out', out)
+    assert status == 0, err
+    assert os.listdir(tmp_path / 'new' / 'sub') == ['lenet.npz']
+
+
 def test_weights_are_bound_to_the_file_not_copied(alexnet_caffemodels):
     """The converted model's weights are read-only views of the memory-
     mapped caffemodel: converting holds no copy of them."""
