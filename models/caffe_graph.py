@@ -577,8 +577,15 @@ class CaffeGraph(chainer.Chain):
             if at_least(p.local_size, 'local_size') % 2 == 0:
                 raise _LayerError('local_size must be odd, got %d'
                                   % p.local_size)
-            if finite(p.k, 'k') <= 0 and p.norm_region == p.ACROSS_CHANNELS:
-                raise _LayerError('k must be > 0, got %r' % p.k)
+            if p.norm_region == p.ACROSS_CHANNELS:
+                if finite(p.k, 'k') <= 0:
+                    raise _LayerError('k must be > 0, got %r' % p.k)
+                if p.local_size > caffe_params.MAX_LRN_SIZE:
+                    raise _LayerError('local_size %d: the limit is %d'
+                                      % (p.local_size,
+                                         caffe_params.MAX_LRN_SIZE))
+            else:
+                _check_patches(shape[0], (p.local_size,) * 2, shape[1:])
             return unary(fn=functools.partial(
                 caffe_lrn, local_size=p.local_size,
                 alpha=finite(p.alpha, 'alpha', low=0),
@@ -645,6 +652,7 @@ class CaffeGraph(chainer.Chain):
                               'input padded by %s' % (
                                   shape_text(span), shape_text(shape[1:]),
                                   shape_text(pad)))
+        _check_patches(shape[0], kernel, out)
         weights = (outputs, shape[0] // groups) + kernel
         return self._add_link(layer.name, functools.partial(
             L.Convolution2D, shape[0], outputs, kernel, stride, pad,
@@ -677,6 +685,7 @@ class CaffeGraph(chainer.Chain):
                               'padded by %s' % (
                                   shape_text(kernel), shape_text(shape[1:]),
                                   shape_text(pad)))
+        _check_patches(shape[0], kernel, out)
         fn = functools.partial(
             caffe_pooling_2d, method='max' if p.pool == p.MAX else 'ave',
             kernel=kernel, stride=stride, pad=pad, ceil=ceil)
@@ -947,6 +956,15 @@ class CaffeGraph(chainer.Chain):
                   initialW=None):
         """Build from deploy prototxt text."""
         return cls(parse_net_text(text, source), n_classes, source, initialW)
+
+
+def _check_patches(channels, kernel, out):
+    """Refuse a sliding window whose patches (what Chainer's CPU
+    convolution and pooling gather: channels x kernel x output positions)
+    would exceed the array bound."""
+    check_array((channels,) + tuple(kernel) + tuple(out),
+                'the %s window over %d channels: its patches'
+                % (shape_text(kernel), channels))
 
 
 def _need_image(shape):

@@ -21,6 +21,9 @@ MAX_ARRAY_BYTES = 4 * 2 ** 30
 #: Largest sum of a net's parameters, in bytes (VGG-16: 528 MiB, AlexNet:
 #: 233 MiB); the same reasoning as :data:`MAX_ARRAY_BYTES`.
 MAX_PARAMETER_BYTES = 4 * 2 ** 30
+#: Widest ACROSS_CHANNELS LRN window (Chainer loops over half of it; real
+#: nets use 5).
+MAX_LRN_SIZE = 2 ** 16 - 1
 #: Bytes of one element (float32, how parameters and activations are made).
 ITEMSIZE = 4
 

@@ -164,10 +164,11 @@ def test_huge_input_is_refused_with_its_size_before_allocating():
 
 
 def test_huge_output_blob_is_refused():
-    body = conv('num_output: 4 kernel_size: 1 pad: 40000')
-    # 4 x 80008 x 80008 floats of output per example
+    body = conv('num_output: 400 kernel_size: 1 pad: 2000')
+    # 400 x 4008 x 4008 floats of output per example (its patches, 3 x 4008
+    # x 4008 floats, fit)
     assert refusal(HEADER + body) == (
-        CONV + 'one example of its output c 4x80008x80008 would take 95.4 '
+        CONV + 'one example of its output c 400x4008x4008 would take 23.9 '
         'GiB; the limit is 4.0 GiB per array')
 
 
@@ -228,3 +229,27 @@ def test_names_with_control_characters_are_refused():
     text = HEADER + conv('num_output: 2 kernel_size: 1', name='a\\nb')
     assert refusal(text) == ("t.prototxt: layer 'a\\nb': its name, type or "
                              'blob names hold control characters')
+
+
+@pytest.mark.parametrize('body, message', [
+    # 3 channels x 1000 x 1000 window x 1007 x 1007 outputs, 4 bytes each
+    (pool('kernel_size: 1000 pad: 999'),
+     POOL + 'the 1000x1000 window over 3 channels: its patches '
+     '3x1000x1000x1007x1007 would take 11332.9 GiB; the limit is 4.0 GiB '
+     'per array'),
+    (conv('num_output: 1 kernel_size: 1000 pad: 999'),
+     CONV + 'the 1000x1000 window over 3 channels: its patches '
+     '3x1000x1000x1007x1007 would take 11332.9 GiB; the limit is 4.0 GiB '
+     'per array'),
+    (same('LRN', 'lrn_param { local_size: 4001 norm_region: '
+                 'WITHIN_CHANNEL }', 'n'),
+     't.prototxt: layer n (LRN): the 4001x4001 window over 3 channels: its '
+     'patches 3x4001x4001x8x8 would take 11.4 GiB; the limit is 4.0 GiB per '
+     'array'),
+    (same('LRN', 'lrn_param { local_size: 65537 }', 'n'),
+     't.prototxt: layer n (LRN): local_size 65537: the limit is 65535'),
+])
+def test_windows_whose_forward_would_not_fit_are_refused(body, message):
+    """The net builds small, but running it would gather patches beyond the
+    bound (a MemoryError, or a loop of 2^15 steps, at the first forward)."""
+    assert refusal(HEADER + body) == message
