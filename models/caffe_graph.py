@@ -25,6 +25,7 @@ are Caffe's (N, C, H, W).
 """
 import contextlib
 import functools
+import itertools
 import math
 
 import chainer
@@ -34,6 +35,7 @@ import numpy as np
 from chainer.backend import get_array_module
 from google.protobuf import text_format
 
+from finetune.caffe.caffemodel import MAX_LAYERS
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.caffemodel import prototxt_net
 from finetune.caffe.caffemodel import read_prototxt_param
@@ -410,6 +412,9 @@ class CaffeGraph(chainer.Chain):
     def __init__(self, net_param, n_classes=None, source='prototxt',
                  initialW=None):
         super().__init__()
+        if len(net_param.layer) + len(net_param.layers) > MAX_LAYERS:
+            raise CaffeModelError('%s: more than %d layers' % (source,
+                                                                MAX_LAYERS))
         net_param = upgrade_v1_net(net_param)
         net = prototxt_net(net_param)
         unsupported = ['%s (%s)' % (l.name, l.type) for l in net.layers
@@ -521,7 +526,7 @@ class CaffeGraph(chainer.Chain):
 
     def _wire(self, nodes):
         """Output blob, each value's last reader and the blobs crossing
-        each cut (``self._crossing[p]``: values made before layer p and
+        each cut (:meth:`_crossing`: values made before layer p and
         read at p or later)."""
         live = {0} | {v for n in nodes for v in n.tops}
         last_read = {}
@@ -536,10 +541,19 @@ class CaffeGraph(chainer.Chain):
                    or 'none'))
         self._output = outputs[0]
         last_read[self._output] = len(nodes)
-        self._crossing = [[] for _ in range(len(nodes) + 1)]
-        for v in sorted(live & set(last_read)):
-            for p in range(self._producer[v] + 1, last_read[v] + 1):
-                self._crossing[p].append(v)
+        # how many values cross each cut, and the sum of their ids (the id
+        # itself when one does): O(layers + values), also for a crafted net
+        # whose every value lives to the end
+        self._live = sorted(live & set(last_read))
+        counts = [0] * (len(nodes) + 2)
+        sums = [0] * (len(nodes) + 2)
+        for v in self._live:
+            for p, sign in ((self._producer[v] + 1, 1),
+                            (last_read[v] + 1, -1)):
+                counts[p] += sign
+                sums[p] += sign * v
+        self._crossing_count = list(itertools.accumulate(counts))
+        self._crossing_sum = list(itertools.accumulate(sums))
         self._last_read = last_read
         self._free_after = [[] for _ in nodes]
         for v, i in last_read.items():
@@ -803,10 +817,18 @@ class CaffeGraph(chainer.Chain):
             return 'cut %r (the end)' % (cut,)
         return 'cut %r (before layer %s)' % (cut, self.layer_order[p])
 
+    def _crossing(self, p):
+        """The values (ids, ascending) made before layer p and read at p
+        or later."""
+        if self._crossing_count[p] == 1:
+            return [self._crossing_sum[p]]
+        return [v for v in self._live
+                if self._producer[v] < p <= self._last_read[v]]
+
     def cut_blobs(self, cut):
         """Names of the blobs crossing ``cut`` (exactly one when valid)."""
         p = self._position(cut, len(self._nodes))
-        return [self._blobs[v] for v in self._crossing[p]]
+        return [self._blobs[v] for v in self._crossing(p)]
 
     def cut_value(self, cut, default=None):
         """Internal id of the one blob version crossing ``cut``.
@@ -817,7 +839,7 @@ class CaffeGraph(chainer.Chain):
         """
         p = self._position(cut, len(self._nodes) if default is None
                            else default)
-        crossing = self._crossing[p]
+        crossing = self._crossing(p)
         if len(crossing) != 1:
             raise CaffeModelError(
                 '%s: cannot cut the net at %s: %d blobs cross it (%s); a '
@@ -847,7 +869,7 @@ class CaffeGraph(chainer.Chain):
         """The ints k (0..len(layer_names)) at which ``forward`` may stop
         and start: cuts before ``layer_names[k]`` that one blob crosses."""
         return [k for k in range(len(self.layer_names) + 1)
-                if len(self._crossing[self._position(k, None)]) == 1]
+                if self._crossing_count[self._position(k, None)] == 1]
 
     def cut_shape(self, cut):
         """Shape per example of what ``forward(x, stop=cut)`` returns."""

@@ -40,9 +40,10 @@ V1_TYPE_NAMES = {
     'TANH': 'TanH', 'WINDOW_DATA': 'WindowData', 'THRESHOLD': 'Threshold',
 }
 
-#: Largest prototxt read, in bytes. Published deploy definitions are under
-#: 1 MB (ResNet-152's is 230 kB); a larger text is refused before parsing.
-MAX_PROTOTXT_BYTES = 16 * 2 ** 20
+#: Largest prototxt read, in characters. Published deploy definitions are
+#: under 1 MB (ResNet-152's is 230 kB); protobuf's text parser reads some
+#: 100 kB/s here, so a larger text is refused before parsing.
+MAX_PROTOTXT_BYTES = 4 * 2 ** 20
 #: Most layers a caffemodel may hold (DenseNet-264, among the deepest
 #: published Caffe nets, has about 1,300 in its training definition).
 MAX_LAYERS = 20000

@@ -6,9 +6,11 @@ import tracemalloc
 
 import pytest
 
+from finetune.caffe.caffemodel import MAX_PROTOTXT_BYTES
 from finetune.caffe.importer import Unset
 from finetune.common.errors import CaffeModelError
 from finetune.models import CaffeGraph
+from finetune.models import caffe_graph
 from finetune.models import caffe_params
 
 HEADER = 'input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
@@ -208,20 +210,20 @@ def test_deep_nesting_and_huge_texts_are_refused():
     deep = 'layer { name: "x" ' + 'junk { ' * 5000 + '}' * 5000 + ' }'
     assert refusal(deep) == ('t.prototxt: cannot read prototxt: messages '
                              'nested too deeply')
-    huge = HEADER + ' ' * (16 * 2 ** 20) + conv('num_output: 2 '
-                                                'kernel_size: 1')
+    huge = HEADER + ' ' * MAX_PROTOTXT_BYTES + conv('num_output: 2 '
+                                                    'kernel_size: 1')
     assert 'cannot read prototxt: %d characters; the limit is %d' % (
-        len(huge), 16 * 2 ** 20) in refusal(huge)
+        len(huge), MAX_PROTOTXT_BYTES) in refusal(huge)
 
 
 def test_prototxt_files_are_read_with_the_same_bound(tmp_path):
     path = tmp_path / 'big.prototxt'
-    path.write_text(HEADER + ' ' * (16 * 2 ** 20 + 10))
+    path.write_text(HEADER + ' ' * (MAX_PROTOTXT_BYTES + 10))
     with pytest.raises(CaffeModelError) as e:
         CaffeGraph.from_prototxt(str(path))
     assert str(e.value).startswith(str(path) + ': cannot read prototxt: ')
-    assert 'the limit is %d' % (16 * 2 ** 20) in str(e.value)
-    assert os.path.getsize(path) > 16 * 2 ** 20
+    assert 'the limit is %d' % MAX_PROTOTXT_BYTES in str(e.value)
+    assert os.path.getsize(path) > MAX_PROTOTXT_BYTES
 
 
 def test_names_with_control_characters_are_refused():
@@ -253,3 +255,28 @@ def test_windows_whose_forward_would_not_fit_are_refused(body, message):
     """The net builds small, but running it would gather patches beyond the
     bound (a MemoryError, or a loop of 2^15 steps, at the first forward)."""
     assert refusal(HEADER + body) == message
+
+
+def test_a_net_whose_values_all_live_to_the_end_builds_in_linear_memory(
+        monkeypatch):
+    """1,500 layers that each read the input, all merged by one Eltwise:
+    every blob crosses every later cut (over a million crossings), yet the
+    graph keeps per-cut counts only (main kept every crossing: 12 MiB)."""
+    n = 1500
+    layers = ''.join('layer { name: "r%d" type: "ReLU" bottom: "data" '
+                     'top: "r%d" }\n' % (i, i) for i in range(n))
+    merge = ('layer { name: "sum" type: "Eltwise" %s top: "sum" }\n'
+             % ' '.join('bottom: "r%d"' % i for i in range(n)))
+    text = HEADER + layers + merge + FC % 'sum'
+    tracemalloc.start()
+    try:
+        model = CaffeGraph.from_text(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(model.layer_order) == n + 2
+    assert model.valid_cuts() == [0, 1]  # before and after fc
+    assert len(model.cut_blobs('sum')) == n
+    assert peak < 8 * 2 ** 20
+    monkeypatch.setattr(caffe_graph, 'MAX_LAYERS', n)
+    assert refusal(text) == 't.prototxt: more than %d layers' % n
