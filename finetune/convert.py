@@ -56,8 +56,10 @@ def main(argv=None):
     options = ConversionOptions(prototxt=args.prototxt, labels=args.labels,
                                 mean=parse_mean(args.mean), scale=args.scale,
                                 resize=args.resize)
+    mean_file = [args.mean] if args.mean and args.mean.endswith('.npy') \
+        else []
     out, converted = ensure_converted(args.caffemodel, options, args.out,
-                                      force=args.force)
+                                      force=args.force, inputs=mean_file)
     print('%s %s' % ('wrote' if converted else 'up to date:', out))
 
 
