@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.common.allocator import keep_freed_memory
+from finetune.common.cli import Range
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
@@ -207,7 +208,8 @@ def main(argv=None):
                         'epochs (slow) instead of the fine-tuned run\'s time')
     parser.add_argument('--lenet', action='store_true',
                         help='the small LeNet-on-digits demo instead')
-    parser.add_argument('--fraction', type=float, default=0.1,
+    parser.add_argument('--fraction', type=Range(float, 0, 1, low_open=True),
+                        default=0.1,
                         help='--lenet: part of the digits used (train + val)')
     args = parser.parse_args(argv)
     keep_freed_memory()

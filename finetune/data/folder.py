@@ -66,9 +66,9 @@ def _class_folders(root):
                    and os.path.isdir(os.path.join(root, name)))
     for name in names:
         if not images.is_usable_name(name):
-            raise DataError('%s: class folder name is not valid UTF-8 or '
-                            'holds a line break (%r); rename it'
-                            % (printable(os.path.join(root, name)), name))
+            raise DataError('%s: class folder name %r is not valid UTF-8 '
+                            'or holds a line break; rename it'
+                            % (printable(root), name))
     folders = {}
     for name in sorted(names, key=lambda n: (os.path.islink(
             os.path.join(root, n)), n)):

@@ -11,6 +11,9 @@ the package installed it.
 """
 import os
 
+from finetune.common.cli import non_negative_float
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_float
 from finetune.common.errors import DownloadError
 from finetune.models.registry import DEFAULT_PRETRAINED_DIR
 from finetune.models.registry import PretrainedModel
@@ -47,6 +50,13 @@ def fetch_model(model, directory=DEFAULT_PRETRAINED_DIR, url=None, *,
         DownloadError: unknown name, unreachable server, HTTP error or
             SHA-1 mismatch (the bad download is deleted).
     """
+    for option_name, value, values in (('timeout', timeout, positive_float),
+                                       ('retries', retries, non_negative_int),
+                                       ('backoff', backoff,
+                                        non_negative_float)):
+        if not values.accepts(value):
+            raise DownloadError('%s=%r (--%s): expected %s' % (
+                option_name, value, option_name, values.describe()))
     if not isinstance(model, PretrainedModel):
         model = pretrained_model(model)
     name = model.name
