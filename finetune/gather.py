@@ -28,7 +28,8 @@ def byte_count(text):
     """argparse type: bytes, with an optional K, M or G suffix (powers of 1024)."""
     match = re.fullmatch(r'(\d+)([KMG]?)B?', text.strip().upper())
     if not match or int(match.group(1)) < 1:
-        raise argparse.ArgumentTypeError(f'expected a byte count >= 1 like 20M, got {text!r}')
+        raise argparse.ArgumentTypeError(
+            f'expected a byte count >= 1 like 20M, got {text!r}')
     return int(match.group(1)) << {'': 0, 'K': 10, 'M': 20, 'G': 30}[match.group(2)]
 
 

@@ -76,8 +76,9 @@ def _class_folders(root):
         real = os.path.realpath(path)
         if real in folders.values() or top == real or \
                 top.startswith(real.rstrip(os.sep) + os.sep):
-            logger.warning('%s: a link to %s, a folder scanned already; not '
-                           'used as a class', path, real)
+            logger.warning('%s: links to %s (the data folder, one above it '
+                           'or another class folder); not used as a class',
+                           path, real)
             continue
         folders[name] = real
     return {name: folders[name] for name in sorted(folders)}

@@ -73,10 +73,12 @@ class TrainConfig:
         choices=['pretrained', 'dataset', 'none'])
     pretrained: str = option(
         'alexnet', 'registry name (alexnet, flickr_style, open_nsfw), '
-        '.caffemodel or converted .npz', path=True, group='pretrained network and surgery')
+        '.caffemodel or converted .npz', path=True,
+        group='pretrained network and surgery')
     pretrained_dir: str = option(
         'pretrained', 'where registry weights are downloaded by '
-        'python -m finetune.fetch', path=True, group='pretrained network and surgery')
+        'python -m finetune.fetch', path=True,
+        group='pretrained network and surgery')
     prototxt: Optional[str] = option(
         None, 'deploy prototxt for a caffemodel that is not in the registry '
         'and not AlexNet', path=True, group='pretrained network and surgery')
@@ -88,23 +90,30 @@ class TrainConfig:
         'AlexNet/CaffeNet, the last InnerProduct on other nets (the last '
         'Convolution without one); Caffe Flickr-Style: fc8',
         group='pretrained network and surgery')
-    head_lr_mult: float = option(10.0, 'learning-rate multiplier of the new '
-                                 'head', values=non_negative_float, group='solver')
-    lr: float = option(0.001, 'base learning rate', values=positive_float, group='solver')
-    momentum: float = option(0.9, 'SGD momentum', values=MOMENTUM_RANGE, group='solver')
-    weight_decay: float = option(5e-4, 'L2 weight decay', values=non_negative_float, group='solver')
+    head_lr_mult: float = option(
+        10.0, 'learning-rate multiplier of the new head (0: not trained)',
+        values=non_negative_float, group='solver')
+    lr: float = option(0.001, 'base learning rate', values=positive_float,
+                       group='solver')
+    momentum: float = option(0.9, 'SGD momentum, in [0, 1)',
+                             values=MOMENTUM_RANGE, group='solver')
+    weight_decay: float = option(5e-4, 'L2 weight decay',
+                                 values=non_negative_float, group='solver')
     dtype: str = option(
         'float32', 'float16: mixed precision (float16 weights and '
         'activations, float32 master weights, dynamic loss scaling) for '
         'GPUs; model files stay float32', group='solver',
         choices=['float32', 'float16'])
-    epochs: int = option(10, 'epochs to train', '-E', values=positive_int, group='schedule')
+    epochs: int = option(10, 'epochs to train', '-E', values=positive_int,
+                         group='schedule')
     time_limit: float = option(
         0.0, 'stop training after this many seconds (wall clock, at the next '
-        'iteration) even before --epochs; 0: no limit', values=non_negative_float, group='schedule')
+        'iteration) even before --epochs; 0: no limit',
+        values=non_negative_float, group='schedule')
     lr_step: int = option(0, 'multiply lr by --lr-gamma every N epochs (0: '
                           'never)', values=non_negative_int, group='schedule')
-    lr_gamma: float = option(0.1, 'factor of each --lr-step', values=positive_float, group='schedule')
+    lr_gamma: float = option(0.1, 'factor of each --lr-step',
+                             values=positive_float, group='schedule')
     lr_find: bool = option(False, 'run a learning-rate range test, plot it, '
                            'and stop', group='schedule')
     batchsize: int = option(32, 'training images per batch (per process)',
@@ -112,7 +121,8 @@ class TrainConfig:
     val_batchsize: int = option(64, 'validation images per batch',
                                 values=positive_int, group='data loading')
     loaderjob: int = option(2, 'image-loading processes (0: in the main '
-                            'process)', '-j', values=non_negative_int, group='data loading')
+                            'process)', '-j', values=non_negative_int,
+                            group='data loading')
     seed: int = option(0, 'seed of the split, batch order, crops and '
                        'dropout', values=SEED_RANGE, group='data loading')
     device: int = option(
@@ -134,8 +144,8 @@ class TrainConfig:
     snapshot_interval: int = option(
         500, 'iterations between snapshots, besides one at each epoch end',
         values=non_negative_int, group='output and snapshots')
-    keep_snapshots: int = option(3, 'snapshots kept', values=positive_int, group='output and '
-                                 'snapshots')
+    keep_snapshots: int = option(3, 'snapshots kept', values=positive_int,
+                                 group='output and snapshots')
     log_interval: int = option(
         10, 'iterations between log lines, besides each epoch end (0: epoch '
         'ends only)', values=non_negative_int, group='output and snapshots')

@@ -28,7 +28,7 @@ def read_problems(out):
 
 
 @pytest.mark.parametrize('target', ['.', '..', 'b'])
-def test_a_class_folder_linked_to_the_data_folder_a_parent_or_a_class_is_no_class(
+def test_a_class_linked_to_the_data_folder_a_parent_or_a_class_is_no_class(
         tmp_path, target, caplog):
     root = two_classes(tmp_path / 'data')
     os.symlink(target, os.path.join(root, 'c'))
@@ -40,7 +40,7 @@ def test_a_class_folder_linked_to_the_data_folder_a_parent_or_a_class_is_no_clas
                for r in caplog.records)
 
 
-def test_links_inside_a_class_to_itself_a_parent_or_another_class_are_listed_not_walked(
+def test_links_in_a_class_to_itself_a_parent_or_a_class_are_not_walked(
         tmp_path):
     root = two_classes(tmp_path / 'data')
     os.symlink('.', os.path.join(root, 'a', 'loop'))
@@ -88,6 +88,20 @@ def test_a_fifo_given_by_path_is_refused_without_blocking(tmp_path):
     assert result.stdout.splitlines() == [
         images.NOT_REGULAR, '%s: %s' % (fifo, images.NOT_REGULAR)], \
         result.stderr
+
+
+def test_a_label_file_listing_a_fifo_or_a_device_skips_it(tmp_path):
+    root = two_classes(tmp_path / 'data')
+    os.mkfifo(os.path.join(root, 'a', 'pipe.jpg'))
+    listing = tmp_path / 'list.txt'
+    listing.write_text('a/1.jpg 0\na/pipe.jpg 0\n/dev/zero 1\nb/2.jpg 1\n')
+    out = tmp_path / 'out'
+    prepared = data.prepare_dataset(root, str(out), val_split=0,
+                                    label_file=str(listing),
+                                    compute_mean=False)
+    assert prepared.train == [('a/1.jpg', 0), ('b/2.jpg', 1)]
+    assert read_problems(out) == [['a/pipe.jpg', images.NOT_REGULAR],
+                                  ['/dev/zero', images.NOT_REGULAR]]
 
 
 def test_undecodable_file_names_go_to_problems_csv_escaped(tmp_path):
