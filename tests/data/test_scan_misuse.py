@@ -5,8 +5,10 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from finetune.common.errors import DataError
 from finetune.data import folder as data
@@ -218,3 +220,31 @@ def test_a_label_file_inside_the_output_folder_is_refused(tmp_path):
                                     label_file=str(tmp_path / 'list.txt'),
                                     compute_mean=False)
     assert prepared.train == [('a/1.jpg', 0), ('b/2.jpg', 1)]
+
+
+FOLDERS = ('', 'a', 'b', 'a/sub', 'b/sub')  # relative to the data folder
+TARGETS = FOLDERS + ('..',)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(FOLDERS),
+                          st.sampled_from(TARGETS)), max_size=6))
+def test_any_links_give_each_real_image_once_under_a_class_holding_it(links):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, 'data')
+        for number, folder in enumerate(FOLDERS[1:]):
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            with open(os.path.join(root, folder, '%d.jpg' % number),
+                      'wb') as f:
+                f.write(b'x')
+        for number, (where, target) in enumerate(links):
+            folder = os.path.join(root, where)
+            os.symlink(os.path.relpath(os.path.join(root, target), folder),
+                       os.path.join(folder, 'link%d' % number))
+        entries, names = data.scan_image_folder(root)
+        reals = [os.path.realpath(os.path.join(root, p)) for p, _ in entries]
+        assert len(set(reals)) == len(reals)  # no image twice
+        assert len(reals) == 4  # none lost
+        for real, (_, label) in zip(reals, entries):
+            holder = os.path.realpath(os.path.join(root, names[label]))
+            assert real.startswith(holder + os.sep)
