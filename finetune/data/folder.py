@@ -563,6 +563,12 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         if good:
             good, class_names = drop_unreadable_classes(data_dir, good,
                                                         class_names)
+    else:  # the file numbers the classes: they stay, said once each
+        for label in sorted(set(range(len(class_names))) -
+                            {label for _, label in good}):
+            logger.warning('%s: class %d (%s) has no readable image; it is '
+                           'not trained', label_file, label,
+                           class_names[label])
     os.makedirs(out_dir, exist_ok=True)
     problems_path = os.path.join(out_dir, PROBLEMS_FILE)
     write_problem_report(problems_path, problems)

@@ -182,6 +182,20 @@ def test_a_class_of_only_unreadable_images_is_left_out(tmp_path, caplog):
                for r in caplog.records)
 
 
+def test_a_label_file_class_of_only_unreadable_images_is_said(tmp_path,
+                                                              caplog):
+    root = two_classes(tmp_path / 'data')
+    (tmp_path / 'data' / 'a' / 'x.jpg').write_bytes(b'junk')
+    listing = tmp_path / 'list.txt'
+    listing.write_text('a/1.jpg 0\nb/2.jpg 1\na/x.jpg 2\n')
+    prepared = data.prepare_dataset(root, str(tmp_path / 'out'),
+                                    val_split=0, label_file=str(listing),
+                                    compute_mean=False)
+    assert prepared.class_names == ['0', '1', '2']  # the file's numbering
+    assert any('class 2 (2) has no readable image' in r.getMessage()
+               for r in caplog.records)
+
+
 def test_only_one_readable_class_is_refused(tmp_path):
     root = str(tmp_path / 'data')
     write_image(os.path.join(root, 'a', '1.jpg'))
