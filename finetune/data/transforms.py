@@ -66,12 +66,14 @@ def _to_8bit_rgb_or_gray(img, channels):
     """
     if img.mode in DEEP_MODES:
         array = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith('I;16') else max(
-            float(np.nanmax(array)) if array.size else 1.0, 1.0)
-        if img.mode == 'I' and array.max() <= 255:
+        finite = array[np.isfinite(array)]  # F images may hold NaN, Inf
+        top = float(finite.max()) if finite.size else 0.0
+        peak = 65535.0 if img.mode.startswith('I;16') else max(top, 1.0)
+        if img.mode == 'I' and top <= 255:
             peak = 255.0
-        img = Image.fromarray(np.clip(np.nan_to_num(array) * (255.0 / peak),
-                                      0, 255).astype(np.uint8))
+        array = np.nan_to_num(array, nan=0.0, posinf=peak, neginf=0.0)
+        img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255)
+                              .astype(np.uint8))
     elif img.mode not in ALPHA_MODES + PLAIN_MODES:
         raise DataError(unsupported_mode(img.mode))
     if img.mode in ALPHA_MODES or (img.mode == 'P' and

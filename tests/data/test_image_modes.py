@@ -107,3 +107,10 @@ def test_a_premultiplied_gray_image_is_refused():
     with pytest.raises(DataError, match='undecodable: La images are not '
                        'supported'):
         preprocess(1).image_array(img)
+
+
+def test_a_float_image_with_nan_and_inf_scales_by_its_finite_peak():
+    values = np.array([[np.nan, np.inf], [-np.inf, 2.0]], np.float32)
+    gray = preprocess(1, size=(2, 2)).image_array(Image.fromarray(values))
+    # NaN and -Inf are black, +Inf white; 2.0 is the finite peak: white
+    assert gray[0].tolist() == [[0, 255], [0, 255]]
