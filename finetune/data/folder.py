@@ -74,8 +74,7 @@ def _class_folders(root):
             os.path.join(root, n)), n)):
         path = os.path.join(root, name)
         real = os.path.realpath(path)
-        if real in folders.values() or top == real or \
-                top.startswith(real.rstrip(os.sep) + os.sep):
+        if real in folders.values() or images.is_within(top, real):
             logger.warning('%s: links to %s (the data folder, one above it '
                            'or another class folder); not used as a class',
                            path, real)
@@ -127,8 +126,7 @@ def check_outputs_outside(root, outputs):
     """
     top = os.path.realpath(root)
     for option_name, path in outputs.items():
-        real = os.path.realpath(path)
-        if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+        if images.is_within(os.path.realpath(path), top):
             raise DataError(
                 '%s %s: inside the data folder %s, whose next scan would '
                 "read this run's outputs as images; choose a folder outside "
@@ -511,8 +509,7 @@ def list_dataset(data_dir, label_file=None, outputs=None):
     if label_file is not None:
         real = os.path.realpath(label_file)
         for option_name, path in (outputs or {}).items():
-            top = os.path.realpath(path)
-            if real.startswith(top.rstrip(os.sep) + os.sep):
+            if images.is_within(real, os.path.realpath(path)):
                 raise DataError(
                     '--label-file %s: inside %s %s, which the run rewrites '
                     '(train.txt, val.txt, labels.txt); copy it elsewhere'
@@ -523,7 +520,7 @@ def list_dataset(data_dir, label_file=None, outputs=None):
 
 def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
                     label_file=None, compute_mean=True, channels=3,
-                    size=(256, 256), jobs=1, outputs=None):
+                    size=(256, 256), jobs=1):
     """List, verify and split a data folder; write the lists and mean.
 
     Writes into ``out_dir``: ``train.txt`` and ``val.txt`` (``path label``
@@ -535,7 +532,8 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
     Args:
         data_dir (str): the image folder (one sub-folder per class unless
             ``label_file`` is given).
-        out_dir (str): created if missing.
+        out_dir (str): created if missing; refused inside ``data_dir``
+            (the next scan would read it), and a ``label_file`` inside it.
         val_split (float): fraction of each class for validation, in [0, 1).
         seed (int): seed of the split.
         label_file (str or None): a ``path label`` file listing the images
@@ -544,8 +542,6 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         channels (int): 3 (BGR) or 1 (gray).
         size (tuple): (H, W) images are resized to, for the mean.
         jobs (int): processes verifying images (see :func:`verify_images`).
-        outputs (dict or None): option -> output folder (see
-            :func:`list_dataset`); ``out_dir`` is always one.
 
     Returns:
         PreparedDataset
@@ -554,8 +550,8 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         DataError: the folder or label file cannot be used, or no image
             can be read.
     """
-    outputs = dict(outputs or {}, **{'--out': out_dir})
-    entries, class_names = list_dataset(data_dir, label_file, outputs)
+    entries, class_names = list_dataset(data_dir, label_file,
+                                        {'--out': out_dir})
     good, problems = verify_images(data_dir, entries, jobs=jobs,
                                    channels=channels)
     if label_file is None:

@@ -171,12 +171,13 @@ def _crosses(real, stop, start):
     """Whether walking into real path ``real`` from ``start`` reaches the
     folder ``stop``: ``real`` is it or above it, or (a ``stop`` that does
     not hold ``start``, another class) inside it."""
-    return _within(stop, real) or (_within(real, stop) and
-                                   not _within(start, stop))
+    return is_within(stop, real) or (is_within(real, stop) and
+                                     not is_within(start, stop))
 
 
-def _within(path, parent):
-    """Whether real path ``path`` is ``parent`` or inside it."""
+def is_within(path, parent):
+    """Whether the real path ``path`` is the real path ``parent`` or
+    inside it."""
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
