@@ -114,3 +114,31 @@ def test_a_float_image_with_nan_and_inf_scales_by_its_finite_peak():
     gray = preprocess(1, size=(2, 2)).image_array(Image.fromarray(values))
     # NaN and -Inf are black, +Inf white; 2.0 is the finite peak: white
     assert gray[0].tolist() == [[0, 255], [0, 255]]
+
+
+def sixteen_bit_gray_alpha_png(gray, alpha):
+    """PNG bytes of colour type 4 (gray + alpha) at 16 bits, which PIL
+    cannot write: ``gray`` and ``alpha`` are uint16 (H, W)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data +
+                struct.pack('>I', zlib.crc32(kind + data)))
+    height, width = gray.shape
+    pixels = np.stack([gray, alpha], axis=-1).astype('>u2')
+    raw = b''.join(b'\0' + row.tobytes() for row in pixels)
+    header = struct.pack('>IIBBBBB', width, height, 16, 4, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) +
+            chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+
+
+def test_a_16_bit_gray_png_with_alpha_is_composited_on_white(tmp_path):
+    gray = np.zeros((6, 8), np.uint16)  # black everywhere ...
+    alpha = np.zeros((6, 8), np.uint16)  # ... transparent but the ink
+    alpha[2:4, 1:7] = 65535
+    path = tmp_path / 'ink16.png'
+    path.write_bytes(sixteen_bit_gray_alpha_png(gray, alpha))
+    gray_input = preprocess(1).image_array(str(path))
+    expected = np.where(alpha == 65535, 0.0, 255.0)
+    assert np.abs(gray_input[0] - expected).max() <= 1
