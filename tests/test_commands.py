@@ -58,36 +58,24 @@ def test_help_groups_options_by_stage():
 
 
 @pytest.mark.parametrize('flag,value,message', [
-    ('--val-split', '1', '--val-split (TrainConfig.val_split): expected a '
-     'finite number in [0, 1), got 1.0'),
-    ('--val-split', '-0.1', '--val-split (TrainConfig.val_split): expected '
-     'a finite number in [0, 1), got -0.1'),
-    ('--val-split', 'nan', '--val-split (TrainConfig.val_split): expected '
-     'a finite number in [0, 1), got nan'),
-    ('--batchsize', '0', '--batchsize (TrainConfig.batchsize): expected an '
-     'integer >= 1, got 0'),
-    ('--epochs', '0', '--epochs (TrainConfig.epochs): expected an integer '
-     '>= 1, got 0'),
-    ('--cache-crops', '0', '--cache-crops (TrainConfig.cache_crops): '
-     'expected an integer >= 1, got 0'),
-    ('--head-lr-mult', '-1', '--head-lr-mult (TrainConfig.head_lr_mult): '
-     'expected a finite number >= 0, got -1.0'),
-    ('--head-lr-mult', 'inf', '--head-lr-mult (TrainConfig.head_lr_mult): '
-     'expected a finite number >= 0, got inf'),
-    ('--lr-gamma', '-0.1', '--lr-gamma (TrainConfig.lr_gamma): expected a '
-     'finite number > 0, got -0.1'),
-    ('--lr-gamma', '0', '--lr-gamma (TrainConfig.lr_gamma): expected a '
-     'finite number > 0, got 0.0'),
-    ('--lr', 'nan', '--lr (TrainConfig.lr): expected a finite number > 0, '
-     'got nan'),
-    ('--momentum', '1', '--momentum (TrainConfig.momentum): expected a '
-     'finite number in [0, 1), got 1.0'),
-    ('--weight-decay', '-0.0001', '--weight-decay (TrainConfig.weight_decay): '
-     'expected a finite number >= 0, got -0.0001'),
-    ('--time-limit', '-1', '--time-limit (TrainConfig.time_limit): expected '
-     'a finite number >= 0, got -1.0'),
-    ('--seed', '-1', '--seed (TrainConfig.seed): expected an integer in '
-     '[0, 4294967295], got -1'),
+    ('--val-split', '1', '--val-split 1.0: must be in [0, 1)'),
+    ('--val-split', '-0.1', '--val-split -0.1: must be in [0, 1)'),
+    ('--val-split', 'nan', '--val-split nan: must be a finite number in '
+     '[0, 1)'),
+    ('--batchsize', '0', '--batchsize 0: must be >= 1'),
+    ('--epochs', '0', '--epochs 0: must be >= 1'),
+    ('--cache-crops', '0', '--cache-crops 0: must be >= 1'),
+    ('--head-lr-mult', '-1', '--head-lr-mult -1.0: must be >= 0'),
+    ('--head-lr-mult', 'inf', '--head-lr-mult inf: must be a finite number '
+     '>= 0'),
+    ('--lr-gamma', '-0.1', '--lr-gamma -0.1: must be > 0'),
+    ('--lr-gamma', '0', '--lr-gamma 0.0: must be > 0'),
+    ('--lr', 'nan', '--lr nan: must be a finite number > 0'),
+    ('--momentum', '1', '--momentum 1.0: must be in [0, 1)'),
+    ('--weight-decay', '-0.0001', '--weight-decay -0.0001: must be >= 0'),
+    ('--time-limit', 'inf', '--time-limit inf: must be a finite number >= '
+     '0'),
+    ('--seed', '-1', '--seed -1: must be in [0, 4294967295]'),
     ('--freeze', 'conv9', "--freeze: unknown layer 'conv9'"),
     ('--replace', 'ip2-conv1', "--replace: bad layer range 'ip2-conv1'"),
 ])

@@ -54,30 +54,43 @@ class Range:
         self.kind, self.low, self.high = kind, low, high
         self.low_open, self.high_open = low_open, high_open
 
+    def bounds(self):
+        """``'>= 1'``, ``'in [0, 1)'``, ... (``''`` for no bound)."""
+        if self.low is not None and self.high is not None:
+            return 'in %s%s, %s%s' % (
+                '(' if self.low_open else '[', _number(self.low),
+                _number(self.high), ')' if self.high_open else ']')
+        if self.low is not None:
+            return '%s %s' % ('>' if self.low_open else '>=',
+                              _number(self.low))
+        if self.high is not None:
+            return '%s %s' % ('<' if self.high_open else '<=',
+                              _number(self.high))
+        return ''
+
     def describe(self):
         """``'an integer >= 1'``, ``'a finite number in [0, 1)'``, ..."""
         noun = 'an integer' if self.kind is int else 'a finite number'
-        if self.low is not None and self.high is not None:
-            return '%s in %s%s, %s%s' % (
-                noun, '(' if self.low_open else '[', _number(self.low),
-                _number(self.high), ')' if self.high_open else ']')
-        if self.low is not None:
-            return '%s %s %s' % (noun, '>' if self.low_open else '>=',
-                                 _number(self.low))
-        if self.high is not None:
-            return '%s %s %s' % (noun, '<' if self.high_open else '<=',
-                                 _number(self.high))
-        return noun
+        return ('%s %s' % (noun, self.bounds())).strip()
+
+    def problem(self, value):
+        """What ``value`` must be (``'>= 1'``; ``'an integer >= 1'`` for a
+        value of another kind, or a non-finite one), or None when it is
+        in the range."""
+        if self.accepts(value):
+            return None
+        kind_ok = not isinstance(value, bool) and isinstance(
+            value, (int, float) if self.kind is float else int)
+        if kind_ok and _finite(value) and self.bounds():
+            return self.bounds()
+        return self.describe()
 
     def accepts(self, value):
         """Whether ``value`` (already a number) is in the range."""
         if isinstance(value, bool) or not isinstance(
                 value, (int, float) if self.kind is float else int):
             return False
-        try:
-            if not math.isfinite(value):
-                return False
-        except OverflowError:  # an int too large for a float
+        if not _finite(value):
             return False
         low_ok = self.low is None or (
             value > self.low if self.low_open else value >= self.low)
@@ -105,6 +118,20 @@ class Range:
 
     def __repr__(self):  # argparse names the type in some messages
         return self.describe()
+
+
+def refusal(option, value, what):
+    """The one-line refusal of ``value`` for ``option``:
+    ``'--batchsize 0: must be >= 1'``, ``"--lr 'x': must be a finite
+    number > 0"`` (``what`` from :meth:`Range.problem`)."""
+    return '%s %r: must be %s' % (option, value, what)
+
+
+def _finite(value):
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _number(value):

@@ -38,6 +38,7 @@ from finetune.common.cli import non_negative_float
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
 from finetune.common.cli import positive_int
+from finetune.common.cli import refusal
 from finetune.common.errors import DataError
 from finetune.data import images
 from finetune.data.folder import read_class_names
@@ -515,13 +516,14 @@ def _check_settings(**settings):
     """Refuse a setting outside :data:`SETTING_RANGES` (None: the default).
 
     Raises:
-        DataError: naming the setting and its option.
+        DataError: naming the option of the setting (``--max-bytes`` for
+            ``max_bytes``; ``--backoff`` has none on the command line).
     """
     for name, value in settings.items():
-        values = SETTING_RANGES[name]
-        if value is not None and not values.accepts(value):
-            raise DataError('%s=%r (--%s): expected %s' % (
-                name, value, name.replace('_', '-'), values.describe()))
+        what = value is not None and SETTING_RANGES[name].problem(value)
+        if what:
+            raise DataError(refusal('--' + name.replace('_', '-'), value,
+                                    what))
 
 
 def summarize(rows, report_path):

@@ -14,6 +14,7 @@ import os
 from finetune.common.cli import non_negative_float
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
+from finetune.common.cli import refusal
 from finetune.common.errors import DownloadError
 from finetune.models.registry import DEFAULT_PRETRAINED_DIR
 from finetune.models.registry import PretrainedModel
@@ -54,9 +55,9 @@ def fetch_model(model, directory=DEFAULT_PRETRAINED_DIR, url=None, *,
                                        ('retries', retries, non_negative_int),
                                        ('backoff', backoff,
                                         non_negative_float)):
-        if not values.accepts(value):
-            raise DownloadError('%s=%r (--%s): expected %s' % (
-                option_name, value, option_name, values.describe()))
+        what = values.problem(value)
+        if what:
+            raise DownloadError(refusal('--' + option_name, value, what))
     if not isinstance(model, PretrainedModel):
         model = pretrained_model(model)
     name = model.name

@@ -8,6 +8,7 @@ back with :func:`config_from_args`, nothing else. A Python caller makes a
 ``TrainConfig`` and passes it to :func:`finetune.fit`.
 """
 import argparse
+import contextlib
 import dataclasses
 import numbers
 import os
@@ -20,6 +21,7 @@ from finetune.common.cli import non_negative_float
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
 from finetune.common.cli import positive_int
+from finetune.common.cli import refusal
 from finetune.common.errors import FinetuneError
 
 GROUPS = ('data', 'pretrained network and surgery', 'solver', 'schedule',
@@ -174,49 +176,46 @@ def check_config(config):
     anything is read or written; path fields given as ``os.PathLike``
     (``pathlib.Path``) become ``str`` and ints in float fields floats.
 
-    The command line's argparse types are the same rules (each field's
+    The command line's values are checked here too (each field's
     ``values`` range and ``choices``), so the CLI and the Python API
-    refuse the same values.
+    refuse the same values with the same line.
 
     Raises:
-        FinetuneError: one line naming the option and the field, e.g.
-            ``--batchsize (TrainConfig.batchsize): expected an integer
-            >= 1, got '32'``.
+        FinetuneError: one line naming the option (the field of the same
+            name) and what it must be, e.g. ``--batchsize '32': must be
+            an integer >= 1``.
     """
     if config.data is None:
-        raise FinetuneError('--data (TrainConfig.data): required (a folder '
-                            'with one sub-folder of images per class)')
+        raise FinetuneError('--data: required (a folder with one '
+                            'sub-folder of images per class)')
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        problem, value = _field_value(field, value)
-        if problem:
-            raise FinetuneError('%s (TrainConfig.%s): %s, got %r' % (
-                option_flag(field.name), field.name, problem,
-                getattr(config, field.name)))
-        setattr(config, field.name, value)
+        what, normalized = _field_value(field, value)
+        if what:
+            raise FinetuneError(refusal(option_flag(field.name), value,
+                                        what))
+        setattr(config, field.name, normalized)
 
 
 def _field_value(field, value):
-    """``(problem, value)``: what is wrong with ``value`` for ``field``
-    (None when nothing is) and the value normalized."""
+    """``(what it must be, value)``: None when ``value`` is right for
+    ``field``, and the value normalized."""
     meta = field.metadata
     optional = field.type == Optional[str]
     if value is None and optional:
         return None, value
     if field.type is bool:
-        return (None if isinstance(value, bool) else 'expected True or '
-                'False'), value
+        return (None if isinstance(value, bool) else 'True or False'), value
     if meta['values'] is not None:
         return _number_value(meta['values'], value)
     if meta['path'] and isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value:
-        return 'expected %s%s' % (
-            'a path' if meta['path'] else 'a non-empty string',
-            ' or None' if optional else ''), value
+        return '%s%s' % ('a path' if meta['path'] else 'a non-empty string',
+                         ' or None' if optional else ''), value
     choices = meta['argparse'].get('choices')
     if choices and value not in choices:
-        return 'expected one of %s' % ', '.join(map(repr, choices)), value
+        return 'one of %s' % ', '.join(map(repr, choices)), value
     return None, value
 
 
@@ -225,10 +224,9 @@ def _number_value(values, value):
         value = int(value)
     if values.kind is float and isinstance(value, numbers.Real) and \
             not isinstance(value, bool):
-        value = float(value)
-    if not values.accepts(value):
-        return 'expected %s' % values.describe(), value
-    return None, value
+        with contextlib.suppress(OverflowError):  # 10 ** 400 stays an int
+            value = float(value)
+    return values.problem(value), value
 
 
 def add_config_arguments(parser):

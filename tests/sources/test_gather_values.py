@@ -19,8 +19,8 @@ from tests.sources.test_url_images import CAT
 def test_gather_refuses_meaningless_settings_before_writing(tmp_path, name,
                                                             value):
     out = tmp_path / 'photos'
-    with pytest.raises(DataError, match=r'^%s=.* \(--%s\): expected' % (
-            name, name.replace('_', '-'))):
+    with pytest.raises(DataError, match=r'^--%s .*: must be ' %
+                       name.replace('_', '-')):
         gather([Entry('http://127.0.0.1:9/a.jpg', 'cat')], str(out),
                progress=False, **{name: value})
     assert not out.exists()
@@ -29,7 +29,7 @@ def test_gather_refuses_meaningless_settings_before_writing(tmp_path, name,
 @pytest.mark.parametrize('name,value', [
     ('timeout', 0), ('timeout', float('nan')), ('retries', -1)])
 def test_fetch_model_refuses_meaningless_settings(tmp_path, name, value):
-    with pytest.raises(DownloadError, match=r'^%s=' % name):
+    with pytest.raises(DownloadError, match=r'^--%s .*: must be ' % name):
         fetch_model('alexnet', str(tmp_path / 'pretrained'),
                     progress=False, **{name: value})
     assert not (tmp_path / 'pretrained').exists()

@@ -1,6 +1,6 @@
 """TrainConfig refuses what the command line refuses, in one line naming
-the field and its option, before anything is read or written; paths may
-be os.PathLike."""
+the option (the field of the same name) and the value, before anything is
+read or written; paths may be os.PathLike."""
 import dataclasses
 import math
 import pathlib
@@ -16,26 +16,23 @@ from finetune.training.config import config_from_args
 NAN, INF = float('nan'), float('inf')
 
 #: field -> values that make no sense for it (written from the options'
-#: meaning, not from the code)
+#: meaning, not from the code); those refused before issue 20 (below the
+#: lower bound of val_split, lr, time_limit, the counts) are left to
+#: test_commands
 BAD_VALUES = {
-    'val_split': [1.0, -0.1, NAN, INF],
-    'head_lr_mult': [-1.0, NAN, INF],
-    'lr': [0.0, -0.001, NAN, INF, -INF],
-    'momentum': [1.0, -0.1, NAN, 1.5],
-    'weight_decay': [-5e-4, NAN, INF],
-    'time_limit': [-1.0, NAN, INF],
-    'lr_gamma': [0.0, -0.1, NAN, INF],
-    'epochs': [0, -1, 2.5, '10', True],
-    'lr_step': [-1, 1.5],
-    'batchsize': [0, -32, '32', 32.0, None],
-    'val_batchsize': [0, '64'],
-    'loaderjob': [-1, '2'],
+    'head_lr_mult': [-1.0, INF],
+    'lr': [INF],
+    'momentum': [1.0, -0.1, 1.5],
+    'weight_decay': [-5e-4, INF],
+    'time_limit': [INF],
+    'lr_gamma': [0.0, -0.1, INF],
+    'epochs': [2.5, '10', True],
+    'lr_step': [1.5],
+    'batchsize': ['32', 32.0, None],
+    'val_batchsize': ['64'],
+    'loaderjob': ['2'],
     'seed': [-1, 2 ** 32, '0'],
-    'device': [-2, 'gpu'],
-    'snapshot_interval': [-1],
-    'keep_snapshots': [0],
-    'log_interval': [-1],
-    'cache_crops': [0],
+    'device': ['gpu'],
     'mean': ['imagenet', None, 1],
     'dtype': ['float64', 'half'],
     'trunk_backend': ['cuda'],
@@ -47,6 +44,8 @@ BAD_VALUES = {
     'cache_features': ['false'],
     'label_file': [1],
 }
+#: float fields whose NaN and -Inf were refused before (a failed comparison)
+CHECKED_BEFORE = ('val_split', 'lr', 'time_limit')
 
 
 def bad_cases():
@@ -55,7 +54,7 @@ def bad_cases():
     cases = [(field, value) for field, values in BAD_VALUES.items()
              for value in values]
     floats = [f.name for f in dataclasses.fields(TrainConfig)
-              if f.type is float]
+              if f.type is float and f.name not in CHECKED_BEFORE]
     return cases + [(name, value) for name in floats for value in (NAN, -INF)
                     if (name, value) not in cases]
 
@@ -66,17 +65,13 @@ def test_a_bad_field_is_one_line_naming_field_and_option(field, value):
         TrainConfig(data='photos', **{field: value})
     message = str(error.value)
     assert len(message.splitlines()) == 1
-    assert message.startswith('--%s (TrainConfig.%s): expected ' % (
-        field.replace('_', '-'), field)), message
-    assert message.endswith('got %r' % (value,)), message
+    assert message.startswith('--%s %r: must be ' % (
+        field.replace('_', '-'), value)), message
 
 
-# (--val-split, --lr, --time-limit were checked before; test_commands runs
-# the command on some)
 @pytest.mark.parametrize('field,value', [
     (f, v) for f, v in bad_cases() if isinstance(v, float) and
-    (math.isnan(v) or math.isinf(v) or v < 0) and
-    f not in ('val_split', 'lr', 'time_limit')])
+    (math.isnan(v) or math.isinf(v) or v < 0) and f not in CHECKED_BEFORE])
 def test_the_command_line_refuses_the_same_values(field, value):
     args = build_parser().parse_args(['--data', 'x', '--%s=%r' % (
         field.replace('_', '-'), value)])
