@@ -57,17 +57,20 @@ def _class_folders(root):
     left out with a warning.
 
     Raises:
-        DataError: a class folder name that is not valid UTF-8 or holds a
-            line break (it could not be a line of ``labels.txt``).
+        DataError: a class folder name that is not valid UTF-8, holds a
+            line break or starts or ends with white space (it could not be
+            read back from ``labels.txt`` and ``train.txt``).
     """
     top = os.path.realpath(root)
     names = sorted(name for name in os.listdir(root)
                    if not is_hidden(name)
                    and os.path.isdir(os.path.join(root, name)))
     for name in names:
-        if not images.is_usable_name(name):
-            raise DataError('%s: class folder name %r is not valid UTF-8 '
-                            'or holds a line break; rename it'
+        if not images.is_usable_name(name) or name != name.strip():
+            raise DataError('%s: class folder name %r is not valid UTF-8, '
+                            'holds a line break or starts or ends with '
+                            'white space (train.txt and labels.txt could '
+                            'not give it back); rename it'
                             % (printable(root), name))
     folders = {}
     for name in sorted(names, key=lambda n: (os.path.islink(

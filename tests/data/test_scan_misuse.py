@@ -136,7 +136,7 @@ def test_file_names_with_line_separators_are_left_out_and_lists_read_back(
 
 
 @pytest.mark.parametrize('name', ['c\u2028d', 'c\nd', 'c\x85d',
-                                  b'c\xffd'])
+                                  b'c\xffd', ' c', 'c ', 'c\t'])
 def test_class_folder_names_that_cannot_be_a_line_are_refused_up_front(
         tmp_path, name):
     root = two_classes(tmp_path / 'data')
