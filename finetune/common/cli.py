@@ -79,18 +79,18 @@ class Range:
         in the range."""
         if self.accepts(value):
             return None
-        kind_ok = not isinstance(value, bool) and isinstance(
-            value, (int, float) if self.kind is float else int)
-        if kind_ok and _finite(value) and self.bounds():
+        if self._is_kind(value) and _finite(value) and self.bounds():
             return self.bounds()
         return self.describe()
 
+    def _is_kind(self, value):
+        """An int for ``int``, an int or float for ``float``; no bool."""
+        return not isinstance(value, bool) and isinstance(
+            value, (int, float) if self.kind is float else int)
+
     def accepts(self, value):
         """Whether ``value`` (already a number) is in the range."""
-        if isinstance(value, bool) or not isinstance(
-                value, (int, float) if self.kind is float else int):
-            return False
-        if not _finite(value):
+        if not self._is_kind(value) or not _finite(value):
             return False
         low_ok = self.low is None or (
             value > self.low if self.low_open else value >= self.low)
