@@ -37,6 +37,7 @@ from finetune.inference.predictor import Predictor
 from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
 from finetune.training import report
+from finetune.training.config import check_config
 from finetune.training.distributed import ranks_for
 from finetune.training.extensions import Classifier
 from finetune.training.extensions import EpochOrIntervalTrigger
@@ -173,7 +174,8 @@ def check_data(config):
     (listing the folder twice costs little next to verifying every
     image)."""
     if not resumes_from_lists(config):
-        folder.list_dataset(config.data, config.label_file)
+        folder.list_dataset(config.data, config.label_file,
+                            {'--out': config.out})
 
 
 def prepare_lists(config, channels, size):
@@ -556,6 +558,7 @@ def fit(config):
     Raises:
         FinetuneError: bad input (one line naming the file or option).
     """
+    check_config(config)  # fields set after the TrainConfig was made
     ranks = ranks_for(config.communicator)
     training_device(config.device, ranks)  # a --device that cannot work
     pretrained = load_and_plan(config)
@@ -620,6 +623,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     Returns:
         LRFindResult (``suggested_lr``, the curve).
     """
+    check_config(config)
     if config.communicator:
         raise FinetuneError('--lr-find runs in one process: drop '
                             '--communicator')
