@@ -288,7 +288,8 @@ def hostile_cases(corpus):
 # ---------------------------------------------------------------- misuse
 
 #: a class folder name a spreadsheet would run as a formula
-FORMULA_CLASS = "=cmd|' /C calc'!A0"
+FORMULA_CLASS = "=cmd|'-C calc'!A0"  # OWASP's example, less its '/'
+
 
 
 def write_misuse_files(corpus):
