@@ -24,7 +24,6 @@ from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
 from finetune.common.errors import one_line
 from finetune.common.fileio import naming_write_errors
-from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
 from finetune.data.feature_cache import CachedCropConverter
@@ -37,6 +36,7 @@ from finetune.inference.predictor import Predictor
 from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
 from finetune.training import report
+from finetune.training.distributed import rank_device
 from finetune.training.distributed import ranks_for
 from finetune.training.extensions import Classifier
 from finetune.training.extensions import EpochOrIntervalTrigger
@@ -427,11 +427,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
 
 def training_device(device, ranks):
     """Chainer device of this rank (``device`` + the rank's local index)."""
-    gpu = device + ranks.intra_rank if device >= 0 else -1
-    option = '--device %d' % device
-    if ranks.size > 1:
-        option += ' (rank %d: GPU %d)' % (ranks.rank, gpu)
-    return gpu_device(gpu, option)
+    return rank_device(device, ranks)
 
 
 @dataclasses.dataclass
