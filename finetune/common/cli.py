@@ -45,7 +45,8 @@ def command(main=None, on_interrupt='re-run the same command to continue'):
             print('error: %s' % e, file=sys.stderr)
             sys.exit(2)
         except Preempted as e:
-            print(e, file=sys.stderr)
+            if str(e):  # rank 0's; the other ranks say nothing
+                print(e, file=sys.stderr)
             sys.exit(PREEMPTED_STATUS)
         except KeyboardInterrupt:
             print('interrupted; %s' % on_interrupt, file=sys.stderr)

@@ -45,6 +45,9 @@ class SingleProcess:
     def gather(self, obj):
         return [obj]
 
+    def resumed(self, optimizer):
+        pass
+
     def any(self, flag):
         return bool(flag)
 
@@ -93,6 +96,15 @@ class MultiNode:
         digests = self.comm.gather_obj(digest.hexdigest(), root=0)
         return None if digests is None else len(set(digests)) == 1
 
+
+    def resumed(self, optimizer):
+        """Tell ChainerMN's multi-node ``optimizer`` that its weights were
+        loaded from a snapshot (the same on every rank). Its first
+        ``update()`` only broadcasts rank 0's weights and skips the step;
+        that is right for the run's first step but made every resumed run
+        lose one step (and end with other weights than an uninterrupted
+        run)."""
+        optimizer.is_changed(optimizer.target)  # records the parameters
 
     def gather(self, obj):
         """Every rank's ``obj``, in rank order, on rank 0 (None
