@@ -126,8 +126,9 @@ class Journal:
         """(rows, skipped, end offset of the last complete chunk)."""
         self.file.seek(0)
         first = self.file.readline(MAX_IDENTITY_BYTES)
-        if not first:
-            return 0, 0, 0
+        if not first or (not first.endswith(b'\n') and (
+                first.startswith(MAGIC) or MAGIC.startswith(first))):
+            return 0, 0, 0  # empty, or killed while writing this line
         if not first.startswith(MAGIC) or not first.endswith(b'\n'):
             raise FinetuneError('%s: not a finetune predict journal; '
                                 'delete it to start %s over'
