@@ -108,21 +108,40 @@ class Predictor:
         return cpu.send(probs), cpu.send(h.array).astype(np.float32)
 
     def _fast_outputs(self, cut, batch):
-        """(activations at ``cut``, logits) from OpenCV, in one pass when
-        the cut's blob is the output of a layer of the whole net."""
+        """(activations at ``cut``, logits) from OpenCV: in one pass, the
+        whole net asked for both outputs, when that gives what the net cut
+        there gives (checked on the first batch: OpenCV fuses some layers
+        into others and then cannot give their outputs), else in two."""
         if cut not in self._stages:
-            self._stages[cut] = OpenCVStages(self.model, cut)
-        stages, whole = self._stages[cut], self.fast
-        if stages.output in whole.net.getLayerNames():
-            whole.net.setInput(np.ascontiguousarray(batch))
-            features, logits = whole.net.forward([stages.output,
-                                                  whole.output])
-        else:  # a blob the whole net has no layer for: a second pass
-            features, logits = stages(batch), whole(batch)
-        n = len(batch)
+            stages = OpenCVStages(self.model, cut)
+            self._stages[cut] = (stages, stages.output in
+                                 self.fast.net.getLayerNames())
+            if self._stages[cut][1]:
+                one = self._one_pass(stages, batch)[0]
+                two = self._shaped(stages, stages(batch), len(batch))
+                with np.errstate(invalid='ignore', over='ignore'):
+                    same = np.abs(one - two).max() <= \
+                        1e-5 * np.abs(two).max()
+                self._stages[cut] = (stages, bool(same))
+        stages, one_pass = self._stages[cut]
+        if one_pass:
+            features, logits = self._one_pass(stages, batch)
+        else:
+            features = self._shaped(stages, stages(batch), len(batch))
+            logits = self.fast(batch)
+        return features, logits.reshape(len(batch), -1)
+
+    def _one_pass(self, stages, batch):
+        whole = self.fast
+        whole.net.setInput(np.ascontiguousarray(batch))
+        features, logits = whole.net.forward([stages.output, whole.output])
+        return self._shaped(stages, features, len(batch)), logits
+
+    @staticmethod
+    def _shaped(stages, features, n):
         if stages.shape is not None:
             features = features.reshape((n,) + tuple(stages.shape))
-        return features.astype(np.float32, copy=False), logits.reshape(n, -1)
+        return features.astype(np.float32, copy=False)
 
     def features(self, images, layer, batch_size=32):
         """Activations of ``images`` at the layer named ``layer``.
@@ -216,7 +235,15 @@ def feature_cuts(model):
     weighted layer, and the output.
     """
     if hasattr(model, 'valid_cuts'):
-        return {model.cut_blobs(k)[0]: k for k in model.valid_cuts() if k}
+        tops = {layer.name: tuple(layer.top)
+                for layer in model.net_param.layer}
+        names = model.layer_names
+        # a blob that in-place layers (BatchNorm, Scale, ReLU) rewrite goes
+        # by its last version, as Caffe's net.blobs[name] after a forward
+        # pass: not at a cut whose next layer rewrites it
+        return {model.cut_blobs(k)[0]: k for k in model.valid_cuts()
+                if k and (k == len(names) or model.cut_blobs(k)[0]
+                          not in tops[names[k]])}
     definition = parse_net_text(model.definition(), 'model definition')
     tops = {layer.name: layer.top[0] for layer in definition.layer}
     names = list(model.layer_names)
