@@ -48,7 +48,8 @@ def wait_for_log(out, process, timeout=120):
 
 
 def same_weights(a, b):
-    a, b = params(str(a / 'model_final.npz')), params(str(b / 'model_final.npz'))
+    a = params(str(a / 'model_final.npz'))
+    b = params(str(b / 'model_final.npz'))
     return a.keys() == b.keys() and all(
         np.array_equal(x, y) for name in a for x, y in zip(a[name], b[name]))
 
