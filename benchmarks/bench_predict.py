@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Batch labelling rate of ``python -m finetune.predict``: 1 vs 2 processes.
 
-    .venv/bin/python benchmarks/bench_predict.py --quick    # ~2 min
-    .venv/bin/python benchmarks/bench_predict.py            # ~6 min
+    .venv/bin/python benchmarks/bench_predict.py --quick    # ~5 min, 2 cores
+    .venv/bin/python benchmarks/bench_predict.py            # ~15 min
     .venv/bin/python benchmarks/bench_predict.py --gpu 0 -j 4
 
 Writes a temporary folder of 500x375 JPEGs and a random-weight BVLC
