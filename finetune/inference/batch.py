@@ -401,7 +401,14 @@ def _start_job(model_path, images, out, top, device, backend, layer,
             printable(os.fspath(i)) for i in images))
     inputs = [model_path] + paths
     refuse_overwriting_inputs(out, inputs, '--out')
+    if os.path.isdir(out):
+        raise FinetuneError('--out %s: is a folder; name the CSV file to '
+                            'write' % printable(out))
     if layer:
+        if os.path.abspath(features_path(out)) == os.path.abspath(out):
+            raise FinetuneError('--out %s: --features writes %s; give the '
+                                'CSV another extension (.csv)'
+                                % (printable(out), printable(out)))
         refuse_overwriting_inputs(features_path(out), inputs, '--features')
     predictor = load(model_path, device=rank_device(device, ranks),
                      backend=backend)

@@ -101,6 +101,7 @@ class Journal:
             raise FinetuneError('--resume: %s has no partial run to resume '
                                 '(no %s)' % (out, self.path))
         with naming_write_errors(self.path):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self.file = open(self.path, 'a+b')
         try:
             self._lock()

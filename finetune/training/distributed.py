@@ -11,6 +11,7 @@ import os
 
 import chainer
 
+from finetune.common.errors import FinetuneError
 from finetune.common.gpu import device as gpu_device
 
 #: Environment variables by which MPI launchers (OpenMPI's mpiexec, MPICH
@@ -153,7 +154,16 @@ def mpi_job_size(environ=os.environ):
 def ranks_for_job(communicator='naive'):
     """MultiNode over ``communicator`` when this process is one of several
     started by mpiexec or srun, else SingleProcess (a plain run)."""
-    return ranks_for(communicator if mpi_job_size() > 1 else None)
+    if mpi_job_size() == 1:
+        return SingleProcess()
+    try:
+        import mpi4py.MPI  # noqa: F401 (ChainerMN's transport)
+    except ImportError as e:
+        raise FinetuneError('started by mpiexec/srun as one of %d '
+                            'processes, but mpi4py cannot be imported (%s); '
+                            'pip install mpi4py, or run one process'
+                            % (mpi_job_size(), e)) from None
+    return ranks_for(communicator)
 
 
 def ranks_for(communicator):

@@ -501,3 +501,30 @@ def test_label_images_refuses_bad_arguments_by_name(lenet_npz, tmp_path,
         label_images(lenet_npz, [data_path('cat.jpg')], str(out),
                      **{name: value})
     assert os.listdir(tmp_path) == []
+
+
+def test_outputs_that_cannot_work_are_refused_before_labelling(lenet_npz,
+                                                               tmp_path):
+    """A folder as --out, and --features whose .npy would be the CSV
+    itself: refused in one line, nothing written (the folder case used to
+    fail only at the end, after labelling everything)."""
+    folder = tmp_path / 'out.csv'
+    folder.mkdir()
+    for out, extra, expected in ((folder, [], 'is a folder'),
+                                 (tmp_path / 'preds.npy',
+                                  ['--features', 'ip1'], '--features')):
+        result = run('finetune.predict', '--model', lenet_npz,
+                     data_path('cat.jpg'), '-o', str(out), *extra)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines
+        assert sorted(os.listdir(tmp_path)) == ['out.csv']
+        assert os.listdir(folder) == []
+
+
+def test_a_new_output_folder_is_created(lenet_npz, tmp_path):
+    out = tmp_path / 'new' / 'deeper' / 'preds.csv'
+    result = run('finetune.predict', '--model', lenet_npz,
+                 data_path('cat.jpg'), '-o', str(out), '-j', '0')
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(out.parent) == ['preds.csv']
