@@ -211,7 +211,7 @@ class StopOnSigterm(extension.Extension):
 
     Args:
         ranks: SingleProcess or MultiNode.
-        snapshot: the trainer snapshot extension (rank 0; None elsewhere).
+        snapshot: a trainer snapshot extension (only rank 0 calls it).
         out (str): the run's folder (named in the message).
     """
 
