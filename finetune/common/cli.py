@@ -9,14 +9,32 @@ import sys
 from finetune.common.errors import FinetuneError
 
 
-def command(main):
+#: Exit status of a command that SIGTERM stopped after it saved its state
+#: (sysexits' EX_TEMPFAIL: run it again to continue); Ctrl-C gives 130.
+PREEMPTED_STATUS = 75
+
+
+class Preempted(Exception):
+    """SIGTERM stopped a command at a safe point, its state saved; the
+    message says so and how to continue. :func:`command` prints it and
+    exits with :data:`PREEMPTED_STATUS`."""
+
+
+def command(main=None, on_interrupt='re-run the same command to continue'):
     """Decorate a CLI ``main(argv=None)``: user errors become one line.
 
     A :class:`FinetuneError` or ``OSError`` prints ``error: <file>: <what
     is wrong>`` on stderr and exits with status 2 instead of a traceback;
-    Ctrl-C (or SIGTERM) exits with 130 after cleaning up. Otherwise ``main``'s return value is returned,
-    so ``sys.exit(main())`` gives the right status.
+    Ctrl-C (or SIGTERM) exits with 130 after cleaning up, printing
+    ``interrupted; <on_interrupt>`` (what continues the work: give each
+    command its own with ``@command(on_interrupt=...)``); a
+    :class:`Preempted` prints its message and exits with
+    :data:`PREEMPTED_STATUS`. Otherwise ``main``'s return value is
+    returned, so ``sys.exit(main())`` gives the right status.
     """
+    if main is None:
+        return functools.partial(command, on_interrupt=on_interrupt)
+
     @functools.wraps(main)
     def run(argv=None):
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -27,9 +45,12 @@ def command(main):
         except (FinetuneError, OSError) as e:
             print('error: %s' % e, file=sys.stderr)
             sys.exit(2)
+        except Preempted as e:
+            if str(e):  # rank 0's; the other ranks say nothing
+                print(e, file=sys.stderr)
+            sys.exit(PREEMPTED_STATUS)
         except KeyboardInterrupt:
-            print('interrupted; re-run the same command to continue',
-                  file=sys.stderr)
+            print('interrupted; %s' % on_interrupt, file=sys.stderr)
             sys.exit(130)
     return run
 

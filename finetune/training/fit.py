@@ -24,7 +24,6 @@ from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
 from finetune.common.errors import one_line
 from finetune.common.fileio import naming_write_errors
-from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
 from finetune.data.feature_cache import CachedCropConverter
@@ -38,6 +37,7 @@ from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
 from finetune.training import report
 from finetune.training.config import check_config
+from finetune.training.distributed import rank_device
 from finetune.training.distributed import ranks_for
 from finetune.training.extensions import Classifier
 from finetune.training.extensions import EpochOrIntervalTrigger
@@ -47,6 +47,7 @@ from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import SaveBestModel
 from finetune.training.extensions import SeededUpdater
 from finetune.training.extensions import SnapshotWriter
+from finetune.training.extensions import StopOnSigterm
 from finetune.training.extensions import latest_snapshot
 from finetune.training.lr_find import lr_range_test
 from finetune.training.run_dir import check_run_dir
@@ -395,12 +396,20 @@ def evaluate_and_report(config, net, val, names, preprocess, device):
 def run_trainer(trainer, resume, ranks, updater, out):
     """Resume from ``resume`` (a snapshot or 'auto') and run ``trainer``.
 
+    SIGTERM stops it at the next iteration with a snapshot
+    (:class:`StopOnSigterm`).
+
     Raises:
+        Preempted: after SIGTERM, the snapshot written (exit status 75).
         FinetuneError: the snapshot does not fit this run, or training
             diverged (the message suggests a lower ``--lr`` and names the
             snapshots there are).
     """
     resume = resume_snapshot(resume, out) if resume else None
+    preemption = StopOnSigterm(ranks, extensions.snapshot(
+        writer=SnapshotWriter(),
+        filename=SNAPSHOT_PREFIX + '{.updater.iteration}'), out)
+    trainer.extend(preemption, name='stop_on_sigterm')
     if resume:
         if ranks.is_root:
             print('resuming from %s' % resume, file=sys.stderr)
@@ -410,11 +419,12 @@ def run_trainer(trainer, resume, ranks, updater, out):
             raise FinetuneError('--resume %s: does not fit this run (%s)'
                                 % (resume, one_line(e)[:200])
                                 ) from None
+        ranks.resumed(updater.get_optimizer('main'))
     try:
         # no traceback of Chainer's own before the error (a full disk is
         # one line); errors that are not the user's still show theirs.
         # Chainer's log and plots do not name their file: name --out.
-        with naming_write_errors(out):
+        with naming_write_errors(out), preemption.installed():
             trainer.run(show_loop_exception_msg=False)
     except RuntimeError as e:
         if 'diverge' not in str(e):
@@ -429,11 +439,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
 
 def training_device(device, ranks):
     """Chainer device of this rank (``device`` + the rank's local index)."""
-    gpu = device + ranks.intra_rank if device >= 0 else -1
-    option = '--device %d' % device
-    if ranks.size > 1:
-        option += ' (rank %d: GPU %d)' % (ranks.rank, gpu)
-    return gpu_device(gpu, option)
+    return rank_device(device, ranks)
 
 
 @dataclasses.dataclass
