@@ -192,7 +192,7 @@ class FeatureFile:
 
     def __init__(self, path, shape, keep):
         self.path = path
-        directory, name = os.path.split(os.path.abspath(path))
+        directory, name = os.path.split(path)  # errors name it as given
         self.partial = os.path.join(directory, '.%s.partial.npy' % name)
         self.shape = tuple(shape)
         self.array = self._reopened() if keep else None

@@ -38,8 +38,8 @@ MAX_IDENTITY_BYTES = 1 << 16
 
 def journal_path(out):
     """The journal of the output file ``out``: ``.<name>.partial``
-    beside it."""
-    directory, name = os.path.split(os.path.abspath(out))
+    beside it (spelt as ``out`` is, so errors name what the user gave)."""
+    directory, name = os.path.split(out)
     return os.path.join(directory, '.%s.partial' % name)
 
 
@@ -57,7 +57,7 @@ def remove_stale_temporaries(path):
     """Remove the temporaries ``fileio.atomic_write`` leaves beside
     ``path`` when a writer is killed (``.<name>.XXXX.tmp*``). Call only
     while holding the lock that every writer of ``path`` takes."""
-    directory, name = os.path.split(os.path.abspath(path))
+    directory, name = os.path.split(path)
     for stale in glob.glob(os.path.join(glob.escape(directory),
                                         '.%s.*.tmp*' % glob.escape(name))):
         with contextlib.suppress(FileNotFoundError):
@@ -100,8 +100,8 @@ class Journal:
         if require and not exists:
             raise FinetuneError('--resume: %s has no partial run to resume '
                                 '(no %s)' % (out, self.path))
-        with naming_write_errors(self.path):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with naming_write_errors(out, temporary=self.path):
+            os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
             self.file = open(self.path, 'a+b')
         try:
             self._lock()
@@ -179,7 +179,7 @@ class Journal:
         return text
 
     def _append(self, data):
-        with naming_write_errors(self.path):
+        with naming_write_errors(self.out, temporary=self.path):
             self.file.seek(0, os.SEEK_END)
             self.file.write(data)
             self.file.flush()

@@ -335,7 +335,7 @@ def write_misuse_files(corpus):
 
 def cells_are_not_formulas(*names):
     """No cell of the CSVs ``names`` (under the case's folder) starts as a
-    formula, and the formula class names are there, escaped."""
+    formula, and one starts with :data:`FORMULA_CLASS`, escaped."""
     import csv
     dangerous = ('=', '+', '-', '@', '\t', '\r')
 
@@ -348,9 +348,9 @@ def cells_are_not_formulas(*names):
         formulas = [cell for cell in cells if cell.startswith(dangerous)]
         if formulas:
             return 'formula cells: %s' % formulas[:3]
-        if "'" + FORMULA_CLASS not in cells:
-            return 'the class %r is not in %s, escaped' % (FORMULA_CLASS,
-                                                          names)
+        if not any(cell.startswith("'" + FORMULA_CLASS) for cell in cells):
+            return 'no cell of %s starts with %r, escaped' % (names,
+                                                             FORMULA_CLASS)
     return check
 
 
@@ -427,9 +427,12 @@ def misuse_cases(corpus):
             misuse('formula')), status=0, outputs=('out',), stream='stdout',
             last=trained, check=cells_are_not_formulas(
                 'out/per_class_accuracy.csv', 'out/confusion_matrix.csv')),
-        Case('20.7 formula class names are escaped in predict', module(
-            'predict', '--model', lenet, misuse('formula'), '-o', 'p.csv',
-            '-j', '0'), status=0, outputs=('p.csv',),
+        Case('20.7 formula folder names are escaped in predict', module(
+            'predict', '--model', lenet, FORMULA_CLASS, '-o', 'p.csv', '-j',
+            '0'), status=0, outputs=('p.csv',),
+            setup=lambda folder: shutil.copytree(
+                misuse('formula', FORMULA_CLASS),
+                os.path.join(folder, FORMULA_CLASS)),
             last=r'images labelled', check=cells_are_not_formulas('p.csv')),
         Case('20.8 train on an undecodable file name', train(
             misuse('odd_names')), status=0, outputs=('out',),
