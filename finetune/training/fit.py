@@ -31,6 +31,7 @@ from finetune.data.feature_cache import CachedCropConverter
 from finetune.data.feature_cache import CachedFeatureDataset
 from finetune.data.feature_cache import cached_features
 from finetune.data.loader import make_iterator
+from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
 from finetune.inference.predictor import Predictor
@@ -568,6 +569,7 @@ def fit(config):
     """
     ranks = ranks_for(config.communicator)
     training_device(config.device, ranks)  # a --device that cannot work
+    use_forkserver()  # with its preload, before the image check starts it
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
