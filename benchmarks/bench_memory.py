@@ -2,7 +2,7 @@
 """Peak memory of training runs: the main process, each loader worker and
 the whole process tree (issue 23 item 1).
 
-    .venv/bin/python benchmarks/bench_memory.py --quick   # ~4 min on 2 cores
+    .venv/bin/python benchmarks/bench_memory.py --quick   # 6-10 min, 2 cores
     .venv/bin/python benchmarks/bench_memory.py           # more crops/epochs
 
 Each scenario runs as a child process while a thread polls ``/proc`` for
@@ -289,9 +289,11 @@ def alexnet_scenarios(work, quick):
     limit = '15' if quick else '40'
     for n in (60, 240):
         data, source = flower_folder(os.path.join(work, 'flowers%d' % n), n)
+        origin = 'shared set' if source == SHARED_FLOWERS else \
+            'shipped' if n <= 60 else 'shipped, repeated'
         for batch in (32, 64):
-            yield ('d. AlexNet uncached conv1-conv5, %d images, batch %d'
-                   % (5 * n, batch),
+            yield ('d. AlexNet uncached conv1-conv5, %d images (%s), batch '
+                   '%d' % (5 * n, origin, batch),
                    train_cmd('--data', data, '--pretrained', npz,
                              '--freeze', 'conv1-conv5', '-B', str(batch),
                              '--epochs', '1', '--time-limit', limit,
