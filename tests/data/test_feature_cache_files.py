@@ -147,3 +147,20 @@ def test_a_damaged_cache_file_is_one_line_error(tmp_path, damage):
         CachedFeatureDataset(str(path), np.arange(4))[0]
     assert str(path) in str(error.value)
     assert '\n' not in str(error.value)
+
+
+def test_a_damaged_cache_is_built_again(digits, tmp_path, capsys):
+    """A cache file cut short (a full disk, a user's editor) is not reused:
+    the next run builds it again and trains as on a fresh cache."""
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    run(lenet_args(data, pretrained, out))
+    cache_dir = out / 'feature_cache'
+    name = [n for n in os.listdir(cache_dir) if n.startswith('train-')][0]
+    good = np.load(str(cache_dir / name))
+    with open(cache_dir / name, 'r+b') as f:
+        f.truncate(os.path.getsize(cache_dir / name) // 2)
+    capsys.readouterr()
+    run(lenet_args(data, pretrained, out) + ['--overwrite'])
+    assert 'train features: cached in' in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(str(cache_dir / name)), good)
