@@ -569,7 +569,8 @@ def fit(config):
     """
     ranks = ranks_for(config.communicator)
     training_device(config.device, ranks)  # a --device that cannot work
-    use_forkserver()  # with its preload, before the image check starts it
+    if config.loaderjob > 0:  # its preload, before the image check's pool
+        use_forkserver()
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
