@@ -30,6 +30,7 @@ from finetune.data.feature_cache import CachedCropConverter
 from finetune.data.feature_cache import CachedFeatureDataset
 from finetune.data.feature_cache import cached_features
 from finetune.data.loader import make_iterator
+from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
 from finetune.inference.predictor import Predictor
@@ -375,12 +376,22 @@ def add_extensions(trainer, config, inputs, device, ranks, save_best):
 def evaluate_and_report(config, net, val, names, preprocess, device):
     """Probabilities on the validation set -> the evaluation report.
 
-    Images that can no longer be read are left out of the report.
+    ``net`` is the training FineTuneNet: with a frozen prefix, the images
+    go through its own trunk runner (the OpenCV net built for the cache or
+    the training steps; building a second one for the whole net held the
+    weights twice more) and the head on Chainer. Images that can no longer
+    be read are left out of the report.
     """
     if not val:
         return None
-    predictor = Predictor(net, names, preprocess, device=device,
-                          backend=config.trunk_backend)
+    if net.frozen:
+        net = net.copy(mode='share')  # same weights and trunk runner
+        net.from_features = False
+        predictor = Predictor(net, names, preprocess, device=device,
+                              backend='chainer')
+    else:
+        predictor = Predictor(net.net, names, preprocess, device=device,
+                              backend=config.trunk_backend)
     rows = predict_paths(predictor, [os.path.join(config.data, p)
                                      for p, _ in val],
                          config.val_batchsize, config.loaderjob,
@@ -567,6 +578,8 @@ def fit(config):
     check_config(config)  # fields set after the TrainConfig was made
     ranks = ranks_for(config.communicator)
     training_device(config.device, ranks)  # a --device that cannot work
+    if config.loaderjob > 0:  # its preload, before the image check's pool
+        use_forkserver()
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
@@ -609,9 +622,9 @@ def _fit(config, ranks, pretrained):
     final = os.path.join(config.out, MODEL_FINAL)
     save(final)
     start = time.perf_counter()
-    summary = evaluate_and_report(config, network, run.val_list,
-                                  run.class_names, run.preprocess,
-                                  run.device)
+    summary = evaluate_and_report(config, run.model.predictor,
+                                  run.val_list, run.class_names,
+                                  run.preprocess, run.device)
     run.seconds['evaluation'] = time.perf_counter() - start
     if summary:
         print(report.format_summary(summary))
