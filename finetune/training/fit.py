@@ -52,6 +52,7 @@ from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
 from finetune.training.run_dir import resume_snapshot
+from finetune.training.snapshot import load_snapshot
 from finetune.training.lr_find import plot_lr_find
 from finetune.training.solver import CaffeSGD
 from finetune.training.solver import set_caffe_lr_policy
@@ -403,7 +404,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
         if ranks.is_root:
             print('resuming from %s' % resume, file=sys.stderr)
         try:
-            chainer.serializers.load_npz(resume, trainer)
+            load_snapshot(resume, trainer)
         except (KeyError, ValueError) as e:
             raise FinetuneError('--resume %s: does not fit this run (%s)'
                                 % (resume, one_line(e)[:200])
