@@ -220,13 +220,11 @@ def open_model_file(path):
         raise CheckpointError('%s: a Caffe file, not a finetune model file; '
                               'convert it first: python -m finetune.convert '
                               '%s' % (path, path))
-    try:
-        return NpzReader(path, max_bytes=MAX_MODEL_BYTES, finite=True)
-    except CheckpointError as e:
-        if not os.path.isfile(path):
-            raise CheckpointError('%s: no such model file' % path) from None
-        raise CheckpointError('%s (a model file is the .npz finetune.train '
-                              'or finetune.convert writes)' % e) from None
+    if not os.path.isfile(path):
+        raise CheckpointError('%s: no such model file' % path)
+    return NpzReader(path, max_bytes=MAX_MODEL_BYTES, finite=True,
+                     kind='model file (the .npz finetune.train or '
+                     'finetune.convert writes)')
 
 
 def read_model_meta(path):
@@ -285,8 +283,8 @@ def check_declared_shapes(npz, meta, path):
 
 def check_members(npz, model, path):
     """The members (``__meta__``/``__mean__`` aside) are exactly the
-    parameters and persistents of ``model``, each of its shape and a
-    float or integer dtype; read no data.
+    parameters and persistents of ``model``, each of its shape and dtype
+    (float32: model files are always written so); read no data.
 
     Raises:
         CheckpointError: a missing, extra or misshapen member.
@@ -306,7 +304,9 @@ def check_members(npz, model, path):
                                   if extra else '') if part)))
     for name, value in expected.items():
         header = npz.header(name)
-        if header.shape != value.shape or header.dtype.kind not in 'fiu':
+        value = np.asarray(value)
+        if header.shape != value.shape or \
+                header.dtype.newbyteorder('=') != value.dtype:
             raise npz.error(name, '%s %s does not fit %s (%s %s)' % (
                 header.dtype.str, header.shape, model.arch, value.dtype,
                 value.shape))

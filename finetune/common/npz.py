@@ -104,9 +104,11 @@ class NpzReader(collections.abc.Mapping):
                                                          MAX_MEMBERS))
         total = sum(info.file_size for info in infos)
         if total > max_bytes:
+            largest = max(infos, key=lambda info: info.file_size)
             raise CheckpointError(
-                '%s: its members declare %d bytes, more than the %d bytes '
-                'allowed' % (self.label, total, max_bytes))
+                '%s: its members declare %d bytes (%s alone %d), more than '
+                'the %d bytes allowed' % (self.label, total, ascii(
+                    largest.filename), largest.file_size, max_bytes))
         headers = {}
         for info in infos:
             if not info.filename.endswith('.npy'):

@@ -22,7 +22,6 @@ from chainer.training import extensions
 from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
-from finetune.common.errors import one_line
 from finetune.common.fileio import naming_write_errors
 from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
@@ -403,12 +402,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
     if resume:
         if ranks.is_root:
             print('resuming from %s' % resume, file=sys.stderr)
-        try:
-            load_snapshot(resume, trainer)
-        except (KeyError, ValueError) as e:
-            raise FinetuneError('--resume %s: does not fit this run (%s)'
-                                % (resume, one_line(e)[:200])
-                                ) from None
+        load_snapshot(resume, trainer)  # one line when it does not fit
     try:
         # no traceback of Chainer's own before the error (a full disk is
         # one line); errors that are not the user's still show theirs.

@@ -27,6 +27,7 @@ import chainer
 import numpy as np
 
 from finetune.common.errors import CheckpointError
+from finetune.common.errors import one_line
 from finetune.common.npz import NpzReader
 from finetune.common.npz import parse_json
 
@@ -109,13 +110,16 @@ def load_snapshot(path, trainer):
     compared with what the trainer holds first (see the module).
 
     Raises:
-        CheckpointError: a member that does not fit (one line naming it).
-        KeyError, ValueError: as Chainer's deserializer, for a member the
-            trainer needs that the snapshot lacks.
+        CheckpointError: a member that does not fit, or one the trainer
+            needs that the snapshot lacks (one line naming it).
     """
     check_snapshot(path)
     with open_snapshot(path) as npz:
-        SnapshotDeserializer(npz).load(trainer)
+        try:
+            SnapshotDeserializer(npz).load(trainer)
+        except (KeyError, ValueError) as e:  # Chainer's: a missing member
+            raise CheckpointError('--resume %s: does not fit this run (%s)'
+                                  % (path, one_line(e)[:200])) from None
 
 
 class SnapshotDeserializer(chainer.serializers.NpzDeserializer):
