@@ -146,11 +146,14 @@ def _check_fits(npz, name, value):
     header = npz.header(name)
     if value is None:
         param = _parameter_of(name)
-        if param not in npz or npz.header(param).shape != header.shape \
-                or header.dtype.kind != 'f':
-            raise npz.error(name, '%s %s is not optimizer state of a '
-                            'parameter %s in the snapshot' % (
-                                header.dtype.str, header.shape, param))
+        if param not in npz:
+            raise npz.error(name, 'optimizer state of no parameter in the '
+                            'snapshot (%s)' % param)
+        if npz.header(param).shape != header.shape or \
+                header.dtype.kind != 'f':
+            raise npz.error(name, '%s %s does not fit its parameter %s %s'
+                            % (header.dtype.str, header.shape, param,
+                               npz.header(param).shape))
         return
     if isinstance(value, (bool, np.bool_)):
         shape, kinds = (), 'b'
