@@ -17,10 +17,12 @@ import numpy as np
 
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.caffemodel import upgrade_v1_net
+from finetune.common.errors import CaffeModelError
 from finetune.common.errors import CheckpointError
 from finetune.common.fileio import write_npz
 from finetune.common.npz import NpzReader
 from finetune.common.npz import parse_json
+from finetune.common.npz import shown
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
@@ -31,18 +33,19 @@ VERSION = 1
 ARCHS = {'alexnet': AlexNet, 'caffenet': CaffeNet}
 
 
-def build_model(meta, initialW=None):
+def build_model(meta, initialW=None, source='checkpoint'):
     """Make the (untrained) network described by ``meta``.
 
     ``initialW`` as in the models (``chainer.initializers.Zero()`` when the
-    weights are loaded next: drawing 61M randoms costs a second).
+    weights are loaded next: drawing 61M randoms costs a second);
+    ``source`` names the stored prototxt in errors.
     """
     arch = meta['arch']
     if arch in ARCHS:
         return ARCHS[arch](n_classes=meta['n_classes'], initialW=initialW)
     if arch == 'caffe':
         return CaffeGraph.from_text(meta['prototxt'], meta['n_classes'],
-                                    source='checkpoint', initialW=initialW)
+                                    source=source, initialW=initialW)
     raise CheckpointError('unknown architecture %r' % arch)
 
 
@@ -101,6 +104,13 @@ CAFFE_SUFFIXES = ('.caffemodel', '.prototxt', '.binaryproto')
 META, MEAN = '__meta__', '__mean__'
 
 
+def _brief(value):
+    """``repr(value)``, cut to 60 characters (a crafted field may be
+    long)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -121,16 +131,17 @@ def _meta_errors(meta):
         yield 'is not a JSON object'
         return
     if meta.get('format') != FORMAT:
-        yield 'format is %r, not %r' % (meta.get('format'), FORMAT)
+        yield 'format is %s, not %r' % (_brief(meta.get('format')), FORMAT)
     if meta.get('version') != VERSION or not _is_int(meta.get('version')):
-        yield 'version %r is not %d' % (meta.get('version'), VERSION)
+        yield 'version %s is not %d' % (_brief(meta.get('version')), VERSION)
     arch = meta.get('arch')
     if arch not in tuple(ARCHS) + ('caffe',):
-        yield 'arch %r is not one of %s' % (
-            arch, ', '.join(sorted(ARCHS) + ['caffe']))
+        yield 'arch %s is not one of %s' % (
+            _brief(arch), ', '.join(sorted(ARCHS) + ['caffe']))
     n = meta.get('n_classes')
     if not _is_int(n) or not 1 <= n <= MAX_CLASSES:
-        yield 'n_classes %r is not an integer in 1..%d' % (n, MAX_CLASSES)
+        yield 'n_classes %s is not an integer in 1..%d' % (_brief(n),
+                                                            MAX_CLASSES)
     names = meta.get('class_names')
     if not isinstance(names, list) or not all(map(_one_line_text, names)):
         yield 'class_names is not a list of one-line, printable, non-empty ' \
@@ -157,21 +168,21 @@ def _preprocess_errors(prep):
     size = prep.get('size')
     if not isinstance(size, list) or len(size) != 2 or not all(
             _is_int(side) and 1 <= side <= MAX_SIDE for side in size):
-        yield 'preprocess size %r is not [height, width] in 1..%d' % (
-            size, MAX_SIDE)
+        yield 'preprocess size %s is not [height, width] in 1..%d' % (
+            _brief(size), MAX_SIDE)
         size = None
     crop = prep.get('crop_size')
     if crop is not None and (not _is_int(crop) or crop < 1 or (
             size is not None and crop > min(size))):
-        yield 'preprocess crop_size %r is not null or an integer in ' \
-            '1..min(size)' % (crop,)
+        yield 'preprocess crop_size %s is not null or an integer in ' \
+            '1..min(size)' % _brief(crop)
     scale = prep.get('scale')
     if not _is_number(scale) or not math.isfinite(scale) or scale <= 0:
-        yield 'preprocess scale %r is not a finite number > 0' % (scale,)
+        yield 'preprocess scale %s is not a finite number > 0' % _brief(scale)
     if prep.get('channels') not in (1, 3) or \
             not _is_int(prep.get('channels')):
-        yield 'preprocess channels %r is not 1 or 3' % (
-            prep.get('channels'),)
+        yield 'preprocess channels %s is not 1 or 3' % _brief(
+            prep.get('channels'))
 
 
 def check_meta(meta, label):
@@ -270,11 +281,12 @@ def check_declared_shapes(npz, meta, path):
         name = layer + '/W'
         if name not in npz:
             raise CheckpointError('%s: no member %s for the layer %s of its '
-                                  'metadata' % (path, name, layer))
+                                  'metadata' % (path, shown(name),
+                                                shown(layer)))
         shape = npz.header(name).shape
         if not shape or shape[0] != outputs:
             raise npz.error(name, 'shape %s, but the metadata gives %s %d '
-                            'outputs' % (shape, layer, outputs))
+                            'outputs' % (shape, shown(layer), outputs))
     if meta['n_classes'] not in {npz.header(layer + '/W').shape[0]
                                  for layer in rows}:
         raise CheckpointError('%s: no layer has n_classes %d outputs'
@@ -299,8 +311,8 @@ def check_members(npz, model, path):
         raise CheckpointError('%s: weights do not fit %s: %s' % (
             path, model.arch, '; '.join(
                 part for part in ('missing ' + ', '.join(missing[:5])
-                                  if missing else '',
-                                  'unexpected ' + ', '.join(extra[:5])
+                                  if missing else '', 'unexpected ' +
+                                  ', '.join(map(shown, extra[:5]))
                                   if extra else '') if part)))
     for name, value in expected.items():
         header = npz.header(name)
@@ -350,8 +362,12 @@ def load_model(path):
         meta = read_meta(npz, path)
         prep = meta['preprocess']
         mean = read_mean(npz, prep['channels'], path)
-        check_declared_shapes(npz, meta, path)
-        model = build_model(meta, chainer.initializers.Zero())
+        try:
+            check_declared_shapes(npz, meta, path)
+            model = build_model(meta, chainer.initializers.Zero(),
+                                '%s: stored prototxt' % path)
+        except CaffeModelError as e:  # a file's prototxt: the file's fault
+            raise CheckpointError(str(e)) from None
         if list(meta.get('layer_names', model.layer_names)) != \
                 list(model.layer_names):
             raise CheckpointError('%s: metadata layer_names do not match '

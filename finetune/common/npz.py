@@ -20,6 +20,7 @@ import collections.abc
 import json
 import math
 import re
+import tokenize
 import zipfile
 import zlib
 
@@ -40,10 +41,12 @@ MAX_TEXT_CHARS = 1 << 24
 #: floats; 'U' (unicode) only as a scalar.
 NUMERIC_KINDS = 'biuf'
 _CHUNK = 1 << 24
-#: What reading a header or the data of a crafted member may raise.
+#: What reading a header or the data of a crafted member may raise
+#: (NumPy's header parser tokenizes the header text: TokenError).
 READ_ERRORS = (ValueError, TypeError, SyntaxError, EOFError, OverflowError,
                RecursionError, MemoryError, OSError, zipfile.BadZipFile,
-               zlib.error, NotImplementedError, KeyError)
+               zlib.error, NotImplementedError, KeyError,
+               tokenize.TokenError)
 
 Header = collections.namedtuple('Header', 'shape dtype fortran offset info')
 Header.__doc__ = """One member's ``.npy`` header.
@@ -53,6 +56,12 @@ Attributes:
     offset (int): bytes before the data (magic and header).
     info (zipfile.ZipInfo): the zip entry.
 """
+
+
+def shown(name):
+    """A member name as error messages show it: as it is when printable,
+    else escaped (a crafted name cannot break the one-line message)."""
+    return name if name.isprintable() else ascii(name)
 
 
 class NpzReader(collections.abc.Mapping):
@@ -169,8 +178,8 @@ class NpzReader(collections.abc.Mapping):
 
     def error(self, name, what):
         """The one-line :class:`CheckpointError` about member ``name``."""
-        shown = name if name.isprintable() else ascii(name)
-        return CheckpointError('%s: member %s: %s' % (self.label, shown, what))
+        return CheckpointError('%s: member %s: %s' % (self.label,
+                                                      shown(name), what))
 
     def header(self, name):
         """The checked :data:`Header` of member ``name`` (KeyError if

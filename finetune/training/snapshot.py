@@ -30,6 +30,7 @@ from finetune.common.errors import CheckpointError
 from finetune.common.errors import one_line
 from finetune.common.npz import NpzReader
 from finetune.common.npz import parse_json
+from finetune.common.npz import shown
 
 ITERATION = 'updater/iteration'
 ITERATOR = 'iterator:'
@@ -78,7 +79,8 @@ def _check_scalar(npz, name):
 
 
 def _check_text(npz, name):
-    value = parse_json(str(npz[name]), '%s: member %s' % (npz.label, name))
+    value = parse_json(str(npz[name]), '%s: member %s' % (npz.label,
+                                                         shown(name)))
     for part, kind in TEXT_TYPES:
         if part in name and not isinstance(value, kind):
             raise npz.error(name, 'is not a JSON %s' % (
@@ -100,7 +102,12 @@ def _check_iterators(npz):
             raise npz.error(name, '%s %s is not a 1-D integer order' % (
                 header.dtype.str, header.shape))
         position = name[:-len('order')] + 'current_position'
-        if position in npz and npz[position][()] > header.shape[0]:
+        if position not in npz:
+            continue
+        if npz.header(position).shape != () or \
+                npz.header(position).dtype.kind not in 'iu':
+            raise npz.error(position, 'is not an integer position')
+        if npz[position][()] > header.shape[0]:
             raise npz.error(position, 'is %d, past the %d examples of the '
                             'order' % (npz[position][()], header.shape[0]))
 
@@ -148,11 +155,11 @@ def _check_fits(npz, name, value):
         param = _parameter_of(name)
         if param not in npz:
             raise npz.error(name, 'optimizer state of no parameter in the '
-                            'snapshot (%s)' % param)
+                            'snapshot (%s)' % shown(str(param)))
         if npz.header(param).shape != header.shape or \
                 header.dtype.kind != 'f':
             raise npz.error(name, '%s %s does not fit its parameter %s %s'
-                            % (header.dtype.str, header.shape, param,
+                            % (header.dtype.str, header.shape, shown(param),
                                npz.header(param).shape))
         return
     if isinstance(value, (bool, np.bool_)):
