@@ -7,6 +7,7 @@ an image, ``__mean__``. :func:`load_model` rebuilds the network from the
 metadata alone, so a checkpoint loads without the code that trained it
 knowing its shape.
 """
+import collections
 import json
 import math
 import os
@@ -293,6 +294,34 @@ def check_declared_shapes(npz, meta, path):
                               % (path, meta['n_classes']))
 
 
+class StoredShapes(chainer.initializer.Initializer):
+    """Zero initializer of the Convolution/InnerProduct weights of a network
+    built to load a model file: each array it is given must have the shape
+    of a ``W`` member not yet used, or it is refused before it is filled.
+    NumPy only reserves (does not touch) an array's memory before this, so
+    a stored prototxt whose layers are larger than its weights (a huge
+    input, a large pad) costs no memory; the network's weights are at most
+    what the file declares (itself bounded).
+
+    Raises:
+        CheckpointError: naming the file and the shape no member has.
+    """
+
+    def __init__(self, npz, path):
+        super().__init__()
+        self.path = path
+        self.unused = collections.Counter(
+            npz.header(name).shape for name in npz if name.endswith('/W'))
+
+    def __call__(self, array):
+        shape = tuple(array.shape)
+        if self.unused[shape] <= 0:
+            raise CheckpointError('%s: its network has a %s weight that no '
+                                  'W member holds' % (self.path, shape))
+        self.unused[shape] -= 1
+        array[...] = 0
+
+
 def check_members(npz, model, path):
     """The members (``__meta__``/``__mean__`` aside) are exactly the
     parameters and persistents of ``model``, each of its shape and dtype
@@ -364,10 +393,14 @@ def load_model(path):
         mean = read_mean(npz, prep['channels'], path)
         try:
             check_declared_shapes(npz, meta, path)
-            model = build_model(meta, chainer.initializers.Zero(),
+            model = build_model(meta, StoredShapes(npz, path),
                                 '%s: stored prototxt' % path)
         except CaffeModelError as e:  # a file's prototxt: the file's fault
             raise CheckpointError(str(e)) from None
+        except MemoryError:  # NumPy refused even to reserve a weight
+            raise CheckpointError(
+                '%s: its metadata describes a network far larger than its '
+                'weights' % path) from None
         if list(meta.get('layer_names', model.layer_names)) != \
                 list(model.layer_names):
             raise CheckpointError('%s: metadata layer_names do not match '

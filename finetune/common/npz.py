@@ -20,6 +20,7 @@ import collections.abc
 import json
 import math
 import re
+import struct
 import tokenize
 import zipfile
 import zlib
@@ -42,11 +43,12 @@ MAX_TEXT_CHARS = 1 << 24
 NUMERIC_KINDS = 'biuf'
 _CHUNK = 1 << 24
 #: What reading a header or the data of a crafted member may raise
-#: (NumPy's header parser tokenizes the header text: TokenError).
+#: (NumPy's header parser tokenizes the header text: TokenError; an
+#: encrypted member: RuntimeError).
 READ_ERRORS = (ValueError, TypeError, SyntaxError, EOFError, OverflowError,
                RecursionError, MemoryError, OSError, zipfile.BadZipFile,
-               zlib.error, NotImplementedError, KeyError,
-               tokenize.TokenError)
+               zlib.error, NotImplementedError, KeyError, RuntimeError,
+               struct.error, tokenize.TokenError)
 
 Header = collections.namedtuple('Header', 'shape dtype fortran offset info')
 Header.__doc__ = """One member's ``.npy`` header.
@@ -93,7 +95,7 @@ class NpzReader(collections.abc.Mapping):
         self.finite = finite
         try:
             self._zip = zipfile.ZipFile(path)
-        except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        except READ_ERRORS as e:
             raise CheckpointError('%s: not a readable %s (%s)'
                                   % (self.label, kind, one_line(e))) from None
         try:

@@ -290,11 +290,10 @@ def zip_bomb(digits, tmp_path_factory, request):
     return path
 
 
-def test_a_zip_bomb_member_is_refused_before_it_is_inflated(zip_bomb):
-    with zipfile.ZipFile(zip_bomb) as archive:  # a valid archive
-        member = archive.getinfo('conv1/W.npy')
-    assert member.file_size > 1 << 30
-    assert member.compress_size < member.file_size / 800
+def refusal_and_peak_memory(path):
+    """(the CheckpointError line, peak RSS in KiB) of ``finetune.load(path)``
+    in a fresh process."""
+    import subprocess
     script = (
         'import resource, sys, finetune\n'
         'from finetune.common.errors import CheckpointError\n'
@@ -303,14 +302,34 @@ def test_a_zip_bomb_member_is_refused_before_it_is_inflated(zip_bomb):
         'except CheckpointError as e:\n'
         '    print(e)\n'
         'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n')
-    result = run_module_script(script, zip_bomb)
+    result = subprocess.run([sys.executable, '-c', script, path],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     message, peak_kib = result.stdout.splitlines()
-    assert int(peak_kib) < 500 * 1024, peak_kib  # 4 GiB before the fix
+    return message, int(peak_kib)
+
+
+def test_a_zip_bomb_member_is_refused_before_it_is_inflated(zip_bomb):
+    with zipfile.ZipFile(zip_bomb) as archive:  # a valid archive
+        member = archive.getinfo('conv1/W.npy')
+    assert member.file_size > 1 << 30
+    assert member.compress_size < member.file_size / 800
+    message, peak_kib = refusal_and_peak_memory(zip_bomb)
+    assert peak_kib < 500 * 1024, peak_kib  # 1 or 4 GiB before the fix
     assert message.startswith(zip_bomb + ': ') and 'conv1/W' in message
 
 
-def run_module_script(script, *args):
-    import subprocess
-    return subprocess.run([sys.executable, '-c', script] + list(args),
-                          capture_output=True, text=True, timeout=300)
+def test_a_stored_prototxt_larger_than_its_weights_allocates_nothing(
+        digits, tmp_path):
+    """A 400x400 input makes ip1 (500, 470450): 941 MB the file does not
+    hold (its ip1/W is (500, 800)); the network is refused while it is
+    built, before any such weight is filled."""
+    def larger_input(meta):
+        meta['prototxt'] = meta['prototxt'].replace(
+            'dim: 28\n      dim: 28', 'dim: 400\n      dim: 400')
+        assert 'dim: 400' in meta['prototxt']
+    path = with_meta(digits[1], tmp_path / 'model.npz', larger_input)
+    message, peak_kib = refusal_and_peak_memory(path)
+    assert peak_kib < 500 * 1024, peak_kib
+    assert message == ('%s: its network has a (500, 470450) weight that no '
+                       'W member holds' % path)
