@@ -353,7 +353,7 @@ def check_members(npz, model, path):
                 value.shape))
 
 
-def read_mean(npz, channels, path):
+def read_mean(npz, channels):
     """``__mean__``: float (C,) or (C, H, W), H, W in 1..MAX_SIDE, C the
     metadata's channels, finite."""
     if MEAN not in npz:
@@ -390,7 +390,7 @@ def load_model(path):
     with open_model_file(path) as npz:
         meta = read_meta(npz, path)
         prep = meta['preprocess']
-        mean = read_mean(npz, prep['channels'], path)
+        mean = read_mean(npz, prep['channels'])
         try:
             check_declared_shapes(npz, meta, path)
             model = build_model(meta, StoredShapes(npz, path),
