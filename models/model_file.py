@@ -357,7 +357,8 @@ def read_mean(npz, channels):
     """``__mean__``: float (C,) or (C, H, W), H, W in 1..MAX_SIDE, C the
     metadata's channels, finite."""
     if MEAN not in npz:
-        raise CheckpointError('%s: no member %s (the mean)' % (path, MEAN))
+        raise CheckpointError('%s: no member %s (the mean)' % (npz.label,
+                                                               MEAN))
     header = npz.header(MEAN)
     shape = header.shape
     if header.dtype.kind != 'f' or len(shape) not in (1, 3) or \

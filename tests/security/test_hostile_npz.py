@@ -3,10 +3,10 @@ seed: a valid model file (the real LeNet, converted) and a valid trainer
 snapshot (a small Chainer trainer of the same parts as finetune.train's:
 a SerialIterator with a seeded order, MomentumSGD state, a LogReport) have
 members changed (shape, dtype, object arrays, added, removed, random JSON
-metadata) or their bytes flipped or cut. The reader either loads exactly
-what the file holds (numpy's own reader is the reference) or raises a
-one-line CheckpointError naming the file; never another exception, never
-a pickle loaded."""
+metadata) or their bytes flipped or cut, written plain or deflated. The
+reader either loads exactly what the file holds (numpy's own reader is the
+reference) or raises a one-line CheckpointError naming the file; never
+another exception, never a pickle loaded."""
 import io
 import json
 import os
@@ -48,10 +48,11 @@ def members(path):
         return {name: npz[name] for name in npz.files}
 
 
-def npz_bytes(arrays):
-    """The .npz numpy writes for ``arrays`` (object arrays pickled)."""
+def npz_bytes(arrays, compressed=False):
+    """The .npz numpy writes for ``arrays`` (object arrays pickled),
+    deflated with ``compressed`` (``np.savez_compressed``)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -71,7 +72,7 @@ def mutations(names):
         st.tuples(st.just('cut'), st.floats(0, 1)))
 
 
-def mutate(arrays, change, marker):
+def mutate(arrays, change, marker, compressed=False):
     """(bytes of the changed file, the arrays it holds when its members
     were changed, else None: then it holds ``arrays`` if readable)."""
     kind, args = change[0], change[1:]
@@ -94,8 +95,8 @@ def mutate(arrays, change, marker):
     elif kind == 'json':
         arrays[args[0]] = np.array(json.dumps(args[1]))
     if kind not in ('flip', 'cut'):
-        return npz_bytes(arrays), arrays
-    data = bytearray(npz_bytes(arrays))
+        return npz_bytes(arrays, compressed), arrays
+    data = bytearray(npz_bytes(arrays, compressed))
     if kind == 'cut':
         return bytes(data[:int(len(data) * args[0])]), None
     with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
@@ -130,14 +131,14 @@ def meta_mutations(names):
     return st.tuples(st.just('meta'), fields, json_values)
 
 
-def change_meta(arrays, field, value):
+def change_meta(arrays, field, value, compressed=False):
     meta = json.loads(str(arrays['__meta__']))
     target = meta['preprocess'] if field in ('size', 'crop_size', 'scale',
                                              'channels') else meta
     target[field] = value
     arrays = dict(arrays)
     arrays['__meta__'] = np.array(json.dumps(meta))
-    return npz_bytes(arrays), arrays
+    return npz_bytes(arrays, compressed), arrays
 
 
 def check_model(path, arrays):
@@ -165,14 +166,16 @@ def test_generated_model_files(digits):
     loads = []
 
     @SETTINGS
-    @given(st.one_of(mutations(original), meta_mutations(original)))
-    def check(change):
+    @given(st.one_of(mutations(original), meta_mutations(original)),
+           st.booleans())
+    def check(change, compressed):
         with tempfile.TemporaryDirectory() as directory:
             marker = os.path.join(directory, 'pwned')
             if change[0] == 'meta':
-                data, arrays = change_meta(original, *change[1:])
+                data, arrays = change_meta(original, *change[1:],
+                                           compressed)
             else:
-                data, arrays = mutate(original, change, marker)
+                data, arrays = mutate(original, change, marker, compressed)
             path = write(directory, data, 'model.npz')
             loads.append(check_model(path, arrays))
             assert not os.path.exists(marker)
@@ -236,11 +239,11 @@ def test_generated_snapshots(tmp_path_factory):
     loads = []
 
     @SETTINGS
-    @given(mutations(original))
-    def check(change):
+    @given(mutations(original), st.booleans())
+    def check(change, compressed):
         with tempfile.TemporaryDirectory() as scratch:
             marker = os.path.join(scratch, 'pwned')
-            data, arrays = mutate(original, change, marker)
+            data, arrays = mutate(original, change, marker, compressed)
             path = write(scratch, data, 'snapshot_iter_8')
             loads.append(check_snapshot_load(path, arrays, scratch))
             assert not os.path.exists(marker)
