@@ -7,7 +7,6 @@ an image, ``__mean__``. :func:`load_model` rebuilds the network from the
 metadata alone, so a checkpoint loads without the code that trained it
 knowing its shape.
 """
-import collections
 import json
 import math
 import os
@@ -309,16 +308,25 @@ class StoredShapes(chainer.initializer.Initializer):
 
     def __init__(self, npz, path):
         super().__init__()
+        self.npz = npz
         self.path = path
-        self.unused = collections.Counter(
-            npz.header(name).shape for name in npz if name.endswith('/W'))
+        self.unused = sorted(name for name in npz if name.endswith('/W'))
 
     def __call__(self, array):
         shape = tuple(array.shape)
-        if self.unused[shape] <= 0:
+        same = [name for name in self.unused
+                if self.npz.header(name).shape == shape]
+        if not same:
+            rows = [name for name in self.unused
+                    if self.npz.header(name).shape[:1] == shape[:1]]
+            if len(rows) == 1:  # the layer of these outputs
+                raise self.npz.error(rows[0], 'shape %s, but its network '
+                                     'has a %s weight there' % (
+                                         self.npz.header(rows[0]).shape,
+                                         shape))
             raise CheckpointError('%s: its network has a %s weight that no '
                                   'W member holds' % (self.path, shape))
-        self.unused[shape] -= 1
+        self.unused.remove(same[0])
         array[...] = 0
 
 

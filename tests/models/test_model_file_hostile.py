@@ -331,5 +331,5 @@ def test_a_stored_prototxt_larger_than_its_weights_allocates_nothing(
     path = with_meta(digits[1], tmp_path / 'model.npz', larger_input)
     message, peak_kib = refusal_and_peak_memory(path)
     assert peak_kib < 500 * 1024, peak_kib
-    assert message == ('%s: its network has a (500, 470450) weight that no '
-                       'W member holds' % path)
+    assert message == ('%s: member ip1/W: shape (500, 800), but its network '
+                       'has a (500, 470450) weight there' % path)
