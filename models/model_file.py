@@ -100,7 +100,9 @@ MAX_PROTOTXT_CHARS = 1 << 22
 #: Weights of one model file in all (VGG-19, the largest classic
 #: classifier, has 575 MB).
 MAX_MODEL_BYTES = 2 << 30
-CAFFE_SUFFIXES = ('.caffemodel', '.prototxt', '.binaryproto')
+#: Caffe's files, by suffix: what the model file refusal calls them.
+CAFFE_SUFFIXES = {'.caffemodel': 'caffemodel', '.prototxt': 'prototxt',
+                  '.binaryproto': 'Caffe mean file'}
 META, MEAN = '__meta__', '__mean__'
 
 
@@ -226,11 +228,12 @@ def open_model_file(path):
         CheckpointError: missing or unreadable, a caffemodel or prototxt
             (to convert first), or not a safe .npz (see NpzReader).
     """
-    if path.lower().endswith(CAFFE_SUFFIXES) and not zipfile.is_zipfile(
-            path):
-        raise CheckpointError('%s: a Caffe file, not a finetune model file; '
-                              'convert it first: python -m finetune.convert '
-                              '%s' % (path, path))
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in CAFFE_SUFFIXES and not zipfile.is_zipfile(path):
+        raise CheckpointError('%s: a %s, not a finetune model file; convert '
+                              'the caffemodel first: python -m '
+                              'finetune.convert' % (path, CAFFE_SUFFIXES[
+                                  suffix]))
     if not os.path.isfile(path):
         raise CheckpointError('%s: no such model file' % path)
     return NpzReader(path, max_bytes=MAX_MODEL_BYTES, finite=True,

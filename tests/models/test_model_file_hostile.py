@@ -215,12 +215,13 @@ def test_a_missing_member_is_one_line(digits, tmp_path, capsys):
 
 
 def test_a_caffemodel_says_to_convert_it(lenet_files):
-    for path in (lenet_files['caffemodel'], lenet_files['prototxt']):
+    for kind in ('caffemodel', 'prototxt'):
+        path = lenet_files[kind]
         with pytest.raises(CheckpointError) as info:
             finetune.load(path)
         assert str(info.value) == (
-            '%s: a Caffe file, not a finetune model file; convert it first: '
-            'python -m finetune.convert %s' % (path, path))
+            '%s: a %s, not a finetune model file; convert the caffemodel '
+            'first: python -m finetune.convert' % (path, kind))
 
 
 def deflated_zeros(prefix, size, chunk=1 << 24):
