@@ -19,6 +19,7 @@ and the member.
 import collections.abc
 import json
 import math
+import os
 import re
 import struct
 import tokenize
@@ -81,8 +82,8 @@ class NpzReader(collections.abc.Mapping):
             accuracy starts at -inf) that hold NaN or infinity when read.
 
     Raises:
-        CheckpointError: not a readable ``.npz`` (missing, not a zip,
-            truncated), a member that is not ``.npy``, named twice, a
+        CheckpointError: not a readable ``.npz`` (missing, not a regular
+            file: a FIFO would block, not a zip, truncated), a member that is not ``.npy``, named twice, a
             pickle (object dtype) or another dtype no model holds, a
             header that does not match the member's size, or too many
             bytes or members in all.
@@ -93,6 +94,9 @@ class NpzReader(collections.abc.Mapping):
         self.path = path
         self.label = label or path
         self.finite = finite
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise CheckpointError('%s: not a readable %s (not a regular '
+                                  'file)' % (self.label, kind))
         try:
             self._zip = zipfile.ZipFile(path)
         except READ_ERRORS as e:

@@ -214,6 +214,19 @@ def test_a_missing_member_is_one_line(digits, tmp_path, capsys):
     assert_one_line(path, 'missing conv2/b', capsys)
 
 
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    """numpy.load(FIFO) waits for a writer forever (in a subprocess with a
+    timeout, so that a regression fails instead of hanging the suite)."""
+    fifo = str(tmp_path / 'model.npz')
+    os.mkfifo(fifo)
+    result = run_module('finetune.predict', '--model', fifo,
+                        data_path('cat.jpg'), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        'error: %s: not a readable model file (the .npz finetune.train or '
+        'finetune.convert writes) (not a regular file)' % fifo]
+
+
 def test_a_caffemodel_says_to_convert_it(lenet_files):
     for kind in ('caffemodel', 'prototxt'):
         path = lenet_files[kind]

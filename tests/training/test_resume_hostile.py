@@ -204,3 +204,20 @@ def test_the_multiprocess_iterator_state_is_checked_too(
                             '-j', '2'))
     assert line.startswith('error: --resume %s: ' % snapshot), line
     assert expected in line, line
+
+
+def test_a_fifo_given_as_the_snapshot_is_refused_without_blocking(
+        digits, tmp_path):
+    """Opening a FIFO for reading waits for a writer: numpy.load(FIFO)
+    hung; the reader refuses anything but a regular file."""
+    data, pretrained = digits
+    fifo = tmp_path / 'snapshot_iter_5'
+    os.mkfifo(fifo)
+    out = tmp_path / 'out'
+    result = run_module('finetune.train', '--data', data, '--pretrained',
+                        pretrained, '-o', str(out), '-r', str(fifo),
+                        timeout=120)
+    assert one_error_line(result) == (
+        'error: --resume %s: not a readable snapshot (not a regular file)'
+        % fifo)
+    assert not out.exists()
