@@ -234,7 +234,7 @@ def open_model_file(path):
                               'the caffemodel first: python -m '
                               'finetune.convert' % (path, CAFFE_SUFFIXES[
                                   suffix]))
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError('%s: no such model file' % path)
     return NpzReader(path, max_bytes=MAX_MODEL_BYTES, finite=True,
                      kind='model file (the .npz finetune.train or '
