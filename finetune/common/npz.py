@@ -61,6 +61,18 @@ Attributes:
 """
 
 
+def _read_into(member, data):
+    """Fill the uint8 array ``data`` from the open zip ``member`` (which
+    inflates and checks the CRC), in chunks of at most 16 MiB."""
+    done = 0
+    while done < len(data):
+        chunk = member.read(min(_CHUNK, len(data) - done))
+        if not chunk:
+            raise EOFError('%d of %d bytes' % (done, len(data)))
+        data[done:done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        done += len(chunk)
+
+
 def shown(name):
     """A member name as error messages show it: as it is when printable,
     else escaped (a crafted name cannot break the one-line message)."""
@@ -208,7 +220,9 @@ class NpzReader(collections.abc.Mapping):
 
     def __getitem__(self, name):
         """Member ``name``'s data: a writable array of its header's shape
-        and dtype (native byte order), read in chunks of at most 16 MiB.
+        and dtype (native byte order): exactly the bytes its header
+        declares, read from the file into the array (stored members) or
+        inflated in chunks of at most 16 MiB.
 
         Raises:
             KeyError: no such member (as ``numpy.load``'s mapping).
@@ -216,19 +230,14 @@ class NpzReader(collections.abc.Mapping):
                 non-finite values in a float array (with ``finite``).
         """
         header = self._headers[name]
-        nbytes = header.info.file_size - header.offset
-        data = np.empty(nbytes, np.uint8)
+        data = np.empty(header.info.file_size - header.offset, np.uint8)
         try:
             with self._zip.open(header.info) as f:
-                f.read(header.offset)
-                done = 0
-                while done < nbytes:
-                    chunk = f.read(min(_CHUNK, nbytes - done))
-                    if not chunk:
-                        raise EOFError('%d of %d bytes' % (done, nbytes))
-                    data[done:done + len(chunk)] = np.frombuffer(chunk,
-                                                                 np.uint8)
-                    done += len(chunk)
+                head = f.read(header.offset)
+                if header.info.compress_type == zipfile.ZIP_STORED:
+                    self._read_stored(header, head, data)
+                else:
+                    _read_into(f, data)
         except READ_ERRORS as e:
             raise self.error(name, 'unreadable data (%s)' % one_line(e))
         array = data.view(header.dtype).reshape(
@@ -239,6 +248,31 @@ class NpzReader(collections.abc.Mapping):
                 not np.isfinite(array).all():
             raise self.error(name, 'holds NaN or infinite values')
         return array
+
+    def _read_stored(self, header, head, data):
+        """An uncompressed member's data straight from the file into
+        ``data`` (one copy, as ``numpy.fromfile``), checked against the
+        member's CRC-32 as ``zipfile`` would (``head``: the .npy header
+        bytes before it, read through ``zipfile``, which checked the local
+        header)."""
+        info = header.info
+        archive = self._zip.fp  # zipfile seeks it before each of its reads
+        archive.seek(info.header_offset)
+        local = archive.read(30)
+        if len(local) != 30:
+            raise EOFError('truncated local header')
+        name_size, extra_size = struct.unpack('<HH', local[26:30])
+        archive.seek(info.header_offset + 30 + name_size + extra_size +
+                     len(head))
+        done, view = 0, memoryview(data)
+        while done < len(data):
+            count = archive.readinto(view[done:])
+            if not count:
+                raise EOFError('%d of %d bytes' % (done, len(data)))
+            done += count
+        if zlib.crc32(data, zlib.crc32(head)) != info.CRC:
+            raise zipfile.BadZipFile('Bad CRC-32 for file %r'
+                                     % info.filename)
 
     def close(self):
         self._zip.close()

@@ -214,6 +214,20 @@ def test_a_missing_member_is_one_line(digits, tmp_path, capsys):
     assert_one_line(path, 'missing conv2/b', capsys)
 
 
+def test_a_flipped_data_byte_fails_the_crc_naming_the_member(digits,
+                                                             tmp_path,
+                                                             capsys):
+    path = str(tmp_path / 'model.npz')
+    data = bytearray(open(digits[1], 'rb').read())
+    with zipfile.ZipFile(digits[1]) as archive:
+        member = archive.getinfo('ip1/W.npy')
+    data[member.header_offset + 1000000] ^= 0x10  # inside its 1.6 MB
+    with open(path, 'wb') as f:
+        f.write(data)
+    assert_one_line(path, 'member ip1/W: unreadable data (Bad CRC-32',
+                    capsys)
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     """numpy.load(FIFO) waits for a writer forever (in a subprocess with a
     timeout, so that a regression fails instead of hanging the suite)."""
