@@ -22,7 +22,6 @@ from chainer.training import extensions
 from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
-from finetune.common.errors import one_line
 from finetune.common.fileio import naming_write_errors
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
@@ -55,6 +54,7 @@ from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
 from finetune.training.run_dir import resume_snapshot
+from finetune.training.snapshot import load_snapshot
 from finetune.training.lr_find import plot_lr_find
 from finetune.training.solver import CaffeSGD
 from finetune.training.solver import set_caffe_lr_policy
@@ -424,12 +424,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
     if resume:
         if ranks.is_root:
             print('resuming from %s' % resume, file=sys.stderr)
-        try:
-            chainer.serializers.load_npz(resume, trainer)
-        except (KeyError, ValueError) as e:
-            raise FinetuneError('--resume %s: does not fit this run (%s)'
-                                % (resume, one_line(e)[:200])
-                                ) from None
+        load_snapshot(resume, trainer)  # one line when it does not fit
         ranks.resumed(updater.get_optimizer('main'))
     try:
         # no traceback of Chainer's own before the error (a full disk is
