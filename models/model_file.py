@@ -77,8 +77,13 @@ def save_model(path, model, class_names, preprocess, **extra):
         class_names (list of str): one per output.
         preprocess (CaffePreprocess): how inputs were prepared.
         **extra: more JSON-serializable metadata (source file, accuracy).
+
+    Raises:
+        CheckpointError: metadata :func:`check_meta` refuses (an image
+            size past MAX_SIDE, a class name of two lines), naming ``path``.
     """
     meta = model_meta(model, class_names, preprocess, **extra)
+    check_meta(meta, path)  # nothing is written that load_model refuses
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(model)
     arrays = {}

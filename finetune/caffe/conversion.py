@@ -41,6 +41,7 @@ from finetune.data.transforms import CaffePreprocess
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
+from finetune.models.model_file import MAX_SIDE
 from finetune.models.model_file import read_model_meta
 from finetune.models.model_file import save_model
 from finetune.models.registry import DEFAULT_PRETRAINED_DIR
@@ -75,7 +76,8 @@ class ConversionOptions:
     def __post_init__(self):
         """Refuse values no conversion can use (CaffeModelError naming the
         option): a scale that is not a finite number > 0, a mean holding
-        NaN or infinity, a resize that is not two integers >= 1."""
+        NaN or infinity, a resize that is not two integers in 1..MAX_SIDE
+        (what a model file may hold)."""
         if self.scale is not None and not (
                 isinstance(self.scale, (int, float, np.number)) and
                 math.isfinite(self.scale) and self.scale > 0):
@@ -90,10 +92,10 @@ class ConversionOptions:
             raise CaffeModelError('--mean: the mean holds NaN or infinity')
         if self.resize is not None and (
                 len(self.resize) != 2 or not all(
-                    isinstance(side, (int, np.integer)) and side >= 1
-                    for side in self.resize)):
-            raise CaffeModelError('--resize %r: expected two integers >= 1 '
-                                  '(H, W)' % (self.resize,))
+                    isinstance(side, (int, np.integer)) and
+                    1 <= side <= MAX_SIDE for side in self.resize)):
+            raise CaffeModelError('--resize %r: expected two integers in '
+                                  '1..%d (H, W)' % (self.resize, MAX_SIDE))
 
 
 def resolve_source(source, pretrained_dir=DEFAULT_PRETRAINED_DIR):

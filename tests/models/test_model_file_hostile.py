@@ -361,3 +361,24 @@ def test_a_stored_prototxt_larger_than_its_weights_allocates_nothing(
     assert peak_kib < 500 * 1024, peak_kib
     assert message == ('%s: member ip1/W: shape (500, 800), but its network '
                        'has a (500, 470450) weight there' % path)
+
+
+def test_nothing_is_written_that_load_would_refuse(digits, tmp_path):
+    """The schema guards the writer too: a model file whose metadata the
+    loader refuses (a class name of two lines, an image side past
+    MAX_SIDE) is never written."""
+    from finetune.data.transforms import CaffePreprocess
+    from finetune.models.model_file import load_model
+    from finetune.models.model_file import save_model
+    model, meta, prep = load_model(digits[1])
+    out = tmp_path / 'm.npz'
+    two_lines = list(meta['class_names'])
+    two_lines[3] = 'three\nfour'
+    refused = r'm\.npz: metadata __meta__: '
+    with pytest.raises(CheckpointError, match=refused + 'class_names'):
+        save_model(str(out), model, two_lines, prep)
+    huge = CaffePreprocess(size=(5000, 5000), crop_size=None, mean=prep.mean,
+                           scale=prep.scale, channels=prep.channels)
+    with pytest.raises(CheckpointError, match=refused + 'preprocess size'):
+        save_model(str(out), model, meta['class_names'], huge)
+    assert os.listdir(tmp_path) == []

@@ -276,6 +276,11 @@ def hostile_cases(corpus):
             path('lenet', 'lenet.prototxt'), '-o', 'm.npz'),
         last=r'^error: %s: .*ip2.*(NaN|nan|finite)'
              % exact(hostile('nan.caffemodel'))))
+    cases.append(Case(
+        '20.4 convert --resize past what a model file may hold', module(
+            'convert', path('lenet', 'lenet.caffemodel'), '--prototxt',
+            path('lenet', 'lenet.prototxt'), '--resize', '99999999', '-o',
+            'm.npz'), last=r'^error: --resize .*1\.\.4096'))
     for value in ('nan', 'inf', '0'):
         cases.append(Case(
             '20.4 convert --scale %s' % value, module(
