@@ -34,6 +34,7 @@ from finetune.common.errors import CaffeModelError
 from finetune.common.errors import CheckpointError
 from finetune.common.errors import one_line
 from finetune.common.fileio import refuse_overwriting_inputs
+from finetune.common.fileio import sha1_of_file
 from finetune.data.folder import read_class_names
 from finetune.data.resources import imagenet_class_names
 from finetune.data.resources import imagenet_mean
@@ -242,13 +243,7 @@ def conversion_record(caffemodel, options, entry=None):
     stat = os.stat(caffemodel)
 
     def file_digest(path):
-        if path is None:
-            return None
-        digest = hashlib.sha1()
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                digest.update(block)
-        return digest.hexdigest()
+        return None if path is None else sha1_of_file(path)
     mean = None if options.mean is None else hashlib.sha1(
         np.ascontiguousarray(options.mean, np.float32).tobytes()).hexdigest()
     return {'source': os.path.basename(caffemodel),

@@ -1,6 +1,7 @@
 """Atomic file writing: readers never see a half-written file."""
 import contextlib
 import csv
+import hashlib
 import fcntl
 import mmap
 import os
@@ -120,6 +121,15 @@ def printable(text):
         return text.encode('utf-8', 'surrogateescape').decode(
             'utf-8', 'backslashreplace').encode(
             'utf-8', 'backslashreplace').decode('utf-8')
+
+
+def sha1_of_file(path):
+    """Hex SHA-1 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha1()
+    with open(path, 'rb') as file:
+        for chunk in iter(lambda: file.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_csv(path, header, rows):

@@ -34,6 +34,7 @@ from finetune.common.fileio import atomic_write
 from finetune.common.fileio import naming_write_errors
 from finetune.common.fileio import printable
 from finetune.common.fileio import refuse_overwriting_inputs
+from finetune.common.fileio import sha1_of_file
 from finetune.inference.journal import Journal
 from finetune.inference.journal import csv_text
 from finetune.inference.journal import remove_stale_temporaries
@@ -148,20 +149,11 @@ def features_path(out):
     return os.path.splitext(out)[0] + '.npy'
 
 
-def file_sha1(path):
-    """SHA-1 hex digest of the file's bytes."""
-    digest = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def job_identity(model_path, paths, top, predictor, layer):
     """What the rows of a job depend on (see :class:`Journal`)."""
     listed = hashlib.sha1(b'\0'.join(
         os.fsencode(p) for p in paths)).hexdigest()
-    return {'model': 'sha1 %s' % file_sha1(model_path),
+    return {'model': 'sha1 %s' % sha1_of_file(model_path),
             'images': '%d files (sha1 of the list %s)' % (len(paths),
                                                           listed[:16]),
             'top': top, 'backend': predictor.engine,

@@ -33,7 +33,8 @@ import unicodedata
 from PIL import Image
 from tqdm import tqdm
 
-from finetune.sources.http import TransferError, check_url, fetch_bytes, sha1_of_file
+from finetune.common.fileio import sha1_of_file
+from finetune.sources.http import TransferError, check_url, fetch_bytes
 from finetune.common.cli import non_negative_float
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float

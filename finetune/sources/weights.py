@@ -22,7 +22,7 @@ from finetune.models.registry import pretrained_model
 from finetune.sources.http import ProgressBar
 from finetune.sources.http import TransferError
 from finetune.sources.http import download_file
-from finetune.sources.http import sha1_of_file
+from finetune.common.fileio import sha1_of_file
 
 MAX_MODEL_BYTES = 1 << 30
 # Failures that mean "the server could not be reached": worth a hint to
