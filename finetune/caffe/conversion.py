@@ -180,8 +180,9 @@ def default_preprocess(model, options, entry=None):
 
     Raises:
         CaffeModelError: ``resize`` smaller than the input, crops asked
-            of a net with a non-square input, or a mean whose channels do
-            not match the net's input.
+            of a net with a non-square input, a mean whose channels do
+            not match the net's input, an input of other than 1 or 3
+            channels (no model file holds one).
     """
     mean, scale = options.mean, options.scale
     if entry is not None:
@@ -198,6 +199,11 @@ def default_preprocess(model, options, entry=None):
     else:
         channels, height, width = model.net_input_shape
         size, crop = (height, width), None
+        if channels not in (1, 3):
+            raise CaffeModelError(
+                '%s: the net takes %d input channels; images give 1 (gray) '
+                'or 3 (BGR), so finetune cannot feed it'
+                % (options.prototxt, channels))
     resize = options.resize
     if resize is not None and tuple(resize) != size:
         if height != width or min(resize) < height:

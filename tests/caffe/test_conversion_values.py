@@ -93,10 +93,12 @@ def test_import_refuses_a_nan_weight_and_loads_nothing(lenet_files,
                       'number > 0'),
     (dict(mean=np.array([104, np.nan, 123], np.float32)),
      '--mean: the mean holds NaN or infinity'),
-    (dict(resize=(0, 32)), '--resize (0, 32): expected two integers >= 1 '
-                           '(H, W)'),
-    (dict(resize=(32,)), '--resize (32,): expected two integers >= 1 '
-                         '(H, W)'),
+    (dict(resize=(0, 32)), '--resize (0, 32): expected two integers in '
+                           '1..4096 (H, W)'),
+    (dict(resize=(32,)), '--resize (32,): expected two integers in '
+                         '1..4096 (H, W)'),
+    (dict(resize=(32, 5000)), '--resize (32, 5000): expected two integers '
+                              'in 1..4096 (H, W)'),
 ])
 def test_conversion_options_refuse_unusable_values(options, message):
     with pytest.raises(CaffeModelError) as e:
@@ -209,7 +211,7 @@ def test_write_npz_releases_memory_mapped_members(tmp_path):
                                                   dtype=np.float32))
 
 
-@pytest.mark.parametrize('name', ['resnet_small', 'mixed_small'])
+@pytest.mark.parametrize('name', ['resnet_small', 'inception_small'])
 def test_streamed_conversion_equals_a_loaded_model(small_nets, tmp_path,
                                                    name):
     """The weights convert writes are bound to the caffemodel, not copied,
@@ -235,6 +237,18 @@ def test_streamed_conversion_equals_a_loaded_model(small_nets, tmp_path,
             if key != '__meta__':
                 assert a[key].dtype == b[key].dtype, key
                 assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def test_a_net_of_four_input_channels_is_refused_before_writing(
+        small_nets, tmp_path):
+    """No image gives 4 channels, and no model file may hold such a net:
+    convert says so naming the prototxt (it wrote a file load refused)."""
+    files = small_nets['mixed_small']
+    with pytest.raises(CaffeModelError, match=r'mixed_small\.prototxt: the '
+                       r'net takes 4 input channels'):
+        convert_caffemodel(files['caffemodel'], str(tmp_path / 'a.npz'),
+                           ConversionOptions(prototxt=files['prototxt']))
+    assert os.listdir(tmp_path) == []
 
 
 def test_kernel_size_zero_is_blamed_on_the_prototxt(lenet_files, tmp_path,
