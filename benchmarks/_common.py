@@ -184,6 +184,21 @@ def chainer_forward_fn(net, x):
     return run
 
 
+def without_cpu_kernels(fn):
+    """``fn`` run with Chainer's own functions instead of the project's CPU
+    kernels (finetune.models.cpu_kernels): main's code before they came.
+    None when this version of finetune has no such kernels."""
+    try:
+        from finetune.models.cpu_kernels import chainer_functions
+    except ImportError:
+        return None
+
+    def run():
+        with chainer_functions():
+            return fn()
+    return run
+
+
 def torch_forward_fn(net, x):
     """A call of the PyTorch module ``net`` on ``x`` in eval mode."""
     import torch

@@ -31,6 +31,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy as np
 from chainer import function_node
+from chainer.utils import type_check
 
 #: chainer.config key; False runs Chainer's functions instead (benchmarks).
 CONFIG_KEY = 'finetune_cpu_kernels'
@@ -140,6 +141,19 @@ class Convolution2D(function_node.FunctionNode):
         self.groups = int(groups)
         self.keep_col = keep_col  # for the weight gradient
 
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x', 'W', 'b')[:len(in_types)])
+        x, w = in_types[:2]
+        type_check.expect(
+            x.dtype.kind == 'f', w.dtype == x.dtype,
+            x.ndim == 4, w.ndim == 4,
+            x.shape[1] == w.shape[1] * self.groups,
+            w.shape[0] % self.groups == 0)
+        if len(in_types) == 3:
+            b = in_types[2]
+            type_check.expect(b.dtype == x.dtype, b.ndim == 1,
+                              b.shape[0] == w.shape[0])
+
     def forward_cpu(self, inputs):
         x, W = inputs[:2]
         g = self.groups
@@ -190,9 +204,10 @@ class Convolution2D(function_node.FunctionNode):
 
 def convolution_2d(x, W, b=None, stride=1, pad=0, groups=1, dilate=1):
     """``F.convolution_2d(x, W, b, stride, pad, groups=groups)``, with
-    :class:`Convolution2D` on the CPU (undilated, float inputs)."""
+    :class:`Convolution2D` on the CPU (undilated, one dtype)."""
+    dtypes = {_array(a).dtype for a in (x, W, b) if a is not None}
     if (not use_cpu_kernels(x, W, b) or _pair(dilate) != (1, 1) or
-            _array(W) is None):
+            len(dtypes) != 1):
         return F.convolution_2d(x, W, b, stride, pad, dilate=dilate,
                                 groups=groups)
     keep_col = (chainer.config.enable_backprop and
@@ -234,6 +249,14 @@ class ChannelAffine(function_node.FunctionNode):
 
     Inputs: x, w (C,), optional b (C,). Output: like x.
     """
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x', 'w', 'b')[:len(in_types)])
+        x = in_types[0]
+        type_check.expect(x.dtype.kind == 'f', x.ndim >= 2)
+        for v in in_types[1:]:
+            type_check.expect(v.dtype == x.dtype, v.ndim == 1,
+                              v.shape[0] == x.shape[1])
 
     def forward_cpu(self, inputs):
         x, w = inputs[:2]
