@@ -13,6 +13,8 @@ import numpy as np
 from chainer import function_node
 from chainer.backend import get_array_module
 
+from finetune.models.cpu_kernels import local_response_normalization
+
 
 def pooled_size(size, kernel, stride, pad, ceil=True):
     """Caffe's output length of a pooling window sliding over ``size``."""
@@ -141,7 +143,7 @@ def caffe_lrn(x, local_size=5, alpha=1.0, beta=0.75, k=1.0,
     with zero padding counted in the mean, as Caffe computes it.
     """
     if region == 'ACROSS_CHANNELS':
-        return F.local_response_normalization(
+        return local_response_normalization(
             x, n=local_size, k=k, alpha=alpha / local_size, beta=beta)
     pad = (local_size - 1) // 2
     mean_sq = F.average_pooling_2d(x * x, local_size, 1, pad)

@@ -349,12 +349,51 @@ def test_caffe_batchnorm_and_scale_links_equal_chainers(train, keep):
     assert 'ChannelAffine' in ours[6] and 'ChannelAffine' not in theirs[6]
 
 
+# ---------------------------------------------------------------- LRN
+@pytest.mark.parametrize('shape,n,k,alpha,beta', [
+    ((2, 7, 5, 5), 5, 1.0, 1e-4 / 5 * 1e4, 0.75),  # AlexNet's (alpha x1e4
+    ((2, 7, 5, 5), 5, 1.0, 2e-5, 0.75),            # to matter at unit x)
+    ((2, 3, 4, 4), 5, 2.0, 0.3, 0.6),    # fewer channels than the window
+    ((3, 6), 3, 1.5, 0.2, 1.0),          # 2-D input, another beta
+])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_lrn_equals_chainers(shape, n, k, alpha, beta, dtype):
+    rng = np.random.RandomState(13)
+    x = (rng.randn(*shape) * 3).astype(dtype)
+
+    def ours(x):
+        y = K.local_response_normalization(x, n, k, alpha, beta)
+        assert isinstance(y.creator, K.LocalResponseNormalization)
+        return y
+    assert_same_as_chainer(
+        ours, lambda x: F.local_response_normalization(x, n, k, alpha, beta),
+        (x,))
+    gradient_check.check_backward(
+        lambda x: K.local_response_normalization(x, n, k, alpha, beta),
+        (x.astype(np.float64),), rng.randn(*shape), dtype=np.float64)
+
+
+def test_caffe_lrn_uses_the_kernel_on_the_cpu_only_when_switched_on():
+    from finetune.models.functions import caffe_lrn
+    x = np.random.RandomState(14).randn(1, 6, 3, 3).astype(np.float32)
+    assert isinstance(caffe_lrn(x).creator, K.LocalResponseNormalization)
+    with K.chainer_functions():
+        y = caffe_lrn(x)
+    assert not isinstance(y.creator, K.LocalResponseNormalization)
+
+
 # ---------------------------------------------------------------- models
-def small_alexnet_batch(seed=9):
+def float64_alexnet(seed=9):
+    """AlexNet (10 classes, no dropout) in float64 with seeded weights, a
+    batch of 2 and labels. float64: in float32, rounding differences of
+    1e-7 flip near-tied maxima of the poolings, which moves gradients."""
     rng = np.random.RandomState(seed)
-    x = rng.uniform(-120, 120, (2, 3, 227, 227)).astype(np.float32)
+    with chainer.using_config('dtype', np.float64):
+        net = AlexNet(n_classes=10, dropout=0.0,
+                      initialW=chainer.initializers.LeCunNormal(rng=rng))
+    x = rng.uniform(-120, 120, (2, 3, 227, 227))
     t = rng.randint(0, 10, 2).astype(np.int32)
-    return x, t
+    return net, x, t
 
 
 def alexnet_gradients(net, x, t, kernels):
@@ -368,21 +407,21 @@ def alexnet_gradients(net, x, t, kernels):
 
 def test_alexnet_uses_the_kernels_and_matches_chainers_training_step():
     """A full AlexNet training step (dropout 0): every layer's weight
-    gradient equals the one of Chainer's functions within 1e-4 of its
-    largest value (float32 sums in another order), and the forward runs
-    the project's convolution nodes."""
-    net = AlexNet(n_classes=10, dropout=0.0)
-    x, t = small_alexnet_batch()
+    gradient equals the one of Chainer's functions within 1e-9 of its
+    largest value (float64), and the forward runs the project's
+    convolution and LRN nodes."""
+    net, x, t = float64_alexnet()
     with chainer.using_config('train', False):
         y = net(x)
-    kinds = [type(n).__name__ for n in graph_nodes(y)]
-    assert kinds.count('Convolution2D') == 5
-    assert 'Convolution2DFunction' not in kinds
+    kinds = [type(n) for n in graph_nodes(y)]
+    assert kinds.count(K.Convolution2D) == 5
+    assert kinds.count(K.LocalResponseNormalization) == 2
+    assert 'Convolution2DFunction' not in {k.__name__ for k in kinds}
     ours = alexnet_gradients(net, x, t, True)
     theirs = alexnet_gradients(net, x, t, False)
     for name in net.layer_names:
         assert np.abs(ours[name]).max() > 0
-        assert relative_error(ours[name], theirs[name]) < 1e-4, name
+        assert relative_error(ours[name], theirs[name]) < 1e-9, name
 
 
 def test_resnet_small_matches_opencv_with_the_kernels(small_nets):
