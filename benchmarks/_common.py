@@ -184,6 +184,17 @@ def chainer_forward_fn(net, x):
     return run
 
 
+def chainer_functions_context():
+    """Context manager running Chainer's own functions instead of the
+    project's CPU kernels (a no-op where finetune has none)."""
+    import contextlib
+    try:
+        from finetune.models.cpu_kernels import chainer_functions
+    except ImportError:
+        return contextlib.nullcontext()
+    return chainer_functions()
+
+
 def without_cpu_kernels(fn):
     """``fn`` run with Chainer's own functions instead of the project's CPU
     kernels (finetune.models.cpu_kernels): main's code before they came.

@@ -751,12 +751,18 @@ def main(argv=None):
         section_malloc(args, figures)
         lap('malloc')
     if 'variants' not in args.skip:
-        section_variants(args, weights, peak, figures)
+        # the monkeypatches replace Chainer's functions: the ladder starts
+        # from them (main before finetune.models.cpu_kernels)
+        C.emit(['\n(variants ladder and per-layer table: with Chainer\'s own '
+                'functions, not the CPU kernels)'])
+        with C.chainer_functions_context():
+            section_variants(args, weights, peak, figures)
         lap('variants')
     if 'ops' not in args.skip and not args.quick:
         import _variants
         _variants.apply(['mallopt'])
-        section_ops(args, weights, figures)
+        with C.chainer_functions_context():
+            section_ops(args, weights, figures)
         lap('ops')
     C.emit(['section times: ' + ', '.join('%s %.0f s' % kv
                                            for kv in LAPS[1:])])
