@@ -65,6 +65,11 @@ def parse_args(argv=None):
                    help='only print cProfile tables of the Chainer forward '
                    '(as shipped and with all variants) and exit')
     p.add_argument('--json', help='also write the figures to this file')
+    p.add_argument('--cli-heap', action='store_true',
+                   help="first apply keep_freed_memory(), the glibc heap "
+                   "setting of the train/predict/demo commands, to this "
+                   "whole process (every framework): the rates a "
+                   "'python -m finetune.train' run sees")
     # internal: a child process measuring the Chainer forward
     p.add_argument('--child-forward', type=int, help=argparse.SUPPRESS)
     p.add_argument('--child-calls', type=int, default=3,
@@ -728,6 +733,7 @@ def main(argv=None):
             'batches %s, %d timed rounds each (median; %d above batch 32),'
             ' interleaved' % (args.batches, args.repeat,
                               max(2, args.repeat - 1))])
+    C.emit(C.cli_heap_report(args.cli_heap))
     C.emit(pooling_pad_report())
     figures = {}
     peak = 1.0

@@ -98,6 +98,11 @@ def parse_args(argv=None):
                    'train,functions,heap (the last two run in the full run '
                    'only; train needs forward)')
     p.add_argument('--json', help='also write the figures to this file')
+    p.add_argument('--cli-heap', action='store_true',
+                   help="first apply keep_freed_memory(), the glibc heap "
+                   "setting of the train/predict/demo commands, to this "
+                   "whole process (every framework): the rates a "
+                   "'python -m finetune.train' run sees")
     # internal: one conversion child
     p.add_argument('--child', help=argparse.SUPPRESS)
     p.add_argument('--caffemodel', help=argparse.SUPPRESS)
@@ -822,7 +827,8 @@ def main(argv=None):
            ['caffemodel: %s, %d bytes, SHA-1 %s (%s the registry\'s)' % (
                caffemodel, os.path.getsize(caffemodel), sha1,
                'matches' if sha1 == entry.sha1 else 'DIFFERS FROM'),
-            'prototxt: %s' % entry.prototxt_path()])
+            'prototxt: %s' % entry.prototxt_path()] +
+           C.cli_heap_report(args.cli_heap))
     figures = {}
     with tempfile.TemporaryDirectory(prefix='bench_open_nsfw_') as folder:
         npz = None
