@@ -14,6 +14,7 @@ from chainer import function_node
 from chainer.backend import get_array_module
 
 from finetune.models.cpu_kernels import local_response_normalization
+from finetune.models.cpu_kernels import use_cpu_kernels
 
 
 def pooled_size(size, kernel, stride, pad, ceil=True):
@@ -51,6 +52,8 @@ def caffe_pooling_2d(x, method, kernel, stride, pad, ceil=True):
     if method == 'max':
         if _windows_tile(x, out, kernel, stride, pad):
             return TiledMaxPooling2D(kernel, stride, out).apply((x,))[0]
+        if use_cpu_kernels(x):
+            return _padded_tiled_max_pooling(x, out, kernel, stride, pad)
         h = _pad_to_cover(x, out, kernel, stride, pad, -np.inf)
         y = F.max_pooling_2d(h, kernel, stride, pad, cover_all=False)
         return y[:, :, :out[0], :out[1]]
@@ -61,6 +64,21 @@ def caffe_pooling_2d(x, method, kernel, stride, pad, ceil=True):
     counts = _ave_pool_counts(x.shape[2:], out, kernel, stride, pad)
     xp = get_array_module(x)
     return sums / xp.asarray(counts, dtype=x.dtype)
+
+
+def _padded_tiled_max_pooling(x, out, kernel, stride, pad):
+    """Caffe max pooling on the CPU when padding or ceil rounding makes
+    windows reach past the input (ResNet's pool1): pad with -inf once
+    (``pad`` on each side, and bottom/right as far as the last window
+    reaches), then :class:`TiledMaxPooling2D`, whose windows now lie in
+    the padded input. Same maxima and gradients as Chainer's im2col max
+    pooling, without its 9x copy and argmax."""
+    extra = [max(0, (o - 1) * s + k - (n + 2 * p))
+             for o, k, s, p, n in zip(out, kernel, stride, pad, x.shape[2:])]
+    widths = ((0, 0), (0, 0), (pad[0], pad[0] + extra[0]),
+              (pad[1], pad[1] + extra[1]))
+    h = F.pad(x, widths, 'constant', constant_values=-np.inf)
+    return TiledMaxPooling2D(kernel, stride, out).apply((h,))[0]
 
 
 def _windows_tile(x, out, kernel, stride, pad):

@@ -382,6 +382,42 @@ def test_caffe_lrn_uses_the_kernel_on_the_cpu_only_when_switched_on():
     assert not isinstance(y.creator, K.LocalResponseNormalization)
 
 
+# ------------------------------------------------------- padded pooling
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(size=st.tuples(st.integers(2, 12), st.integers(2, 12)),
+       kernel=st.integers(2, 4), stride=st.integers(1, 3),
+       pad=st.integers(0, 1), ties=st.booleans())
+def test_padded_max_pooling_equals_chainers(size, kernel, stride, pad, ties):
+    """Caffe max pooling whose windows reach past the input (padding,
+    ceil rounding: ResNet's pool1 3x3/2 on 112x112) runs TiledMaxPooling2D
+    on a -inf padded input: the same maxima and gradients (ties: to the
+    first maximum) as Chainer's im2col path."""
+    from finetune.models.functions import TiledMaxPooling2D
+    from finetune.models.functions import caffe_pooling_2d
+    pad = min(pad, kernel - 1)  # Caffe requires pad < kernel
+    h, w = (max(n, kernel) for n in size)
+    rng = np.random.RandomState(h * 13 + w)
+    x = (rng.randint(0, 3, (2, 3, h, w)) if ties else
+         rng.randn(2, 3, h, w)).astype(np.float32)
+    args = ('max', (kernel, kernel), (stride, stride), (pad, pad))
+
+    def ours(x):
+        y = caffe_pooling_2d(x, *args)
+        assert isinstance(y.creator, TiledMaxPooling2D)
+        return y
+
+    def theirs(x):
+        with K.chainer_functions():
+            return caffe_pooling_2d(x, *args)
+    # exact: maxima are copies, and a window past the input without pad
+    # (Caffe pads only when pad > 0) is -inf on both paths
+    gy = rng.randn(*theirs(x).shape).astype(np.float32)
+    (y, (gx,)), (y_ref, (gx_ref,)) = (grads_of(fn, [x], gy)
+                                      for fn in (ours, theirs))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(gx, gx_ref)
+
+
 # ---------------------------------------------------------------- models
 def float64_alexnet(seed=9):
     """AlexNet (10 classes, no dropout) in float64 with seeded weights, a
