@@ -640,7 +640,9 @@ def section_forward(args, npz, entry, peak, figures):
     if not ok:
         raise SystemExit('PyTorch net differs from Chainer\'s: not timed')
     r, ratios = forward_table(args, fns, batch, gflop, peak,
-                              'forward (inference), library use')
+                              'forward (inference), %s' % (
+                                  'keep_freed_memory() heap' if args.cli_heap
+                                  else 'library use'))
     figures['forward'] = dict(r, gflop=gflop, ratios=ratios)
     if 'train' not in args.skip:
         section_train(args, model, tnet, figures)
