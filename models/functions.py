@@ -73,11 +73,11 @@ def _padded_tiled_max_pooling(x, out, kernel, stride, pad):
     reaches), then :class:`TiledMaxPooling2D`, whose windows now lie in
     the padded input. Same maxima and gradients as Chainer's im2col max
     pooling, without its 9x copy and argmax."""
-    extra = [max(0, (o - 1) * s + k - (n + 2 * p))
-             for o, k, s, p, n in zip(out, kernel, stride, pad, x.shape[2:])]
-    widths = ((0, 0), (0, 0), (pad[0], pad[0] + extra[0]),
-              (pad[1], pad[1] + extra[1]))
-    h = F.pad(x, widths, 'constant', constant_values=-np.inf)
+    h = x
+    if any(pad):
+        h = F.pad(x, ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2),
+                  'constant', constant_values=-np.inf)
+    h = _pad_to_cover(h, out, kernel, stride, (0, 0), -np.inf)
     return TiledMaxPooling2D(kernel, stride, out).apply((h,))[0]
 
 

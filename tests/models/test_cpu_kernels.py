@@ -210,8 +210,9 @@ def test_im2col_col2im_are_adjoint():
     """<im2col(x), c> == <x, col2im(c)> for random x, c: col2im is the
     exact transpose (every window position, pad and stride remainder)."""
     rng = np.random.RandomState(4)
-    for shape, kernel, stride, pad in [((2, 3, 9, 8), (3, 2), (2, 3), (1, 0)),
-                                       ((1, 2, 11, 11), (5, 5), (4, 4), (2, 2))]:
+    cases = [((2, 3, 9, 8), (3, 2), (2, 3), (1, 0)),
+             ((1, 2, 11, 11), (5, 5), (4, 4), (2, 2))]
+    for shape, kernel, stride, pad in cases:
         x = rng.randn(*shape)
         col = K.im2col_gemm_order(x, kernel, stride, pad)
         c = rng.randn(*col.shape)
