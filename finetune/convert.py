@@ -19,6 +19,7 @@ from finetune.caffe.conversion import ensure_converted
 from finetune.caffe.conversion import parse_mean
 from finetune.caffe.conversion import parse_size
 from finetune.common.cli import command
+from finetune.common.cli import positive_float
 
 
 def build_parser():
@@ -37,7 +38,7 @@ def build_parser():
     preprocessing.add_argument(
         '--mean', help="'imagenet' (AlexNet default), 'none', an .npy image "
         "or 'B,G,R'")
-    preprocessing.add_argument('--scale', type=float,
+    preprocessing.add_argument('--scale', type=positive_float,
                                help='input multiplier after the mean '
                                '(default 1)')
     preprocessing.add_argument(
@@ -56,8 +57,10 @@ def main(argv=None):
     options = ConversionOptions(prototxt=args.prototxt, labels=args.labels,
                                 mean=parse_mean(args.mean), scale=args.scale,
                                 resize=args.resize)
+    mean_file = [args.mean] if args.mean and args.mean.endswith('.npy') \
+        else []
     out, converted = ensure_converted(args.caffemodel, options, args.out,
-                                      force=args.force)
+                                      force=args.force, inputs=mean_file)
     print('%s %s' % ('wrote' if converted else 'up to date:', out))
 
 

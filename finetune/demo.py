@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.common.allocator import keep_freed_memory
+from finetune.common.cli import Range
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
@@ -193,8 +194,8 @@ def describe_seconds(seconds):
     return ', '.join('%s %.1f s' % item for item in seconds.items())
 
 
-@command
-def main(argv=None):
+def build_parser():
+    """The command-line interface of ``python -m finetune.demo``."""
     parser = argparse.ArgumentParser(prog='python -m finetune.demo',
                                      description=__doc__.split('\n')[0])
     parser.add_argument('-o', '--out', default=os.path.join('result', 'demo'))
@@ -207,9 +208,16 @@ def main(argv=None):
                         'epochs (slow) instead of the fine-tuned run\'s time')
     parser.add_argument('--lenet', action='store_true',
                         help='the small LeNet-on-digits demo instead')
-    parser.add_argument('--fraction', type=float, default=0.1,
-                        help='--lenet: part of the digits used (train + val)')
-    args = parser.parse_args(argv)
+    parser.add_argument('--fraction', type=Range(float, 0, 1, low_open=True),
+                        default=0.1,
+                        help='--lenet: part of the digits used (train + val), '
+                        'in (0, 1]')
+    return parser
+
+
+@command
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     keep_freed_memory()
     if args.lenet:
         run_lenet_demo(args.out, args.epochs or 8, args.fraction,

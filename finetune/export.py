@@ -10,6 +10,7 @@ file holds.
 import argparse
 import sys
 
+from finetune.common.cli import Range
 from finetune.common.cli import command
 from finetune.inference.onnx import MAX_OPSET
 from finetune.inference.onnx import MIN_OPSET
@@ -43,7 +44,8 @@ def build_parser():
                        type=batch_size, default=1,
                        help="batch size of the graph, or 'dynamic' for any "
                        '(default 1)')
-    graph.add_argument('--opset', type=int, default=None,
+    graph.add_argument('--opset', type=Range(int, MIN_OPSET, MAX_OPSET),
+                       default=None,
                        help='ONNX opset, %d to %d (default %d)'
                        % (MIN_OPSET, MAX_OPSET, MAX_OPSET))
     return parser

@@ -10,6 +10,8 @@ import argparse
 import sys
 
 from finetune.common.cli import command
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_float
 from finetune.models.registry import DEFAULT_PRETRAINED_DIR
 from finetune.models.registry import REGISTRY
 from finetune.sources.weights import describe_registry
@@ -30,10 +32,10 @@ def build_parser():
     transfer = parser.add_argument_group('transfer')
     transfer.add_argument('--url', help='download from this URL instead (a '
                           'mirror); the sha1 is still checked')
-    transfer.add_argument('--timeout', type=float, default=60.0,
+    transfer.add_argument('--timeout', type=positive_float, default=60.0,
                           help='seconds to connect and for each read '
                           '(default: %(default)s)')
-    transfer.add_argument('--retries', type=int, default=4,
+    transfer.add_argument('--retries', type=non_negative_int, default=4,
                           help='retries after network errors, each resuming '
                           '(default: %(default)s)')
     transfer.add_argument('--no-progress', action='store_true',

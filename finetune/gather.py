@@ -16,6 +16,8 @@ import re
 import sys
 
 from finetune.common.cli import command
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_float
 from finetune.common.cli import positive_int
 from finetune.sources.url_images import DEFAULT_MAX_BYTES
 from finetune.sources.url_images import REPORT_NAME
@@ -25,8 +27,9 @@ from finetune.sources.url_images import gather_from_list
 def byte_count(text):
     """argparse type: bytes, with an optional K, M or G suffix (powers of 1024)."""
     match = re.fullmatch(r'(\d+)([KMG]?)B?', text.strip().upper())
-    if not match:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a byte count like 20M')
+    if not match or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(
+            f'expected a byte count >= 1 like 20M, got {text!r}')
     return int(match.group(1)) << {'': 0, 'K': 10, 'M': 20, 'G': 30}[match.group(2)]
 
 
@@ -46,18 +49,18 @@ def build_parser():
     transfer = parser.add_argument_group('transfer')
     transfer.add_argument('--jobs', type=positive_int, default=8,
                           help='parallel downloads (default: 8)')
-    transfer.add_argument('--timeout', type=float, default=10.0,
+    transfer.add_argument('--timeout', type=positive_float, default=10.0,
                           help='seconds to connect and for each read (default: 10)')
-    transfer.add_argument('--retries', type=int, default=2,
+    transfer.add_argument('--retries', type=non_negative_int, default=2,
                           help='retries after timeouts, connection errors, 5xx (default: 2)')
-    transfer.add_argument('--deadline', type=float,
+    transfer.add_argument('--deadline', type=positive_float,
                           help='seconds one image may take, retries included '
                           '(default: 3 x --timeout); slower hosts are skipped')
     transfer.add_argument('--max-bytes', type=byte_count, default=DEFAULT_MAX_BYTES,
                           help='cap on bytes read per image, e.g. 20M (default: 20M)')
     transfer.add_argument('--no-progress', action='store_true', help='do not draw a progress bar')
     keep = parser.add_argument_group('which images are kept')
-    keep.add_argument('--min-size', type=int, default=32,
+    keep.add_argument('--min-size', type=non_negative_int, default=32,
                       help='smallest width and height kept, in pixels (default: 32)')
     keep.add_argument('--placeholder-hashes', action='append', default=[], metavar='FILE',
                       help='file of sha1s of placeholder images to skip (repeatable)')

@@ -10,6 +10,13 @@ parallel loader processes to the model in batches, with a progress bar, and
 one CSV row per image is written: ``path,label,probability,top_k,error``.
 Unreadable images are reported in the ``error`` column and skipped. The
 library call is :func:`finetune.inference.batch.label_images`.
+
+Batch jobs: rows are made durable in chunks, so the same command after a
+crash or kill (or with ``--resume``) keeps them and labels only the rest;
+``mpiexec -n N python -m finetune.predict ...`` splits the images over N
+processes (``--device`` per rank as in ``train``) and writes the same CSV as
+one process; ``--features LAYER`` also writes each image's activations at
+that layer to ``<out>.npy`` (float32, one row per CSV row).
 """
 import argparse
 import sys
@@ -31,6 +38,17 @@ def build_parser():
     parser.add_argument('-o', '--out', help='write CSV predictions here')
     parser.add_argument('--top', type=positive_int, default=5,
                         help='classes shown per image (default: %(default)s)')
+    jobs = parser.add_argument_group('batch jobs')
+    jobs.add_argument('--features', metavar='LAYER',
+                      help="also write each image's activations at LAYER "
+                      "(e.g. fc7, pool5) to the --out name with .npy")
+    jobs.add_argument('--resume', action='store_true',
+                      help='continue the interrupted run of --out (the '
+                      'same command without it also does; with it, no '
+                      'partial run is an error)')
+    jobs.add_argument('--chunk', type=positive_int, default=1024,
+                      help='images made durable at a time (default: '
+                      '%(default)s)')
     loading = parser.add_argument_group('data loading')
     loading.add_argument('-B', '--batchsize', '--batch', dest='batchsize',
                          type=positive_int, default=64,
@@ -46,12 +64,14 @@ def build_parser():
     return parser
 
 
-@command
+@command(on_interrupt='the rows written so far are kept; run the same '
+         'command again to label the rest')
 def main(argv=None):
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     return label_images(args.model, args.images, args.out, args.batchsize,
-                        args.loaderjob, args.top, args.device, args.backend)
+                        args.loaderjob, args.top, args.device, args.backend,
+                        args.features, args.resume, args.chunk)
 
 
 if __name__ == '__main__':

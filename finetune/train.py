@@ -21,7 +21,7 @@ from finetune.training.config import build_parser
 from finetune.training.config import config_from_args
 
 
-@command
+@command(on_interrupt='continue with the same command and --resume auto')
 def main(argv=None):
     args = build_parser(description=__doc__.split('\n')[0]).parse_args(argv)
     config = config_from_args(args)

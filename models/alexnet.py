@@ -36,6 +36,14 @@ def _pool(h):
     return caffe_pooling_2d(h, 'max', (3, 3), (2, 2), (0, 0))
 
 
+def _no_grads(link):
+    """``link`` with its gradient arrays freed: Chainer fills a NaN array
+    per parameter, which backward makes again anyway; freed link by link,
+    building AlexNet costs its 233 MB of weights instead of twice that."""
+    link.cleargrads()
+    return link
+
+
 class AlexNet(chainer.Chain):
     """BVLC AlexNet; ``__call__`` maps (N, 3, 227, 227) to fc8 logits.
 
@@ -57,14 +65,17 @@ class AlexNet(chainer.Chain):
         self.dropout = dropout
         with self.init_scope():
             w = dict(initialW=initialW)
-            self.conv1 = L.Convolution2D(3, 96, 11, stride=4, **w)
-            self.conv2 = L.Convolution2D(96, 256, 5, pad=2, groups=2, **w)
-            self.conv3 = L.Convolution2D(256, 384, 3, pad=1, **w)
-            self.conv4 = L.Convolution2D(384, 384, 3, pad=1, groups=2, **w)
-            self.conv5 = L.Convolution2D(384, 256, 3, pad=1, groups=2, **w)
-            self.fc6 = L.Linear(256 * 6 * 6, 4096, **w)
-            self.fc7 = L.Linear(4096, 4096, **w)
-            self.fc8 = L.Linear(4096, n_classes, **w)
+            self.conv1 = _no_grads(L.Convolution2D(3, 96, 11, stride=4, **w))
+            self.conv2 = _no_grads(L.Convolution2D(96, 256, 5, pad=2,
+                                                   groups=2, **w))
+            self.conv3 = _no_grads(L.Convolution2D(256, 384, 3, pad=1, **w))
+            self.conv4 = _no_grads(L.Convolution2D(384, 384, 3, pad=1,
+                                                   groups=2, **w))
+            self.conv5 = _no_grads(L.Convolution2D(384, 256, 3, pad=1,
+                                                   groups=2, **w))
+            self.fc6 = _no_grads(L.Linear(256 * 6 * 6, 4096, **w))
+            self.fc7 = _no_grads(L.Linear(4096, 4096, **w))
+            self.fc8 = _no_grads(L.Linear(4096, n_classes, **w))
 
     def _norm_pool(self, h):
         if self.pool_before_norm:

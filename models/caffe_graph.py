@@ -11,11 +11,22 @@ Slice and Flatten. Layers may run in place, branch and merge in any way
 (ResNet, GoogLeNet, SqueezeNet); layers run in prototxt order. Any other
 layer type is an error that lists every such layer.
 
+Every numeric field that makes a shape (kernel, stride, pad, dilation,
+group, num_output, local_size, axes, input dims) or a value (alpha, eps,
+dropout_ratio, coeff...) is checked as its layer is planned, and each
+parameter array, each output blob and the parameters in all are sized
+from the shapes before any link is made (bounds and reasons in
+:mod:`finetune.models.caffe_params`): a bad value is one line naming the
+prototxt, the layer and the field, never a ZeroDivisionError or a
+MemoryError.
+
 All arrays are float32 (or the parameters' dtype, e.g. float16); shapes
 are Caffe's (N, C, H, W).
 """
 import contextlib
 import functools
+import itertools
+import math
 
 import chainer
 import chainer.functions as F
@@ -23,11 +34,20 @@ import chainer.links as L
 import numpy as np
 from google.protobuf import text_format
 
+from finetune.caffe.caffemodel import MAX_LAYERS
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.caffemodel import prototxt_net
 from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.caffe.caffemodel import upgrade_v1_net
 from finetune.common.errors import CaffeModelError
+from finetune.models import caffe_params
+from finetune.models.caffe_params import LayerError as _LayerError
+from finetune.models.caffe_params import at_least
+from finetune.models.caffe_params import check_array
+from finetune.models.caffe_params import finite
+from finetune.models.caffe_params import pair
+from finetune.models.caffe_params import shape_text
+from finetune.models.caffe_params import size_text
 from finetune.models.cpu_kernels import batch_normalization
 from finetune.models.cpu_kernels import call_link
 from finetune.models.cpu_kernels import channel_affine
@@ -215,29 +235,29 @@ def _param_blobs(*params):
 
 # --- geometry ---------------------------------------------------------------
 
-def _pair(repeated, single_h, single_w, default):
-    """Caffe's (h, w) from a repeated field or its ``_h``/``_w`` fields."""
-    if single_h or single_w:
-        return (single_h, single_w)
-    values = list(repeated) or [default]
-    return (values[0], values[-1])
-
-
 def _conv_geometry(p):
-    kernel = _pair(p.kernel_size, p.kernel_h, p.kernel_w, 1)
-    stride = _pair(p.stride, p.stride_h, p.stride_w, 1)
-    pad = _pair(p.pad, p.pad_h, p.pad_w, 0)
-    dilation = _pair(p.dilation, 0, 0, 1)
-    return kernel, stride, pad, dilation
+    """(kernel, stride, pad, dilation), each (h, w), of a Convolution."""
+    if p.axis != 1:
+        raise _LayerError('axis %d: only axis 1 is supported' % p.axis)
+    return (pair(p, 'kernel_size'), pair(p, 'stride', 1),
+            pair(p, 'pad', 0, minimum=0), pair(p, 'dilation', 1))
 
 
 def _pool_geometry(p, size):
+    """(kernel, stride, pad), each (h, w), of a Pooling over ``size``."""
     if p.global_pooling:
+        if any(p.HasField(f) for f in ('kernel_size', 'kernel_h',
+                                       'kernel_w')):
+            raise _LayerError('global_pooling takes no kernel_size')
+        if pair(p, 'stride', 1) != (1, 1) or pair(p, 'pad', 0, 0) != (0, 0):
+            raise _LayerError('global_pooling needs stride 1 and pad 0')
         return tuple(size), (1, 1), (0, 0)
-    kernel = (p.kernel_h, p.kernel_w) if p.kernel_h else (p.kernel_size,) * 2
-    stride = (p.stride_h, p.stride_w) if p.stride_h else (p.stride,) * 2
-    pad = (p.pad_h, p.pad_w) if (p.pad_h or p.pad_w) else (p.pad,) * 2
-    return kernel, stride, pad
+    kernel = pair(p, 'kernel_size')
+    pad = pair(p, 'pad', 0, minimum=0)
+    if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+        raise _LayerError('pad %s must be smaller than the kernel %s'
+                          % (shape_text(pad), shape_text(kernel)))
+    return kernel, pair(p, 'stride', 1), pad
 
 
 def _input_shape(net, source):
@@ -246,11 +266,18 @@ def _input_shape(net, source):
         raise CaffeModelError(
             '%s: a deploy net needs exactly one 4-D input (N, C, H, W); '
             'found %s' % (source, net.inputs or 'none'))
-    return tuple(shapes[0][1:])
-
-
-class _LayerError(Exception):
-    """A layer's parameters or input shapes are unusable (message)."""
+    name = next(iter(net.inputs))
+    layer = next((l for l in net.layers if l.type == 'Input'
+                  and name in l.top), None)
+    where = ('layer %s (Input)' % layer.name if layer is not None
+             else 'input %s' % name)
+    try:
+        for i, dim in enumerate(shapes[0]):
+            at_least(dim, 'dim %d of the shape' % i)
+        check_array(shapes[0][1:], 'one example of the shape')
+    except _LayerError as e:
+        raise CaffeModelError('%s: %s: %s' % (source, where, e)) from None
+    return tuple(int(d) for d in shapes[0][1:])
 
 
 def _axis(axis, ndim, what):
@@ -385,6 +412,9 @@ class CaffeGraph(chainer.Chain):
     def __init__(self, net_param, n_classes=None, source='prototxt',
                  initialW=None):
         super().__init__()
+        if len(net_param.layer) + len(net_param.layers) > MAX_LAYERS:
+            raise CaffeModelError('%s: more than %d layers' % (source,
+                                                                MAX_LAYERS))
         net_param = upgrade_v1_net(net_param)
         net = prototxt_net(net_param)
         unsupported = ['%s (%s)' % (l.name, l.type) for l in net.layers
@@ -411,9 +441,11 @@ class CaffeGraph(chainer.Chain):
 
     def _build(self, layers, input_blob, initialW):
         # values: the versions of blobs (in-place layers make new ones);
-        # value 0 is the input
+        # value 0 is the input. Every layer is checked and sized first
+        # (self._planned); the links are made only once the whole net fits.
         self._blobs = [input_blob]
         self._producer = [-1]
+        self._planned = []
         shapes = [self.net_input_shape]
         latest = {input_blob: 0}
         nodes = []
@@ -430,6 +462,11 @@ class CaffeGraph(chainer.Chain):
                 if len(out_shapes) != len(layer.top):
                     raise _LayerError('has %d tops, expected %d'
                                       % (len(layer.top), len(out_shapes)))
+                out_shapes = [tuple(int(d) for d in shape)
+                              for shape in out_shapes]
+                for top, shape in zip(layer.top, out_shapes):
+                    at_least(min(shape, default=1), 'each output dimension')
+                    check_array(shape, 'one example of its output %s' % top)
             except _LayerError as e:
                 raise CaffeModelError('%s: layer %s (%s): %s'
                                       % (self._source, layer.name, layer.type,
@@ -440,8 +477,9 @@ class CaffeGraph(chainer.Chain):
                 latest[blob] = len(self._blobs)
                 self._blobs.append(blob)
                 self._producer.append(len(nodes))
-                shapes.append(tuple(int(d) for d in shape))
+                shapes.append(shape)
             nodes.append(_Node(layer.name, layer.type, bottoms, tops, run))
+        self._make_links()
         nodes = self._drop_final_softmax(nodes)
         self._nodes = nodes
         self._shapes = shapes
@@ -449,7 +487,32 @@ class CaffeGraph(chainer.Chain):
         self.layer_order = tuple(n.name for n in nodes)
         self.layer_names = tuple(n.name for n in nodes
                                  if n.name in self._children)
-        self.n_classes = int(np.prod(shapes[self._output]))
+        self.n_classes = math.prod(shapes[self._output])
+
+    def _make_links(self):
+        """Make the planned links once their parameters fit in
+        :data:`~finetune.models.caffe_params.MAX_PARAMETER_BYTES`.
+
+        Each link's gradient arrays are freed as soon as it exists (Chainer
+        fills one NaN array per parameter; backward makes them again), so
+        building a net costs its weights, not twice that.
+        """
+        sizes = {name: nbytes for name, _, nbytes in self._planned}
+        total = sum(sizes.values())
+        limit = caffe_params.MAX_PARAMETER_BYTES
+        if total > limit:
+            largest = max(sizes, key=sizes.get)
+            raise CaffeModelError(
+                '%s: the parameters would take %s (the largest, layer %s: '
+                '%s); the limit is %s' % (
+                    self._source, size_text(total), largest,
+                    size_text(sizes[largest]), size_text(limit)))
+        for name, make, _ in self._planned:
+            link = make()
+            link.cleargrads()
+            with self.init_scope():
+                setattr(self, name, link)
+        del self._planned
 
     def _drop_final_softmax(self, nodes):
         """Leave out Softmax layers whose output nothing reads."""
@@ -463,7 +526,7 @@ class CaffeGraph(chainer.Chain):
 
     def _wire(self, nodes):
         """Output blob, each value's last reader and the blobs crossing
-        each cut (``self._crossing[p]``: values made before layer p and
+        each cut (:meth:`_crossing`: values made before layer p and
         read at p or later)."""
         live = {0} | {v for n in nodes for v in n.tops}
         last_read = {}
@@ -478,22 +541,35 @@ class CaffeGraph(chainer.Chain):
                    or 'none'))
         self._output = outputs[0]
         last_read[self._output] = len(nodes)
-        self._crossing = [
-            sorted(v for v in live if v in last_read and
-                   self._producer[v] < p <= last_read[v])
-            for p in range(len(nodes) + 1)]
+        # how many values cross each cut, and the sum of their ids (the id
+        # itself when one does): O(layers + values), also for a crafted net
+        # whose every value lives to the end
+        self._live = sorted(live & set(last_read))
+        counts = [0] * (len(nodes) + 2)
+        sums = [0] * (len(nodes) + 2)
+        for v in self._live:
+            for p, sign in ((self._producer[v] + 1, 1),
+                            (last_read[v] + 1, -1)):
+                counts[p] += sign
+                sums[p] += sign * v
+        self._crossing_count = list(itertools.accumulate(counts))
+        self._crossing_sum = list(itertools.accumulate(sums))
         self._last_read = last_read
         self._free_after = [[] for _ in nodes]
         for v, i in last_read.items():
             if i < len(nodes):
                 self._free_after[i].append(v)
 
-    def _add_link(self, name, link):
-        if hasattr(self, name):
+    def _add_link(self, name, make, param_shapes, field):
+        """Plan the link ``make()`` (made by :meth:`_make_links`) whose
+        parameters have ``param_shapes``, each refused beyond
+        :data:`~finetune.models.caffe_params.MAX_ARRAY_BYTES` naming
+        ``field``; returns the layer's runner."""
+        if hasattr(self, name) or name in (n for n, _, _ in self._planned):
             raise _LayerError('the name clashes with an attribute of the '
                               'Chain; rename the layer')
-        with self.init_scope():
-            setattr(self, name, link)
+        nbytes = sum(check_array(shape, field) for shape in param_shapes)
+        self._planned.append((name, make, nbytes))
         return functools.partial(_run_link, name=name)
 
     def _make(self, layer, shapes, initialW):
@@ -506,23 +582,32 @@ class CaffeGraph(chainer.Chain):
         if kind == 'Convolution':
             return self._convolution(layer, shape, initialW)
         if kind == 'InnerProduct':
-            p = layer.inner_product_param
-            if _axis(p.axis, len(shape) + 1, 'axis') != 1:
-                raise _LayerError('only axis 1 is supported')
-            return self._add_link(layer.name, L.Linear(
-                int(np.prod(shape)), p.num_output, nobias=not p.bias_term,
-                initialW=initialW)), [(p.num_output,)]
+            return self._inner_product(layer, shape, initialW)
         if kind == 'Pooling':
             return self._pooling(layer, shape)
         if kind == 'LRN':
             p = layer.lrn_param
             _need_image(shape)
+            if at_least(p.local_size, 'local_size') % 2 == 0:
+                raise _LayerError('local_size must be odd, got %d'
+                                  % p.local_size)
+            if p.norm_region == p.ACROSS_CHANNELS:
+                if finite(p.k, 'k') <= 0:
+                    raise _LayerError('k must be > 0, got %r' % p.k)
+                if p.local_size > caffe_params.MAX_LRN_SIZE:
+                    raise _LayerError('local_size %d: the limit is %d'
+                                      % (p.local_size,
+                                         caffe_params.MAX_LRN_SIZE))
+            else:
+                _check_patches(shape[0], (p.local_size,) * 2, shape[1:])
             return unary(fn=functools.partial(
-                caffe_lrn, local_size=p.local_size, alpha=p.alpha,
-                beta=p.beta, k=p.k,
+                caffe_lrn, local_size=p.local_size,
+                alpha=finite(p.alpha, 'alpha', low=0),
+                beta=finite(p.beta, 'beta'), k=p.k,
                 region=p.NormRegion.Name(p.norm_region))), [shape]
         if kind == 'ReLU':
-            slope = layer.relu_param.negative_slope
+            slope = finite(layer.relu_param.negative_slope,
+                           'negative_slope')
             fn = functools.partial(F.leaky_relu, slope=slope) if slope \
                 else F.relu
             return unary(fn=fn), [shape]
@@ -530,20 +615,27 @@ class CaffeGraph(chainer.Chain):
             return unary(fn=F.sigmoid if kind == 'Sigmoid' else F.tanh), \
                 [shape]
         if kind == 'Dropout':
-            return unary(fn=functools.partial(
-                F.dropout, ratio=layer.dropout_param.dropout_ratio)), [shape]
+            ratio = finite(layer.dropout_param.dropout_ratio,
+                           'dropout_ratio', low=0, high=1, high_open=True)
+            return unary(fn=functools.partial(F.dropout, ratio=ratio)), \
+                [shape]
         if kind == 'Softmax':
             axis = _axis(layer.softmax_param.axis, len(shape) + 1, 'axis')
             return unary(fn=functools.partial(F.softmax, axis=axis)), [shape]
         if kind == 'PReLU':
             p = layer.prelu_param
-            return self._add_link(layer.name, CaffePReLU(
-                _channels(shape), p.channel_shared)), [shape]
+            slopes = (1,) if p.channel_shared else (_channels(shape),)
+            return self._add_link(layer.name, functools.partial(
+                CaffePReLU, _channels(shape), p.channel_shared), [slopes],
+                'the slopes'), [shape]
         if kind == 'BatchNorm':
             p = layer.batch_norm_param
-            return self._add_link(layer.name, CaffeBatchNorm(
-                _channels(shape), p.eps, p.moving_average_fraction,
-                p.use_global_stats)), [shape]
+            channels = _channels(shape)
+            return self._add_link(layer.name, functools.partial(
+                CaffeBatchNorm, channels, finite(p.eps, 'eps', low=0),
+                finite(p.moving_average_fraction, 'moving_average_fraction',
+                       low=0, high=1), p.use_global_stats),
+                [(channels,)] * 3, 'the statistics'), [shape]
         if kind == 'Scale':
             return self._scale(layer, shapes)
         if kind == 'Split':
@@ -561,17 +653,37 @@ class CaffeGraph(chainer.Chain):
         p = layer.convolution_param
         _need_image(shape)
         kernel, stride, pad, dilation = _conv_geometry(p)
-        if shape[0] % p.group or p.num_output % p.group:
+        outputs = at_least(p.num_output, 'num_output')
+        groups = at_least(p.group, 'group')
+        if shape[0] % groups or outputs % groups:
             raise _LayerError('%d inputs and %d outputs do not split into '
-                              '%d groups' % (shape[0], p.num_output, p.group))
-        out = [(n + 2 * pd - dl * (k - 1) - 1) // s + 1 for n, k, s, pd, dl
-               in zip(shape[1:], kernel, stride, pad, dilation)]
+                              '%d groups' % (shape[0], outputs, groups))
+        span = [dl * (k - 1) + 1 for k, dl in zip(kernel, dilation)]
+        out = [(n + 2 * pd - sp) // s + 1 for n, sp, s, pd
+               in zip(shape[1:], span, stride, pad)]
         if min(out) < 1:
-            raise _LayerError('a %dx%d input is too small' % shape[1:])
-        return self._add_link(layer.name, L.Convolution2D(
-            shape[0], p.num_output, kernel, stride, pad,
-            nobias=not p.bias_term, dilate=dilation, groups=p.group,
-            initialW=initialW)), [(p.num_output, *out)]
+            raise _LayerError('the %s kernel (dilated) does not fit the %s '
+                              'input padded by %s' % (
+                                  shape_text(span), shape_text(shape[1:]),
+                                  shape_text(pad)))
+        _check_patches(shape[0], kernel, out)
+        weights = (outputs, shape[0] // groups) + kernel
+        return self._add_link(layer.name, functools.partial(
+            L.Convolution2D, shape[0], outputs, kernel, stride, pad,
+            nobias=not p.bias_term, dilate=dilation, groups=groups,
+            initialW=initialW), [weights, (outputs,)],
+            'num_output %d: the weights' % outputs), [(outputs, *out)]
+
+    def _inner_product(self, layer, shape, initialW):
+        p = layer.inner_product_param
+        if _axis(p.axis, len(shape) + 1, 'axis') != 1:
+            raise _LayerError('only axis 1 is supported')
+        outputs = at_least(p.num_output, 'num_output')
+        inputs = math.prod(shape)
+        return self._add_link(layer.name, functools.partial(
+            L.Linear, inputs, outputs, nobias=not p.bias_term,
+            initialW=initialW), [(outputs, inputs), (outputs,)],
+            'num_output %d: the weights' % outputs), [(outputs,)]
 
     def _pooling(self, layer, shape):
         p = layer.pooling_param
@@ -579,11 +691,15 @@ class CaffeGraph(chainer.Chain):
         if p.pool not in (p.MAX, p.AVE):
             raise _LayerError('only MAX and AVE pooling are supported')
         kernel, stride, pad = _pool_geometry(p, shape[1:])
-        if not all(kernel) or not all(stride):
-            raise _LayerError('needs kernel_size and a stride > 0')
         ceil = p.round_mode == p.CEIL
         out = [pooled_size(n, k, s, pd, ceil)
                for n, k, s, pd in zip(shape[1:], kernel, stride, pad)]
+        if min(out) < 1:
+            raise _LayerError('the %s kernel does not fit the %s input '
+                              'padded by %s' % (
+                                  shape_text(kernel), shape_text(shape[1:]),
+                                  shape_text(pad)))
+        _check_patches(shape[0], kernel, out)
         fn = functools.partial(
             caffe_pooling_2d, method='max' if p.pool == p.MAX else 'ave',
             kernel=kernel, stride=stride, pad=pad, ceil=ceil)
@@ -610,8 +726,10 @@ class CaffeGraph(chainer.Chain):
         if p.num_axes < -1 or end > len(x) + 1:
             raise _LayerError('num_axes %d does not fit a %d-D input'
                               % (p.num_axes, len(x) + 1))
-        return self._add_link(layer.name, CaffeScale(
-            x[axis - 1:end - 1], axis, p.bias_term)), [x]
+        weights = tuple(x[axis - 1:end - 1])
+        return self._add_link(layer.name, functools.partial(
+            CaffeScale, weights, axis, p.bias_term),
+            [weights] * (1 + p.bias_term), 'the scales'), [x]
 
     def _concat(self, layer, shapes):
         p = layer.concat_param
@@ -652,7 +770,7 @@ class CaffeGraph(chainer.Chain):
         p = layer.eltwise_param
         _same_shapes(shapes)
         operation = p.EltwiseOp.Name(p.operation)
-        coeff = list(p.coeff) or [1.0] * len(shapes)
+        coeff = [finite(c, 'coeff') for c in p.coeff] or [1.0] * len(shapes)
         if operation != 'SUM' and p.coeff:
             raise _LayerError('coeff needs operation SUM')
         if len(coeff) != len(shapes):
@@ -669,7 +787,7 @@ class CaffeGraph(chainer.Chain):
         if end < start:
             raise _LayerError('end_axis before axis')
         full = (None,) + tuple(shape)
-        out = full[:start] + (int(np.prod(full[start:end + 1])),) + \
+        out = full[:start] + (math.prod(full[start:end + 1]),) + \
             full[end + 1:]
         return functools.partial(_run_flatten, start=start, end=end), \
             [out[1:]]
@@ -699,10 +817,18 @@ class CaffeGraph(chainer.Chain):
             return 'cut %r (the end)' % (cut,)
         return 'cut %r (before layer %s)' % (cut, self.layer_order[p])
 
+    def _crossing(self, p):
+        """The values (ids, ascending) made before layer p and read at p
+        or later."""
+        if self._crossing_count[p] == 1:
+            return [self._crossing_sum[p]]
+        return [v for v in self._live
+                if self._producer[v] < p <= self._last_read[v]]
+
     def cut_blobs(self, cut):
         """Names of the blobs crossing ``cut`` (exactly one when valid)."""
         p = self._position(cut, len(self._nodes))
-        return [self._blobs[v] for v in self._crossing[p]]
+        return [self._blobs[v] for v in self._crossing(p)]
 
     def cut_value(self, cut, default=None):
         """Internal id of the one blob version crossing ``cut``.
@@ -713,7 +839,7 @@ class CaffeGraph(chainer.Chain):
         """
         p = self._position(cut, len(self._nodes) if default is None
                            else default)
-        crossing = self._crossing[p]
+        crossing = self._crossing(p)
         if len(crossing) != 1:
             raise CaffeModelError(
                 '%s: cannot cut the net at %s: %d blobs cross it (%s); a '
@@ -743,7 +869,7 @@ class CaffeGraph(chainer.Chain):
         """The ints k (0..len(layer_names)) at which ``forward`` may stop
         and start: cuts before ``layer_names[k]`` that one blob crosses."""
         return [k for k in range(len(self.layer_names) + 1)
-                if len(self._crossing[self._position(k, None)]) == 1]
+                if self._crossing_count[self._position(k, None)] == 1]
 
     def cut_shape(self, cut):
         """Shape per example of what ``forward(x, stop=cut)`` returns."""
@@ -852,6 +978,15 @@ class CaffeGraph(chainer.Chain):
                   initialW=None):
         """Build from deploy prototxt text."""
         return cls(parse_net_text(text, source), n_classes, source, initialW)
+
+
+def _check_patches(channels, kernel, out):
+    """Refuse a sliding window whose patches (what Chainer's CPU
+    convolution and pooling gather: channels x kernel x output positions)
+    would exceed the array bound."""
+    check_array((channels,) + tuple(kernel) + tuple(out),
+                'the %s window over %d channels: its patches'
+                % (shape_text(kernel), channels))
 
 
 def _need_image(shape):

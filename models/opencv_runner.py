@@ -15,6 +15,10 @@ CaffeNet are cut by stages (:func:`truncated_definition`). BatchNorm runs
 on its stored statistics (test mode).
 
 OpenCV ignores LRN's ``k``; nets with ``k != 1`` stay on Chainer.
+
+OpenCV keeps the intermediate blobs of the largest batch it ran, so a
+batch is run in chunks whose blobs fit :data:`FORWARD_BUDGET`
+(benchmarks/bench_memory.py: a 640-crop open_nsfw batch held 7 GB).
 """
 import numpy as np
 from google.protobuf import text_format
@@ -23,6 +27,13 @@ from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.importer import link_blobs
 from finetune.caffe.importer import weighted_links
 from finetune.caffe.writer import caffemodel_bytes
+
+#: Bytes of intermediate blobs one OpenCV forward may need, as OpenCV's
+#: ``getMemoryConsumption`` counts them (every blob, without the reuse
+#: OpenCV does, so the memory really held is several times less: an
+#: open_nsfw crop counts 96 MiB and holds about 10 MiB). A larger batch
+#: runs in chunks; speed does not depend on the batch past a few images.
+FORWARD_BUDGET = 1 << 30
 
 
 def opencv_dnn():
@@ -140,7 +151,7 @@ class OpenCVStages:
         CaffeModelError: the CaffeGraph cut is not crossed by one blob.
     """
 
-    def __init__(self, model, stop=None):
+    def __init__(self, model, stop=None, budget=FORWARD_BUDGET):
         dnn = opencv_dnn()
         if dnn is None:
             raise ImportError('OpenCV (opencv-python-headless) is needed')
@@ -157,12 +168,28 @@ class OpenCVStages:
         blob = caffemodel_bytes(kept, _caffe_weights(model, kept))
         self.net = dnn.readNetFromCaffe(np.frombuffer(proto, np.uint8),
                                         np.frombuffer(blob, np.uint8))
+        self.budget = budget
+        self._chunk = {}
+
+    def chunk_size(self, sample_shape):
+        """Images of ``sample_shape`` (C, H, W) per OpenCV forward (at
+        least 1), so that their blobs fit ``budget`` bytes."""
+        if sample_shape not in self._chunk:
+            _, blobs = self.net.getMemoryConsumption((1,) + sample_shape)
+            self._chunk[sample_shape] = max(1, self.budget // max(blobs, 1))
+        return self._chunk[sample_shape]
 
     def __call__(self, x):
         """float32 (N, C, H, W) -> the cut's output (ndarray, the shape
-        Chainer's forward returns)."""
-        self.net.setInput(np.ascontiguousarray(x, dtype=np.float32))
-        out = self.net.forward(self.output)
+        Chainer's forward returns), computed :meth:`chunk_size` images at
+        a time."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        step = self.chunk_size(tuple(int(d) for d in x.shape[1:]))
+        outs = []
+        for start in range(0, len(x), step):
+            self.net.setInput(x[start:start + step])
+            outs.append(self.net.forward(self.output))
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         if self.shape is not None:
             out = out.reshape((len(x),) + tuple(self.shape))
         return out

@@ -60,9 +60,22 @@ def test_help_groups_options_by_stage():
 @pytest.mark.parametrize('flag,value,message', [
     ('--val-split', '1', '--val-split 1.0: must be in [0, 1)'),
     ('--val-split', '-0.1', '--val-split -0.1: must be in [0, 1)'),
+    ('--val-split', 'nan', '--val-split nan: must be a finite number in '
+     '[0, 1)'),
     ('--batchsize', '0', '--batchsize 0: must be >= 1'),
     ('--epochs', '0', '--epochs 0: must be >= 1'),
     ('--cache-crops', '0', '--cache-crops 0: must be >= 1'),
+    ('--head-lr-mult', '-1', '--head-lr-mult -1.0: must be >= 0'),
+    ('--head-lr-mult', 'inf', '--head-lr-mult inf: must be a finite number '
+     '>= 0'),
+    ('--lr-gamma', '-0.1', '--lr-gamma -0.1: must be > 0'),
+    ('--lr-gamma', '0', '--lr-gamma 0.0: must be > 0'),
+    ('--lr', 'nan', '--lr nan: must be a finite number > 0'),
+    ('--momentum', '1', '--momentum 1.0: must be in [0, 1)'),
+    ('--weight-decay', '-0.0001', '--weight-decay -0.0001: must be >= 0'),
+    ('--time-limit', 'inf', '--time-limit inf: must be a finite number >= '
+     '0'),
+    ('--seed', '-1', '--seed -1: must be in [0, 4294967295]'),
     ('--freeze', 'conv9', "--freeze: unknown layer 'conv9'"),
     ('--replace', 'ip2-conv1', "--replace: bad layer range 'ip2-conv1'"),
 ])
@@ -114,3 +127,104 @@ def test_public_names_load_on_first_use():
                             cwd=os.path.dirname(os.path.dirname(
                                 os.path.abspath(__file__))))
     assert result.stdout.strip() == 'True', result.stderr
+
+
+# --- every number option of every command: non-finite and meaningless
+# values are refused naming the option (issue 20, items 4 and 9) --------
+
+NUMBER_REFUSALS = [
+    ('gather', ['list.txt', '-o', 'out'], '--timeout', ['0', '-1', 'nan',
+                                                        'inf', '-inf']),
+    ('gather', ['list.txt', '-o', 'out'], '--deadline', ['0', 'nan']),
+    ('gather', ['list.txt', '-o', 'out'], '--retries', ['-1', '1.5']),
+    ('gather', ['list.txt', '-o', 'out'], '--max-bytes', ['0', '0M']),
+    ('gather', ['list.txt', '-o', 'out'], '--min-size', ['-1']),
+    ('fetch', ['alexnet'], '--timeout', ['0', '-1', 'nan', 'inf']),
+    ('fetch', ['alexnet'], '--retries', ['-1']),
+    ('convert', ['m.caffemodel'], '--scale', ['nan', 'inf', '0', '-1']),
+    ('export', ['--model', 'm.npz', '-o', 'm.onnx'], '--opset',
+     ['0', '99', 'nan']),
+    ('demo', [], '--fraction', ['nan', '0', '-0.5', '1.5', 'inf']),
+]
+
+
+def parser_of(name):
+    from finetune import demo
+    return demo.build_parser() if name == 'demo' else PARSERS[name]
+
+
+@pytest.mark.parametrize('name,argv,flag,value', [
+    (name, argv, flag, value) for name, argv, flag, values in
+    NUMBER_REFUSALS for value in values])
+def test_number_options_refuse_meaningless_values(name, argv, flag, value,
+                                                  capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        parser_of(name).parse_args(argv + ['%s=%s' % (flag, value)])
+    assert exit_status.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'argument %s' % flag in last and 'expected' in last, last
+    assert repr(value) in last, last
+
+
+def assert_refused(result, *words):
+    """Exit 2, a last line naming ``words``, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert 'Traceback' not in result.stderr
+    assert all(word in lines[-1] for word in words), result.stderr
+
+
+def test_gather_with_a_zero_timeout_writes_nothing(tmp_path):
+    listing = tmp_path / 'urls.txt'
+    listing.write_text('http://127.0.0.1:9/a.jpg cat\n')
+    out = tmp_path / 'photos'
+    result = run_module('finetune.gather', str(listing), '-o', str(out),
+                        '--timeout', '0', '--no-progress')
+    assert_refused(result, '--timeout', "'0'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('which', ['list', 'link to list', 'label names'])
+def test_gather_report_over_an_input_is_refused(tmp_path, which):
+    listing = tmp_path / 'urls.txt'
+    listing.write_text('http://127.0.0.1:9/a.jpg 0\n')
+    names = tmp_path / 'names.txt'
+    names.write_text('cat\n')
+    os.symlink(str(listing), str(tmp_path / 'link.txt'))
+    report = {'list': listing, 'link to list': tmp_path / 'link.txt',
+              'label names': names}[which]
+    out = tmp_path / 'photos'
+    result = run_module('finetune.gather', str(listing), '-o', str(out),
+                        '--label-names', str(names), '--report',
+                        str(report), '--no-progress', '--timeout', '0.2',
+                        '--retries', '0')
+    assert_refused(result, '--report', str(report), 'input')
+    assert listing.read_text() == 'http://127.0.0.1:9/a.jpg 0\n'
+    assert names.read_text() == 'cat\n'
+    assert not out.exists()
+
+
+def test_train_refuses_an_out_inside_data_before_writing(tmp_path, digits):
+    data, pretrained = digits
+    before = sorted(os.listdir(data))
+    result = run_module('finetune.train', '--data', data, '--pretrained',
+                        pretrained, '-o', os.path.join(data, 'result'),
+                        '--replace', 'ip2')
+    assert_refused(result, '--out', 'inside the data folder')
+    assert sorted(os.listdir(data)) == before
+
+
+def test_train_refuses_a_label_file_inside_out_before_writing(tmp_path,
+                                                              digits):
+    data, pretrained = digits
+    out = tmp_path / 'out'
+    out.mkdir()
+    label_file = out / 'list.txt'
+    label_file.write_text('0/%s 0\n1/%s 1\n' % (
+        sorted(os.listdir(os.path.join(data, '0')))[0],
+        sorted(os.listdir(os.path.join(data, '1')))[0]))
+    result = run_module('finetune.train', '--data', data, '--pretrained',
+                        pretrained, '-o', str(out), '--replace', 'ip2',
+                        '--label-file', str(label_file))
+    assert_refused(result, '--label-file', 'inside --out')
+    assert os.listdir(out) == ['list.txt']

@@ -5,8 +5,10 @@ Both V2 (``layer``, ``BlobShape``) and legacy V1 (``layers``, 4-D
 :class:`CaffeNet` of :class:`CaffeLayer` records with V2 type names.
 """
 import dataclasses
+import math
 import mmap
 import os
+import re
 from typing import List
 
 import numpy as np
@@ -37,6 +39,16 @@ V1_TYPE_NAMES = {
     'SOFTMAX_LOSS': 'SoftmaxWithLoss', 'SPLIT': 'Split', 'SLICE': 'Slice',
     'TANH': 'TanH', 'WINDOW_DATA': 'WindowData', 'THRESHOLD': 'Threshold',
 }
+
+#: Largest prototxt read, in characters. Published deploy definitions are
+#: under 1 MB (ResNet-152's is 230 kB); protobuf's text parser reads some
+#: 100 kB/s here, so a larger text is refused before parsing.
+MAX_PROTOTXT_BYTES = 4 * 2 ** 20
+#: Most layers a caffemodel may hold (DenseNet-264, among the deepest
+#: published Caffe nets, has about 1,300 in its training definition).
+MAX_LAYERS = 20000
+#: Most weight blobs a caffemodel may hold in all (a few per layer).
+MAX_BLOBS = 100000
 
 # Wire field numbers (caffe.proto), shared with writer.py.
 _NET_LAYER, _NET_LAYERS_V1 = 100, 2
@@ -81,6 +93,27 @@ class CaffeNet:
         return None
 
 
+_CONTROL = re.compile('[\x00-\x1f\x7f]')
+
+
+def check_names(net):
+    """Refuse layer names, types and blob names holding control characters
+    (a newline would split the one-line errors that name them).
+
+    Raises:
+        ValueError: naming the layer with the characters escaped.
+    """
+    for layer in list(net.layer) + list(net.layers):
+        texts = [layer.name, layer.type] + list(layer.bottom) + \
+            list(layer.top)
+        # strings that are not UTF-8 come back from protobuf as bytes
+        texts = [t.decode('utf-8', 'replace') if isinstance(t, bytes) else t
+                 for t in texts if not isinstance(t, int)]  # V1 types: enums
+        if any(_CONTROL.search(t) for t in texts):
+            raise ValueError('layer %s: its name, type or blob names hold '
+                             'control characters' % ascii(layer.name))
+
+
 def _layer_record(message, v1, blobs=()):
     if v1:
         type_name = v1_type_name(message.type)
@@ -114,20 +147,51 @@ def parse_net_text(text, source='prototxt'):
     are ignored; a syntax error raises :class:`CaffeModelError` naming
     ``source``.
     """
+    if len(text) > MAX_PROTOTXT_BYTES:
+        raise CaffeModelError('%s: cannot read prototxt: %d characters; the '
+                              'limit is %d' % (source, len(text),
+                                               MAX_PROTOTXT_BYTES))
     net = schema.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True)
     except text_format.ParseError as e:
-        raise CaffeModelError('%s: cannot read prototxt: %s'
-                              % (source, str(e).splitlines()[0])) from None
+        where = _layer_near(text, e.GetLine() if hasattr(e, 'GetLine')
+                            else None)
+        raise CaffeModelError('%s: cannot read prototxt%s: %s'
+                              % (source, where,
+                                 str(e).splitlines()[0])) from None
+    except RecursionError:
+        raise CaffeModelError('%s: cannot read prototxt: messages nested too '
+                              'deeply' % source) from None
+    try:
+        check_names(net)
+    except ValueError as e:
+        raise CaffeModelError('%s: %s' % (source, e)) from None
     return net
+
+
+_LAYER_START = re.compile(r'\blayers?\s*\{')
+_NAME = re.compile(r'\bname\s*:\s*"([^"\n]*)"')
+
+
+def _layer_near(text, line):
+    """``' (layer NAME)'`` for the layer a parse error at ``line`` (1-based)
+    is in, as far as a quick look at the text tells; else ``''``."""
+    if not line:
+        return ''
+    head = ''.join(text.splitlines(True)[:line])
+    starts = [m.end() for m in _LAYER_START.finditer(head)]
+    if not starts:
+        return ''
+    name = _NAME.search(text, starts[-1])
+    return ' (layer %s)' % name.group(1) if name else ''
 
 
 def read_prototxt_param(path):
     """Read a prototxt file into a ``caffe.NetParameter``."""
     try:
         with open(path) as f:
-            text = f.read()
+            text = f.read(MAX_PROTOTXT_BYTES + 1)
     except (OSError, UnicodeDecodeError) as e:
         raise CaffeModelError('%s: cannot read prototxt: %s'
                               % (path, e)) from None
@@ -179,46 +243,57 @@ def _blob_array(buf, begin, end):
     legacy = {}
     shape = None
     data, double_data = [], []
-    for number, wire_type, value, _ in wire.iter_fields(buf, begin, end):
+    for number, wire_type, value, (lo, _) in wire.iter_fields(buf, begin,
+                                                              end):
         if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) \
                 and wire_type == wire.VARINT:
             legacy[number] = value
         elif number == _BLOB_SHAPE and wire_type == wire.LEN:
-            shape = []
-            for dim_number, dim_type, dim, _ in wire.iter_fields(buf, *value):
-                if dim_number != _SHAPE_DIM:
-                    continue
-                if dim_type == wire.LEN:
-                    shape += wire.packed_varints(buf, *dim)
-                else:
-                    shape.append(dim)
+            shape = _shape_dims(buf, value)
         elif number == _BLOB_DATA and wire_type in (wire.LEN, wire.I32):
-            data.append((wire_type, value))
+            wire.add_chunk(data, wire_type, value, 4, lo)
         elif number == _BLOB_DOUBLE_DATA and wire_type in (wire.LEN,
                                                            wire.I64):
-            double_data.append((wire_type, value))
-    for chunks, width in ((data, 4), (double_data, 8)):
-        for wire_type, (lo, hi) in chunks:
-            if (hi - lo) % width:
-                raise wire.WireError('packed blob data of %d bytes is not a '
-                                     'multiple of %d' % (hi - lo, width), lo)
+            wire.add_chunk(double_data, wire_type, value, 8, lo)
     if shape is None:
-        shape = [legacy.get(k, 0) for k in (_BLOB_NUM, _BLOB_CHANNELS,
-                                            _BLOB_HEIGHT, _BLOB_WIDTH)]
+        shape = [_signed(legacy.get(k, 0)) for k in (
+            _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)]
+    if any(d < 0 for d in shape):
+        raise wire.WireError('blob shape %s has a negative dimension'
+                             % (tuple(shape),), begin)
+    size = sum(count for _, count, _ in data or double_data)
+    if math.prod(shape) != size:
+        raise wire.WireError('blob holds %d values but its shape %s needs %d'
+                             % (size, tuple(shape), math.prod(shape)), begin)
     if data:
         array = wire.repeated_numbers(buf, data, '<f4')
     else:
         array = wire.repeated_numbers(buf, double_data, '<f8')
         array = array.astype(np.float32)
-    shape = tuple(int(d) for d in shape)
-    if int(np.prod(shape)) != array.size:
-        raise wire.WireError('blob holds %d values but its shape %s needs %d'
-                             % (array.size, shape, int(np.prod(shape))),
-                             begin)
-    return array.reshape(shape)
+    return array.reshape(tuple(shape))
 
 
-def _parse_layer(buf, begin, end, v1):
+def _signed(value):
+    """A varint read as protobuf's int32/int64 (a negative one is 10 bytes)."""
+    value &= 2 ** 64 - 1
+    return value - 2 ** 64 if value >= 2 ** 63 else value
+
+
+def _shape_dims(buf, span):
+    """The int64 ``dim`` values of a ``BlobShape`` (packed or not)."""
+    dims = []
+    for number, wire_type, dim, _ in wire.iter_fields(buf, *span):
+        if number != _SHAPE_DIM:
+            continue
+        values = wire.packed_varints(buf, *dim) if wire_type == wire.LEN \
+            else [dim] if wire_type == wire.VARINT else []
+        dims += [_signed(v) for v in values]
+        if len(dims) > 32:
+            raise wire.WireError('blob shape has more than 32 axes', span[0])
+    return dims
+
+
+def _parse_layer(buf, begin, end, v1, counts):
     """Split a layer's bytes into weights (arrays) and the rest (protobuf)."""
     blob_field = _LAYER_BLOBS_V1 if v1 else _LAYER_BLOBS
     rest = bytearray()
@@ -226,11 +301,18 @@ def _parse_layer(buf, begin, end, v1):
     for number, wire_type, value, (lo, hi) in wire.iter_fields(buf, begin,
                                                                 end):
         if number == blob_field and wire_type == wire.LEN:
+            if len(blobs) + counts['blobs'] >= MAX_BLOBS:
+                raise wire.WireError('more than %d weight blobs'
+                                     % MAX_BLOBS, lo)
             blobs.append(_blob_array(buf, *value))
         else:
             rest += buf[lo:hi]
     message = (schema.V1LayerParameter if v1 else schema.LayerParameter)()
     message.ParseFromString(bytes(rest))
+    container = schema.NetParameter()
+    (container.layers if v1 else container.layer).append(message)
+    check_names(container)
+    counts['blobs'] += len(blobs)
     return _layer_record(message, v1, blobs)
 
 
@@ -278,12 +360,16 @@ def read_caffemodel(path):
 def _parse_net(buf, size):
     name = ''
     layers = []
-    for number, wire_type, value, _ in wire.iter_fields(buf, 0, size):
+    counts = {'blobs': 0}
+    for number, wire_type, value, (lo, _) in wire.iter_fields(buf, 0, size):
         if wire_type != wire.LEN:
             continue
         if number in (_NET_LAYER, _NET_LAYERS_V1):
+            if len(layers) >= MAX_LAYERS:
+                raise wire.WireError('more than %d layers' % MAX_LAYERS, lo)
             layers.append(_parse_layer(buf, *value,
-                                       v1=number == _NET_LAYERS_V1))
+                                       v1=number == _NET_LAYERS_V1,
+                                       counts=counts))
         elif number == 1:
             name = bytes(buf[value[0]:value[1]]).decode('utf-8', 'replace')
     return CaffeNet(name, {}, layers)

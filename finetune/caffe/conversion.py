@@ -18,16 +18,23 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import math
 import os
+import re
+import stat
 from typing import Optional, Tuple
 
-import chainer
 import numpy as np
 
 from finetune.caffe.caffemodel import read_caffemodel
-from finetune.caffe.importer import import_caffemodel
+from finetune.caffe.importer import Unset
+from finetune.caffe.importer import bind_caffemodel
+from finetune.caffe.importer import listed
 from finetune.common.errors import CaffeModelError
 from finetune.common.errors import CheckpointError
+from finetune.common.errors import one_line
+from finetune.common.fileio import refuse_overwriting_inputs
+from finetune.common.fileio import sha1_of_file
 from finetune.data.folder import read_class_names
 from finetune.data.resources import imagenet_class_names
 from finetune.data.resources import imagenet_mean
@@ -35,12 +42,17 @@ from finetune.data.transforms import CaffePreprocess
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
+from finetune.models.model_file import MAX_SIDE
 from finetune.models.model_file import read_model_meta
 from finetune.models.model_file import save_model
 from finetune.models.registry import DEFAULT_PRETRAINED_DIR
 from finetune.models.registry import REGISTRY
 from finetune.models.registry import class_names_of
 from finetune.models.registry import registry_entry_for
+
+
+#: Most values a ``--mean`` .npy may hold (a 3x256x256 image holds 196,608).
+MAX_MEAN_ELEMENTS = 16 * 2 ** 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +74,30 @@ class ConversionOptions:
     scale: Optional[float] = None
     resize: Optional[Tuple[int, int]] = None
 
+    def __post_init__(self):
+        """Refuse values no conversion can use (CaffeModelError naming the
+        option): a scale that is not a finite number > 0, a mean holding
+        NaN or infinity, a resize that is not two integers in 1..MAX_SIDE
+        (what a model file may hold)."""
+        if self.scale is not None and not (
+                isinstance(self.scale, (int, float, np.number)) and
+                math.isfinite(self.scale) and self.scale > 0):
+            raise CaffeModelError('--scale %r: the input multiplier must be '
+                                  'a finite number > 0' % (self.scale,))
+        if self.mean is not None and np.ndim(self.mean) not in (1, 3):
+            raise CaffeModelError('--mean: a mean pixel (C,) or image '
+                                  '(C, H, W), not of shape %s'
+                                  % (np.shape(self.mean),))
+        if self.mean is not None and not np.isfinite(
+                np.asarray(self.mean, np.float64)).all():
+            raise CaffeModelError('--mean: the mean holds NaN or infinity')
+        if self.resize is not None and (
+                len(self.resize) != 2 or not all(
+                    isinstance(side, (int, np.integer)) and
+                    1 <= side <= MAX_SIDE for side in self.resize)):
+            raise CaffeModelError('--resize %r: expected two integers in '
+                                  '1..%d (H, W)' % (self.resize, MAX_SIDE))
+
 
 def resolve_source(source, pretrained_dir=DEFAULT_PRETRAINED_DIR):
     """(caffemodel path, registry entry or None) for a name or a path."""
@@ -78,10 +114,30 @@ def detect_alexnet(net, source):
         raise CaffeModelError(
             '%s: not an AlexNet/CaffeNet layout (layers: %s); pass '
             '--prototxt with its deploy definition' % (source,
-                                                       ', '.join(names)))
+                                                       listed(names)))
     if names.index('pool1') < names.index('norm1'):
         return CaffeNet
     return AlexNet
+
+
+def alexnet_classes(net, source):
+    """The outputs of an AlexNet/CaffeNet caffemodel: fc8's weight rows
+    (1000 when fc8 has no weights; the import then says so).
+
+    Raises:
+        CaffeModelError: fc8's weights are not (n >= 1, 4096), as 2-D or
+            legacy 4-D (1, 1, n, 4096).
+    """
+    fc8 = net.layer('fc8')
+    if not fc8.blobs:
+        return 1000
+    shape = fc8.blobs[0].shape
+    rows = shape[-2] if len(shape) >= 2 else 0
+    if shape[-1:] != (4096,) or rows < 1 or any(d != 1 for d in shape[:-2]):
+        raise CaffeModelError('%s: layer fc8: weights of shape %s; an '
+                              'AlexNet/CaffeNet fc8 has (n_classes, 4096)'
+                              % (source, shape))
+    return rows
 
 
 def strip_label_ids(names):
@@ -96,18 +152,19 @@ def strip_label_ids(names):
 
 
 def caffemodel_to_model(caffemodel, prototxt=None):
-    """Read ``caffemodel`` and return the network with its weights."""
+    """Read ``caffemodel`` and return the network with its weights, for
+    writing out: they are read-only views of the memory-mapped file
+    (:func:`finetune.caffe.importer.bind_caffemodel`), so converting costs
+    about the largest layer's memory, not the whole file's twice."""
     net = read_caffemodel(caffemodel)
-    zero = chainer.initializers.Zero()  # the weights are loaded next
+    unset = Unset()  # the weights are bound next: touch no memory
     if prototxt:
-        model = CaffeGraph.from_prototxt(prototxt, initialW=zero)
+        model = CaffeGraph.from_prototxt(prototxt, initialW=unset)
     else:
-        fc8 = net.layer('fc8')
-        n_classes = fc8.blobs[0].shape[-2] if fc8 and fc8.blobs else 1000
-        model = detect_alexnet(net, caffemodel)(n_classes=n_classes,
-                                                initialW=zero)
-    model.cleargrads()  # Chainer allocates NaN grads: free them before the
-    import_caffemodel(model, net, source=caffemodel)  # weights are paged in
+        kind = detect_alexnet(net, caffemodel)
+        model = kind(n_classes=alexnet_classes(net, caffemodel),
+                     initialW=unset)
+    bind_caffemodel(model, net, source=caffemodel)
     return model
 
 
@@ -186,10 +243,7 @@ def conversion_record(caffemodel, options, entry=None):
     stat = os.stat(caffemodel)
 
     def file_digest(path):
-        if path is None:
-            return None
-        with open(path, 'rb') as f:
-            return hashlib.sha1(f.read()).hexdigest()
+        return None if path is None else sha1_of_file(path)
     mean = None if options.mean is None else hashlib.sha1(
         np.ascontiguousarray(options.mean, np.float32).tobytes()).hexdigest()
     return {'source': os.path.basename(caffemodel),
@@ -248,6 +302,50 @@ def is_up_to_date(out, caffemodel, options, entry=None):
                                                        entry)
 
 
+def remove_stale_temporaries(out):
+    """Remove the temporaries that killed conversions to ``out`` left.
+
+    Only :func:`finetune.common.fileio.atomic_write`'s own names for
+    ``out`` (``.<name>.XXXXXXXX.tmp.npz`` beside it), only regular files
+    and only those no process is writing: ``write_npz`` holds a lock on
+    its temporary while it writes. Call it with the conversion lock held
+    (:func:`source_lock`), so that no conversion of the same source runs.
+
+    Returns:
+        list of str: the paths removed.
+    """
+    directory = os.path.dirname(os.path.abspath(out))
+    own = re.compile(r'\.%s\.[A-Za-z0-9_]{8}\.tmp\.npz'
+                     % re.escape(os.path.basename(out)))
+    removed = []
+    if not os.path.isdir(directory):  # made when the output is written
+        return removed
+    for entry in os.listdir(directory):
+        if own.fullmatch(entry):
+            path = os.path.join(directory, entry)
+            with contextlib.suppress(OSError):
+                if _remove_if_unlocked(path):
+                    removed.append(path)
+    return removed
+
+
+def _remove_if_unlocked(path):
+    """Remove the regular file ``path`` (no link followed) if no process
+    holds a lock on it; True when removed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.remove(path)
+        return True
+    finally:
+        os.close(fd)
+
+
 def default_output(caffemodel, out=None):
     """``out``, or for a folder (or None) the caffemodel's name with .npz
     in it (beside the caffemodel)."""
@@ -263,7 +361,8 @@ def default_output(caffemodel, out=None):
 
 
 def ensure_converted(source, options=ConversionOptions(), out=None,
-                     force=False, pretrained_dir=DEFAULT_PRETRAINED_DIR):
+                     force=False, pretrained_dir=DEFAULT_PRETRAINED_DIR,
+                     inputs=()):
     """Convert once, safely across processes; later calls reuse the file.
 
     Args:
@@ -273,13 +372,17 @@ def ensure_converted(source, options=ConversionOptions(), out=None,
             default beside the caffemodel.
         force (bool): convert even when ``out`` is up to date.
         pretrained_dir (str): where registry weights are downloaded.
+        inputs (sequence of str): other files the options were read from
+            (``--mean``'s .npy): like the caffemodel, the prototxt and the
+            labels, ``out`` may not be one of them.
 
     Returns:
         tuple: (path of the .npz, True if this call converted it).
 
     Raises:
         FinetuneError: the caffemodel is missing (the message says how to
-            get a registry model), unreadable or does not fit.
+            get a registry model), unreadable or does not fit, or ``out``
+            is one of the input files (also through a link).
     """
     caffemodel, entry = resolve_source(source, pretrained_dir)
     if not os.path.isfile(caffemodel):
@@ -288,8 +391,12 @@ def ensure_converted(source, options=ConversionOptions(), out=None,
                 sorted(REGISTRY))
         raise CaffeModelError('%s: no such caffemodel; %s' % (caffemodel,
                                                              hint))
+    option = '--out' if out is not None else 'the default output'
     out = default_output(caffemodel, out)
+    read = [caffemodel, options.prototxt, options.labels, *inputs]
+    refuse_overwriting_inputs(out, [path for path in read if path], option)
     with source_lock(caffemodel):
+        remove_stale_temporaries(out)
         if not force and is_up_to_date(out, caffemodel, options, entry):
             return out, False
         return convert_caffemodel(caffemodel, out, options, entry), True
@@ -302,11 +409,15 @@ def parse_mean(text):
     if text == 'none':
         return np.zeros(1, np.float32)
     if text.endswith('.npy'):
-        try:
-            return np.load(text, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as e:
-            raise CaffeModelError('--mean %s: cannot read: %s' % (text, e)) \
-                from None
+        try:  # memory-mapped: the header's shape is checked before reading
+            mean = np.load(text, mmap_mode='r', allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise CaffeModelError('--mean %s: cannot read: %s'
+                                  % (text, one_line(e))) from None
+        if not isinstance(mean, np.ndarray) or mean.size > MAX_MEAN_ELEMENTS:
+            raise CaffeModelError('--mean %s: not a mean image of at most %d '
+                                  'values' % (text, MAX_MEAN_ELEMENTS))
+        return np.array(mean, np.float32)
     try:
         return np.array([float(v) for v in text.split(',')], np.float32)
     except ValueError:

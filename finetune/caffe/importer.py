@@ -19,11 +19,59 @@ import numpy as np
 
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.common.errors import CaffeModelError
+from finetune.common.fileio import release_pages
 
 WEIGHTED_TYPES = {'Convolution': L.Convolution2D, 'InnerProduct': L.Linear}
 #: Every layer type whose caffemodel blobs can be loaded.
 LOADABLE_TYPES = ('Convolution', 'InnerProduct', 'BatchNorm', 'Scale',
                   'PReLU')
+#: Elements checked at a time for NaN/infinity (4 MiB of float32).
+_FINITE_CHUNK = 2 ** 20
+#: Most layer names an error message lists before "... and N more" (a
+#: crafted caffemodel may have 20,000 layers).
+_LISTED = 10
+
+
+def listed(names):
+    """``names`` joined by commas: at most ten, then ``... and N more``."""
+    names = list(names)
+    more = len(names) - _LISTED
+    return ', '.join(names[:_LISTED]) + (' ... and %d more' % more
+                                          if more > 0 else '')
+
+
+class Unset(chainer.Initializer):
+    """An initializer that leaves a new parameter's memory as allocated.
+
+    For weights about to be loaded: unlike ``chainer.initializers.Zero()``
+    it writes nothing, so the memory of a 233 MB AlexNet is not touched
+    (and costs nothing) before its weights arrive. The values are garbage
+    until then.
+    """
+
+    def __call__(self, array):
+        pass
+
+
+def check_finite(blob, what):
+    """Refuse a weight blob holding NaN or infinity, naming ``what`` and
+    the first such element's index; a chunk at a time, each released from
+    memory after its check when the blob is a memory-mapped view (see
+    :func:`finetune.common.fileio.release_pages`).
+
+    Raises:
+        CaffeModelError
+    """
+    flat = blob.reshape(-1)
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[start:start + _FINITE_CHUNK]
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            index = start + int(np.flatnonzero(bad)[0])
+            raise CaffeModelError('%s holds %s at index %d of %s; a weight '
+                                  'must be a finite number'
+                                  % (what, flat[index], index, blob.shape))
+        release_pages(chunk)
 
 
 def caffe_type(link):
@@ -74,6 +122,8 @@ def _layer_arrays(layer, link, source):
     if caffe_type(link) != layer.type:
         raise CaffeModelError('%s: the caffemodel has a %s layer, the model a '
                               '%s' % (what, layer.type, type(link).__name__))
+    for i, blob in enumerate(layer.blobs):
+        check_finite(blob, '%s: blob %d' % (what, i))
     if hasattr(link, 'caffe_blob_shapes'):
         shapes = link.caffe_blob_shapes()
         if len(layer.blobs) != len(shapes):
@@ -99,6 +149,42 @@ def _layer_arrays(layer, link, source):
     return dict(zip(('W', 'b'), arrays))
 
 
+def staged_arrays(model, caffemodel, source=None):
+    """Check the weights of ``caffemodel`` against ``model``, writing nothing.
+
+    Args and Raises: as :func:`import_caffemodel`; also CaffeModelError
+    for a weight that is NaN or infinite.
+
+    Returns:
+        dict: ``{layer name: {attribute of its link: array}}`` in model
+        order: float32 arrays in the link's shapes, views of the
+        caffemodel's memory where no conversion is needed.
+    """
+    if isinstance(caffemodel, str):
+        source = caffemodel
+        caffemodel = read_caffemodel(caffemodel)
+    source = source or 'caffemodel'
+    weighted = [l for l in caffemodel.layers if l.blobs]
+    unsupported = ['%s (%s)' % (l.name, l.type) for l in weighted
+                   if l.type not in LOADABLE_TYPES]
+    if unsupported:
+        raise CaffeModelError('%s: unsupported weighted layer types: %s'
+                              % (source, listed(unsupported)))
+    links = weighted_links(model)
+    by_name = {l.name: l for l in weighted}
+    missing = [name for name in links if name not in by_name]
+    if missing:
+        raise CaffeModelError('%s: layers missing from the caffemodel: %s'
+                              % (source, listed(missing)))
+    extra = ['%s (%s)' % (name, by_name[name].type) for name in by_name
+             if name not in links]
+    if extra:
+        raise CaffeModelError('%s: the model has no layer for the weights of: '
+                              '%s' % (source, listed(extra)))
+    return {name: _layer_arrays(by_name[name], link, source)
+            for name, link in links.items()}
+
+
 def import_caffemodel(model, caffemodel, source=None):
     """Load Caffe weights into ``model``'s same-named layers.
 
@@ -117,36 +203,43 @@ def import_caffemodel(model, caffemodel, source=None):
     Raises:
         CaffeModelError: a model layer is missing from the file, a weighted
             layer's type is unsupported (all such layers are listed), the
-            file has weights the model has no layer for, or shapes differ.
-            Nothing is written to the model in that case.
+            file has weights the model has no layer for, shapes differ or
+            a weight is NaN or infinite. Nothing is written to the model
+            in that case.
     """
-    if isinstance(caffemodel, str):
-        source = caffemodel
-        caffemodel = read_caffemodel(caffemodel)
-    source = source or 'caffemodel'
-    weighted = [l for l in caffemodel.layers if l.blobs]
-    unsupported = ['%s (%s)' % (l.name, l.type) for l in weighted
-                   if l.type not in LOADABLE_TYPES]
-    if unsupported:
-        raise CaffeModelError('%s: unsupported weighted layer types: %s'
-                              % (source, ', '.join(unsupported)))
+    staged = staged_arrays(model, caffemodel, source)
     links = weighted_links(model)
-    by_name = {l.name: l for l in weighted}
-    missing = [name for name in links if name not in by_name]
-    if missing:
-        raise CaffeModelError('%s: layers missing from the caffemodel: %s'
-                              % (source, ', '.join(missing)))
-    extra = ['%s (%s)' % (name, by_name[name].type) for name in by_name
-             if name not in links]
-    if extra:
-        raise CaffeModelError('%s: the model has no layer for the weights of: '
-                              '%s' % (source, ', '.join(extra)))
-    staged = {name: _layer_arrays(by_name[name], link, source)
-              for name, link in links.items()}
     for name, arrays in staged.items():
         for attribute, array in arrays.items():
             target = getattr(links[name], attribute)
             if isinstance(target, chainer.Variable):
                 target = target.array
             target[...] = model.xp.asarray(array, dtype=target.dtype)
+    return list(staged)
+
+
+def bind_caffemodel(model, caffemodel, source=None):
+    """Make ``model``'s weights the arrays of ``caffemodel`` without a copy.
+
+    Each parameter and persistent becomes a C-contiguous float32 array,
+    a read-only view of the memory-mapped caffemodel wherever no
+    conversion is needed: for a model about to be written out (see
+    :func:`finetune.caffe.conversion.convert_caffemodel`), which then
+    costs no memory for weights beyond what is being written. Build it
+    with :class:`Unset` weights. A NumPy (CPU) model only; checks and
+    errors as :func:`import_caffemodel`.
+
+    Returns:
+        list of str: the names of the layers bound, in model order.
+    """
+    staged = staged_arrays(model, caffemodel, source)
+    links = weighted_links(model)
+    for name, arrays in staged.items():
+        for attribute, array in arrays.items():
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            target = getattr(links[name], attribute)
+            if isinstance(target, chainer.Variable):
+                target.array = array
+            else:
+                setattr(links[name], attribute, array)
     return list(staged)

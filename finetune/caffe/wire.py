@@ -75,23 +75,68 @@ def iter_fields(buf, start, end):
         yield number, wire_type, value, (field_start, pos)
 
 
-def repeated_numbers(buf, chunks, dtype):
-    """Join the chunks of a repeated fixed-width field into one array.
+#: Most separate runs one repeated number field may come in. Caffe writes
+#: one packed run per blob; unpacked elements written one after another
+#: form one run (see :func:`add_chunk`), so only a crafted file has more.
+MAX_RUNS = 2 ** 16
+
+
+def add_chunk(runs, wire_type, span, itemsize, offset):
+    """Add one occurrence of a repeated fixed-width field to ``runs``.
 
     Args:
-        buf: the buffer the chunks index.
-        chunks: list of ``(wire_type, (begin, stop))``: packed (LEN) runs or
-            single unpacked (I32/I64) elements, in file order.
+        runs (list): ``[begin, count, stride]`` runs so far, in file order;
+            changed in place.
+        wire_type: LEN (a packed run) or I32/I64 (one unpacked element).
+        span (tuple): ``(begin, stop)`` of the field's value.
+        itemsize (int): 4 or 8.
+        offset (int): where the field starts, for messages.
+
+    An unpacked element that follows the previous one at the same distance
+    as the one before extends that run, so a million unpacked floats cost
+    one run, not a million Python objects.
+
+    Raises:
+        WireError: a packed run that is not a whole number of elements,
+            or more than :data:`MAX_RUNS` runs.
+    """
+    begin, stop = span
+    if wire_type == LEN:
+        if (stop - begin) % itemsize:
+            raise WireError('packed blob data of %d bytes is not a multiple '
+                            'of %d' % (stop - begin, itemsize), begin)
+        runs.append([begin, (stop - begin) // itemsize, itemsize])
+    elif runs and runs[-1][2] != itemsize and (
+            runs[-1][1] == 1 and begin - runs[-1][0] > itemsize or
+            begin == runs[-1][0] + runs[-1][1] * runs[-1][2]):
+        last = runs[-1]
+        if last[1] == 1:
+            last[2] = begin - last[0]
+        last[1] += 1
+    else:
+        runs.append([begin, 1, 0])  # stride set by the next element
+    if len(runs) > MAX_RUNS:
+        raise WireError('blob data in more than %d pieces' % MAX_RUNS,
+                        offset)
+
+
+def repeated_numbers(buf, runs, dtype):
+    """Join the runs of a repeated fixed-width field into one array.
+
+    Args:
+        buf: the buffer the runs index.
+        runs: ``[begin, count, stride]`` from :func:`add_chunk`.
         dtype: little-endian NumPy dtype, ``'<f4'`` or ``'<f8'``.
 
     Returns:
         1-D array; a zero-copy view of ``buf`` when there is one packed
-        chunk (the usual case).
+        run (the usual case).
     """
-    views = [np.frombuffer(buf, dtype=dtype, count=(stop - begin)
-                           // np.dtype(dtype).itemsize, offset=begin)
-             for _, (begin, stop) in chunks]
-    if len(views) == 1:
+    dtype = np.dtype(dtype)
+    views = [np.ndarray((count,), dtype, buffer=buf, offset=begin,
+                        strides=(stride or dtype.itemsize,))
+             for begin, count, stride in runs]
+    if len(views) == 1 and views[0].flags.c_contiguous:
         return views[0]
     if not views:
         return np.zeros(0, dtype=dtype)

@@ -1,6 +1,9 @@
 """Atomic file writing: readers never see a half-written file."""
 import contextlib
 import csv
+import hashlib
+import fcntl
+import mmap
 import os
 import tempfile
 import zipfile
@@ -120,6 +123,15 @@ def printable(text):
             'utf-8', 'backslashreplace').decode('utf-8')
 
 
+def sha1_of_file(path):
+    """Hex SHA-1 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha1()
+    with open(path, 'rb') as file:
+        for chunk in iter(lambda: file.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_csv(path, header, rows):
     """Write ``header`` and ``rows`` (any iterable, consumed once) as a
     UTF-8 CSV file, atomically (see :func:`atomic_write`); text cells go
@@ -148,8 +160,19 @@ def write_npz(path, arrays):
     ``numpy.savez`` leaves it open in the traceback's frames, and the
     garbage collector's ``ZipFile.__del__`` then prints a second traceback
     ("Exception ignored in ...") after the one-line error.
+
+    The temporary file is locked (``flock``) while it is written, so a
+    cleaner can tell it from one a killed process left (see
+    :func:`finetune.caffe.conversion.remove_stale_temporaries`). Members
+    are written one at a time; an array that is a view of a
+    read-only memory map (a caffemodel as
+    :func:`finetune.caffe.read_caffemodel` maps it, ``numpy.memmap`` in
+    mode ``'r'``) has its pages released once written (see
+    :func:`release_pages`), so a file streamed from a memory-mapped source
+    holds no more of it in memory than its largest member.
     """
     with atomic_write(path, suffix='.npz') as tmp, open(tmp, 'wb') as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # "being written"
         archive = zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED,
                                   allowZip64=True)
         try:
@@ -157,11 +180,48 @@ def write_npz(path, arrays):
                 with archive.open(name + '.npy', 'w',
                                   force_zip64=True) as member:
                     npy_format.write_array(member, np.asanyarray(value))
+                release_pages(value)
         except BaseException:
             with contextlib.suppress(OSError, ValueError):
                 archive.close()  # the file is removed; only release it
             raise
         archive.close()
+
+
+def _read_only_map(array):
+    """The read-only ``mmap.mmap`` that ``array`` is a view of, or None."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or base.closed:
+        return None
+    with memoryview(base) as view:
+        return base if view.readonly else None
+
+
+def release_pages(array):
+    """Drop the memory pages of ``array`` from this process when it is a
+    C-contiguous view of a read-only memory map; otherwise do nothing.
+
+    The pages are clean copies of the file (still in the page cache) and
+    come back on the next read, so the array stays valid; what goes is
+    their share of the process's resident memory, which reading a large
+    memory-mapped file from start to end otherwise grows by the whole file.
+    """
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous \
+            or array.nbytes == 0:
+        return
+    source = _read_only_map(array)
+    if source is None:
+        return
+    start = (array.__array_interface__['data'][0]
+             - np.frombuffer(source, np.uint8).__array_interface__['data'][0])
+    first = start // mmap.PAGESIZE * mmap.PAGESIZE
+    stop = min(len(source), -(-(start + array.nbytes) // mmap.PAGESIZE)
+               * mmap.PAGESIZE)
+    source.madvise(mmap.MADV_DONTNEED, first, stop - first)
 
 
 def refuse_overwriting_inputs(output, inputs, option):

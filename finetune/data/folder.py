@@ -29,6 +29,7 @@ import numpy as np
 
 from finetune.common.errors import DataError
 from finetune.common.fileio import atomic_write
+from finetune.common.fileio import printable
 from finetune.common.fileio import write_csv
 from finetune.data import images
 from finetune.data.images import check_image
@@ -49,52 +50,124 @@ def _relative(path, root):
     return os.path.relpath(path, root).replace(os.sep, '/')
 
 
-def _class_image_paths(root, class_name):
-    """Relative paths of the image files anywhere under ``root/class_name``."""
-    found, _ = images.walk_files(os.path.join(root, class_name))
-    return [_relative(path, root) for path in found]
+def _class_folders(root):
+    """``{name: real path}`` of the class folders of ``root`` that are
+    scanned: a folder that is a link to ``root``, to a folder above it or
+    to a class folder met before (folders first, then links, by name) is
+    left out with a warning.
+
+    Raises:
+        DataError: a class folder name that is not valid UTF-8, holds a
+            line break or starts or ends with white space (it could not be
+            read back from ``labels.txt`` and ``train.txt``).
+    """
+    top = os.path.realpath(root)
+    names = sorted(name for name in os.listdir(root)
+                   if not is_hidden(name)
+                   and os.path.isdir(os.path.join(root, name)))
+    for name in names:
+        if not images.is_usable_name(name) or name != name.strip():
+            raise DataError('%s: class folder name %r is not valid UTF-8, '
+                            'holds a line break or starts or ends with '
+                            'white space (train.txt and labels.txt could '
+                            'not give it back); rename it'
+                            % (printable(root), name))
+    folders = {}
+    for name in sorted(names, key=lambda n: (os.path.islink(
+            os.path.join(root, n)), n)):
+        path = os.path.join(root, name)
+        real = os.path.realpath(path)
+        if real in folders.values() or images.is_within(top, real):
+            logger.warning('%s: links to %s (the data folder, one above it '
+                           'or another class folder); not used as a class',
+                           path, real)
+            continue
+        folders[name] = real
+    return {name: folders[name] for name in sorted(folders)}
+
+
+def _walk_classes(root, folders):
+    """``{name: (relative image paths, [(relative path, code)])}`` of the
+    class folders ``folders`` (see :func:`_class_folders`): each walked
+    without entering ``root`` or another class; images whose relative
+    path is not valid UTF-8 or holds a line break are not listed
+    (:data:`~finetune.data.images.BAD_NAME`)."""
+    walked = {}
+    for name, real in folders.items():
+        others = [root] + [r for n, r in folders.items() if n != name]
+        found, skipped = images.walk_files(os.path.join(root, name), others)
+        paths = [_relative(path, root) for path in found]
+        unlisted = [(_relative(path, root), code) for path, code in skipped]
+        unlisted += [(path, images.BAD_NAME) for path in paths
+                     if not images.is_usable_name(path)]
+        walked[name] = ([p for p in paths if images.is_usable_name(p)],
+                        sorted(unlisted))
+    return walked
 
 
 def unlisted_files(root, class_names):
     """``(relative_path, reason)`` of the files in the class folders that
-    are not read: hidden ones and those without an image extension."""
-    unlisted = []
-    for name in class_names:
-        _, skipped = images.walk_files(os.path.join(root, name))
-        unlisted += [(_relative(path, root), reason)
-                     for path, reason in skipped]
-    return unlisted
+    are not read: hidden ones, those without an image extension, FIFOs and
+    devices, unusable names and folders linked twice."""
+    folders = {name: os.path.realpath(os.path.join(root, name))
+               for name in class_names}
+    return [item for _, unlisted in _walk_classes(root, folders).values()
+            for item in unlisted]
 
 
-def scan_image_folder(root):
+def check_outputs_outside(root, outputs):
+    """Refuse an output folder that is ``root`` or inside it: the next
+    scan of ``root`` would read the run's own outputs (its plots) as
+    images.
+
+    Args:
+        root (str): the data folder.
+        outputs (dict): option (``'--out'``) -> folder.
+
+    Raises:
+        DataError: naming the option and both folders.
+    """
+    top = os.path.realpath(root)
+    for option_name, path in outputs.items():
+        if images.is_within(os.path.realpath(path), top):
+            raise DataError(
+                '%s %s: inside the data folder %s, whose next scan would '
+                "read this run's outputs as images; choose a folder outside "
+                'it' % (option_name, path, root))
+
+
+def scan_image_folder(root, outputs=None):
     """List the images of a folder with one sub-folder per class.
 
     Class names are the sub-folder names, sorted; label ``k`` is the
     ``k``-th name. Images in nested folders belong to their top-level class
     folder. Hidden files and folders (names starting with ``.``), files
-    whose extension is not in :data:`finetune.data.images.IMAGE_EXTENSIONS`
-    (both listed by :func:`unlisted_files`), files directly in
-    ``root`` and class folders without any image are ignored.
+    whose extension is not in :data:`finetune.data.images.IMAGE_EXTENSIONS`,
+    FIFOs and devices (never opened), names that are not valid UTF-8 or
+    hold a line break, and folders reached twice through links (all listed
+    by :func:`unlisted_files`), files directly in ``root`` and class
+    folders without any image are ignored; a class folder that links to
+    ``root``, above it or to another class is not a class (a warning).
 
     Args:
         root (str): the data folder.
+        outputs (dict or None): option -> output folder of the run, which
+            must not be inside ``root`` (:func:`check_outputs_outside`).
 
     Returns:
         tuple: ``(entries, class_names)``: a list of ``(relative_path,
         label)`` sorted by path, and the list of class names.
 
     Raises:
-        DataError: ``root`` is not a folder, or has fewer than 2 class
-            folders with images.
+        DataError: ``root`` is not a folder, has fewer than 2 class
+            folders with images, a class folder name cannot be a line of
+            ``labels.txt``, or an output is inside ``root``.
     """
     if not os.path.isdir(root):
         raise DataError('%s: not a folder' % root)
-    folders = sorted(name for name in os.listdir(root)
-                     if not is_hidden(name)
-                     and os.path.isdir(os.path.join(root, name)))
+    check_outputs_outside(root, outputs or {})
     class_names, entries = [], []
-    for name in folders:
-        paths = _class_image_paths(root, name)
+    for name, (paths, _) in _walk_classes(root, _class_folders(root)).items():
         if not paths:
             logger.warning('%s: no images, not used as a class',
                            os.path.join(root, name))
@@ -102,22 +175,41 @@ def scan_image_folder(root):
         label = len(class_names)
         class_names.append(name)
         entries.extend((path, label) for path in paths)
+    _check_two_classes(root, class_names)
+    return sorted(entries), class_names
+
+
+def _check_two_classes(root, class_names):
     if len(class_names) < 2:
         raise DataError(
             '%s: found %d class folder(s) with images (%s); need at least 2, '
             'one sub-folder of images per class'
             % (root, len(class_names), ', '.join(class_names) or 'none'))
-    return sorted(entries), class_names
 
 
 def read_class_names(path):
-    """Class names from a ``labels.txt`` file, one per line, blanks skipped."""
+    """Class names from a ``labels.txt`` file, one per line, blanks skipped.
+
+    Raises:
+        DataError: the file cannot be read, or a name holds a line break
+            other than ``\\n`` (``\\u2028``, ``\\x0c``, ...: it could not be
+            written back as one line).
+    """
     try:
-        with open(path, encoding='utf-8') as f:
-            return [line.strip() for line in f if line.strip()]
+        with open(path, encoding='utf-8') as f:  # \r\n and \r are \n
+            lines = f.read().split('\n')
     except (OSError, UnicodeDecodeError) as e:
         raise DataError('%s: cannot read class names: %s' % (path, e)) \
             from None
+    names = []
+    for number, line in enumerate(lines, 1):
+        name = line.strip()
+        if name and not images.is_usable_name(name):
+            raise DataError('%s:%d: class name %r holds a line break'
+                            % (path, number, name))
+        if name:
+            names.append(name)
+    return names
 
 
 def read_label_file(path, root, allow_empty=False):
@@ -195,9 +287,9 @@ def write_label_file(path, entries):
     """
     lines = []
     for image_path, label in entries:
-        if '\n' in image_path or '\r' in image_path:
-            raise DataError('%r: image path contains a line break' %
-                            image_path)
+        if not images.is_usable_name(image_path):
+            raise DataError('%r: image path is not valid UTF-8 or contains '
+                            'a line break' % image_path)
         lines.append('%s %d\n' % (image_path, int(label)))
     with atomic_write(path) as tmp:
         with open(tmp, 'w', encoding='utf-8') as f:
@@ -364,6 +456,27 @@ def load_mean(path):
     return mean.astype(np.float32)
 
 
+def drop_unreadable_classes(root, entries, class_names):
+    """Leave out the classes none of whose images ``entries`` holds (all
+    their files were unusable), as an empty class folder is, with a
+    warning each; labels are renumbered in name order.
+
+    Returns:
+        tuple: ``(entries, class_names)``.
+
+    Raises:
+        DataError: fewer than 2 classes are left.
+    """
+    present = sorted({label for _, label in entries})
+    for label in sorted(set(range(len(class_names))) - set(present)):
+        logger.warning('%s: no readable images, not used as a class',
+                       os.path.join(root, class_names[label]))
+    renumber = {old: new for new, old in enumerate(present)}
+    kept = [class_names[label] for label in present]
+    _check_two_classes(root, kept)
+    return [(path, renumber[label]) for path, label in entries], kept
+
+
 @dataclasses.dataclass(frozen=True)
 class PreparedDataset:
     """What :func:`prepare_dataset` produced.
@@ -383,17 +496,29 @@ class PreparedDataset:
     problems: list
 
 
-def list_dataset(data_dir, label_file=None):
+def list_dataset(data_dir, label_file=None, outputs=None):
     """``(entries, class_names)`` of ``label_file`` (see
     :func:`read_label_file`), or of the class folders of ``data_dir`` (see
     :func:`scan_image_folder`); reads no image.
+
+    Args:
+        outputs (dict or None): option (``'--out'``) -> output folder of
+            the run: the label file must not be inside one (the run
+            rewrites its lists there), nor one inside the class folders.
 
     Raises:
         DataError: the label file or folder cannot be used.
     """
     if label_file is not None:
+        real = os.path.realpath(label_file)
+        for option_name, path in (outputs or {}).items():
+            if images.is_within(real, os.path.realpath(path)):
+                raise DataError(
+                    '--label-file %s: inside %s %s, which the run rewrites '
+                    '(train.txt, val.txt, labels.txt); copy it elsewhere'
+                    % (label_file, option_name, path))
         return read_label_file(label_file, data_dir)
-    return scan_image_folder(data_dir)
+    return scan_image_folder(data_dir, outputs)
 
 
 def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
@@ -410,7 +535,8 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
     Args:
         data_dir (str): the image folder (one sub-folder per class unless
             ``label_file`` is given).
-        out_dir (str): created if missing.
+        out_dir (str): created if missing; refused inside ``data_dir``
+            (the next scan would read it), and a ``label_file`` inside it.
         val_split (float): fraction of each class for validation, in [0, 1).
         seed (int): seed of the split.
         label_file (str or None): a ``path label`` file listing the images
@@ -427,11 +553,21 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         DataError: the folder or label file cannot be used, or no image
             can be read.
     """
-    entries, class_names = list_dataset(data_dir, label_file)
+    entries, class_names = list_dataset(data_dir, label_file,
+                                        {'--out': out_dir})
     good, problems = verify_images(data_dir, entries, jobs=jobs,
                                    channels=channels)
     if label_file is None:
         problems += unlisted_files(data_dir, class_names)
+        if good:
+            good, class_names = drop_unreadable_classes(data_dir, good,
+                                                        class_names)
+    else:  # the file numbers the classes: they stay, said once each
+        for label in sorted(set(range(len(class_names))) -
+                            {label for _, label in good}):
+            logger.warning('%s: class %d (%s) has no readable image; it is '
+                           'not trained', label_file, label,
+                           class_names[label])
     os.makedirs(out_dir, exist_ok=True)
     problems_path = os.path.join(out_dir, PROBLEMS_FILE)
     write_problem_report(problems_path, problems)

@@ -22,6 +22,7 @@ from PIL import ImageOps
 from finetune.common.errors import DataError
 from finetune.data.images import file_problem
 from finetune.data.images import problem_of_exception
+from finetune.data.images import unsupported_mode
 
 # ImageNet mean pixel, BGR, 0-255 (the ilsvrc_2012_mean image averaged).
 IMAGENET_MEAN_PIXEL = (104.0, 117.0, 123.0)
@@ -45,19 +46,41 @@ def upright(img):
     return img if orientation(img) == 1 else ImageOps.exif_transpose(img)
 
 
+#: PIL modes of 16 and 32 bits per pixel, scaled to 8 bits
+DEEP_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+#: PIL modes with an alpha channel, composited on white
+ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'PA')
+#: PIL modes whose conversion to RGB and gray PIL does right
+PLAIN_MODES = ('1', 'L', 'P', 'RGB', 'RGBX', 'CMYK', 'YCbCr', 'HSV')
+
+
 def _to_8bit_rgb_or_gray(img, channels):
-    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+    """``img`` as 8-bit RGB (``channels`` 3) or L (1): transparency (an
+    alpha band, a palette's transparent entry) composited on white, the
+    same for both, so a gray net sees the luminance of what an RGB net
+    sees.
+
+    Raises:
+        DataError: ``undecodable: <mode> images are not supported`` for
+            modes PIL cannot convert correctly (LAB, La, ...).
+    """
+    if img.mode in DEEP_MODES:
         array = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith('I;16') else max(
-            float(array.max()), 1.0)
-        if img.mode == 'I' and array.max() <= 255:
+        finite = array[np.isfinite(array)]  # F images may hold NaN, Inf
+        top = float(finite.max()) if finite.size else 0.0
+        peak = 65535.0 if img.mode.startswith('I;16') else max(top, 1.0)
+        if img.mode == 'I' and top <= 255:
             peak = 255.0
+        array = np.nan_to_num(array, nan=0.0, posinf=peak, neginf=0.0)
         img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255)
                               .astype(np.uint8))
-    if img.mode in ('P', 'PA', 'LA', 'RGBA') and channels == 3:
+    elif img.mode not in ALPHA_MODES + PLAIN_MODES:
+        raise DataError(unsupported_mode(img.mode))
+    if img.mode in ALPHA_MODES or (img.mode == 'P' and
+                                   'transparency' in img.info):
         img = img.convert('RGBA')
         background = Image.new('RGBA', img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
+        img = Image.alpha_composite(background, img).convert('RGB')
     mode = 'RGB' if channels == 3 else 'L'
     return img if img.mode == mode else img.convert(mode)
 
@@ -100,6 +123,9 @@ def read_image(path, size=None):
         DataError: ``'<path>: <problem>'`` with a code of
             :data:`finetune.data.images.PROBLEMS`.
     """
+    problem = file_problem(path)
+    if problem:  # a FIFO is never opened: opening it waits for a writer
+        raise DataError('%s: %s' % (path, problem))
     try:
         img = Image.open(path)
         if size is not None and img.format == 'JPEG':
@@ -109,7 +135,7 @@ def read_image(path, size=None):
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) \
             as e:
-        problem = file_problem(path) or problem_of_exception(e)
+        problem = problem_of_exception(e)
         raise DataError('%s: %s' % (path, problem)) from None
     return img
 
@@ -149,9 +175,15 @@ class CaffePreprocess:
 
     def image_array(self, img):
         """Steps 1-5: mean-subtracted, scaled float32 (C, H, W) at ``size``."""
+        path = None
         if not isinstance(img, Image.Image):
-            img = read_image(img, self.size)
-        img = _to_8bit_rgb_or_gray(upright(img), self.channels)
+            path, img = img, read_image(img, self.size)
+        try:
+            img = _to_8bit_rgb_or_gray(upright(img), self.channels)
+        except DataError as e:
+            if path is None:
+                raise
+            raise DataError('%s: %s' % (path, e)) from None
         if img.size != self.size[::-1]:
             img = img.resize(self.size[::-1], Image.BILINEAR)
         array = to_array(img, self.channels)

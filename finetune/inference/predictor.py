@@ -10,7 +10,10 @@ from finetune.models.model_file import load_model
 from finetune.common.errors import DataError
 from finetune.common.errors import FinetuneError
 from finetune.common.gpu import device as gpu_device
+from finetune.caffe.caffemodel import parse_net_text
+from finetune.models.opencv_runner import OpenCVStages
 from finetune.models.opencv_runner import fast_stages
+from finetune.models.opencv_runner import truncated_definition
 
 
 class Predictor:
@@ -34,6 +37,8 @@ class Predictor:
         self.device = chainer.get_device(device)
         self.model.to_device(self.device)
         self.fast = None
+        self._cuts = None
+        self._stages = {}
         if backend != 'chainer' and self.device.xp is np:
             self.fast = fast_stages(model)
             if self.fast is None and backend == 'opencv':
@@ -55,6 +60,131 @@ class Predictor:
             probs = F.softmax(self.model(self.device.send(batch))).array
         return chainer.backend.CpuDevice().send(probs)
 
+    @property
+    def engine(self):
+        """What computes the outputs: 'opencv', 'chainer (CPU)' or
+        'chainer (GPU)' (their last digits may differ)."""
+        if self.fast is not None:
+            return 'opencv'
+        return 'chainer (%s)' % ('CPU' if self.device.xp is np else 'GPU')
+
+    def feature_layers(self):
+        """``{name: cut}``: the layers whose activations :meth:`features`
+        gives (Caffe's blob names: ``pool5``, ``fc7``, ResNet's ``pool``...)
+        and the ``forward(x, stop=cut)`` that computes each."""
+        if self._cuts is None:
+            self._cuts = feature_cuts(self.model)
+        return self._cuts
+
+    def feature_cut(self, layer):
+        """The cut of :meth:`feature_layers` named ``layer``.
+
+        Raises:
+            FinetuneError: no such layer (the valid names are listed).
+        """
+        cuts = self.feature_layers()
+        if layer not in cuts:
+            raise FinetuneError('features layer %r: not a layer of this net '
+                                '(valid: %s)' % (layer, ', '.join(cuts)))
+        return cuts[layer]
+
+    def outputs(self, batch, layer=None):
+        """(probabilities (N, n_classes), float32 activations (N, ...) at
+        ``layer`` or None) of a preprocessed batch, from one forward pass.
+        """
+        if layer is None:
+            return self.probabilities(batch), None
+        cut = self.feature_cut(layer)
+        batch = np.asarray(batch, dtype=np.float32)
+        if self.fast is not None:
+            features, logits = self._fast_outputs(cut, batch)
+            return softmax(logits), features
+        with chainer.using_config('train', False), \
+                chainer.using_config('enable_backprop', False):
+            h = self.model.forward(self.device.send(batch), stop=cut)
+            logits = self.model.forward(h, start=cut)
+            probs = F.softmax(logits).array
+        cpu = chainer.backend.CpuDevice()
+        return cpu.send(probs), cpu.send(h.array).astype(np.float32)
+
+    def _fast_outputs(self, cut, batch):
+        """(activations at ``cut``, logits) from OpenCV: in one pass, the
+        whole net asked for both outputs, when that gives what the net cut
+        there gives (checked on the first batch: OpenCV fuses some layers
+        into others and then cannot give their outputs), else in two."""
+        if cut not in self._stages:
+            stages = OpenCVStages(self.model, cut)
+            self._stages[cut] = (stages, stages.output in
+                                 self.fast.net.getLayerNames())
+            if self._stages[cut][1]:
+                one = self._one_pass(stages, batch)[0]
+                two = self._shaped(stages, stages(batch), len(batch))
+                with np.errstate(invalid='ignore', over='ignore'):
+                    same = np.abs(one - two).max() <= \
+                        1e-5 * np.abs(two).max()
+                self._stages[cut] = (stages, bool(same))
+        stages, one_pass = self._stages[cut]
+        if one_pass:
+            features, logits = self._one_pass(stages, batch)
+        else:
+            features = self._shaped(stages, stages(batch), len(batch))
+            logits = self.fast(batch)
+        return features, logits.reshape(len(batch), -1)
+
+    def _one_pass(self, stages, batch):
+        whole = self.fast
+        whole.net.setInput(np.ascontiguousarray(batch))
+        features, logits = whole.net.forward([stages.output, whole.output])
+        return self._shaped(stages, features, len(batch)), logits
+
+    @staticmethod
+    def _shaped(stages, features, n):
+        if stages.shape is not None:
+            features = features.reshape((n,) + tuple(stages.shape))
+        return features.astype(np.float32, copy=False)
+
+    def features(self, images, layer, batch_size=32):
+        """Activations of ``images`` at the layer named ``layer``.
+
+        Args:
+            images: as :meth:`predict` takes them.
+            layer (str): a name of :meth:`feature_layers` (``'fc7'``,
+                ``'pool5'``, ResNet's ``'pool'``...).
+            batch_size (int): images per forward pass.
+
+        Returns:
+            numpy.ndarray: float32 (N, ...): one row per image, the shape
+            of the layer's output blob after it (e.g. (N, 4096) for fc7,
+            (N, 256, 6, 6) for pool5).
+
+        Raises:
+            FinetuneError: an unknown layer (the valid ones are listed) or
+                a batch_size that is not an integer >= 1.
+            DataError: an image that cannot be read.
+        """
+        check_batch_size(batch_size)
+        self.feature_cut(layer)
+        rows = [features for _, features in
+                self._batches(images, batch_size, layer)]
+        if rows:
+            return np.concatenate(rows)
+        return np.zeros((0,) + self.feature_shape(layer), np.float32)
+
+    def feature_shape(self, layer):
+        """Shape per image of :meth:`features` at ``layer``."""
+        x = np.zeros((1,) + self.preprocess.input_shape, np.float32)
+        return self.outputs(x, layer)[1].shape[1:]
+
+    def _batches(self, images, batch_size, layer=None):
+        """(probs, features or None) of each batch of ``images``."""
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        images = [as_image(image) for image in images]
+        for start in range(0, len(images), batch_size):
+            batch = [self.preprocess(img)
+                     for img in images[start:start + batch_size]]
+            yield self.outputs(np.stack(batch), layer)
+
     def predict(self, images, batch_size=32):
         """Classify images.
 
@@ -71,19 +201,54 @@ class Predictor:
         Raises:
             DataError: an image that cannot be read, is empty, or an array
                 of another shape or dtype.
+            FinetuneError: a batch_size that is not an integer >= 1.
         """
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-            images = [images]
-        images = [as_image(image) for image in images]
-        probs = []
-        for start in range(0, len(images), batch_size):
-            batch = [self.preprocess(img)
-                     for img in images[start:start + batch_size]]
-            probs.append(self.probabilities(np.stack(batch)))
+        check_batch_size(batch_size)
+        probs = [p for p, _ in self._batches(images, batch_size)]
         probs = (np.concatenate(probs) if probs else
                  np.zeros((0, len(self.class_names)), np.float32))
         labels = [self.class_names[i] for i in probs.argmax(axis=1)]
         return labels, probs
+
+
+def check_batch_size(value, name='batch_size'):
+    """Refuse a batch size that is not an int >= 1 (0 used to give an
+    empty result, -1 a traceback).
+
+    Raises:
+        FinetuneError: naming ``name`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise FinetuneError('%s: expected an integer >= 1, got %r'
+                            % (name, value))
+
+
+def feature_cuts(model):
+    """``{blob name: cut}`` of the blobs ``model.forward(x, stop=cut)``
+    can return (the input left out), in the net's order.
+
+    AlexNet and CaffeNet: the output of each stage, by the name of the
+    Caffe blob it is (``pool1``, ``pool2``, ``conv3``, ``conv4``,
+    ``pool5``, ``fc6``, ``fc7``, ``fc8``: in-place ReLU and dropout
+    included). A CaffeGraph: the one blob crossing each valid cut before a
+    weighted layer, and the output.
+    """
+    if hasattr(model, 'valid_cuts'):
+        tops = {layer.name: tuple(layer.top)
+                for layer in model.net_param.layer}
+        names = model.layer_names
+        # a blob that in-place layers (BatchNorm, Scale, ReLU) rewrite goes
+        # by its last version, as Caffe's net.blobs[name] after a forward
+        # pass: not at a cut whose next layer rewrites it
+        return {model.cut_blobs(k)[0]: k for k in model.valid_cuts()
+                if k and (k == len(names) or model.cut_blobs(k)[0]
+                          not in tops[names[k]])}
+    definition = parse_net_text(model.definition(), 'model definition')
+    tops = {layer.name: layer.top[0] for layer in definition.layer}
+    names = list(model.layer_names)
+    return {tops[truncated_definition(definition, names, k)[1]]: k
+            for k in range(1, len(names) + 1)}
 
 
 def as_image(image):

@@ -8,7 +8,6 @@ Files are written under a temporary name and renamed when complete, or, with
 an HTTP ``Range`` request. Only ``http`` and ``https`` URLs are fetched, and
 redirects may not leave them.
 """
-import hashlib
 import http.client
 import os
 import time
@@ -227,15 +226,6 @@ def _resumes_at(response, offset):
     content_range = response.headers.get('Content-Range', '')
     return (response.status == 206
             and content_range.replace(' ', '').startswith(f'bytes{offset}-'))
-
-
-def sha1_of_file(path):
-    """Hex SHA-1 of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha1()
-    with open(path, 'rb') as file:
-        for chunk in iter(lambda: file.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ProgressBar:

@@ -33,13 +33,20 @@ import unicodedata
 from PIL import Image
 from tqdm import tqdm
 
-from finetune.sources.http import TransferError, check_url, fetch_bytes, sha1_of_file
+from finetune.common.fileio import sha1_of_file
+from finetune.sources.http import TransferError, check_url, fetch_bytes
+from finetune.common.cli import non_negative_float
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_float
+from finetune.common.cli import positive_int
+from finetune.common.cli import refusal
 from finetune.common.errors import DataError
 from finetune.data import images
 from finetune.data.folder import read_class_names
 from finetune.common.fileio import atomic_write
 from finetune.common.fileio import csv_row
 from finetune.common.fileio import read_csv_cell
+from finetune.common.fileio import refuse_overwriting_inputs
 from finetune.common.fileio import write_csv
 
 Entry = collections.namedtuple('Entry', 'url label')
@@ -113,12 +120,18 @@ def _delimiter(header_line):
 
 
 def _read_csv(path, lines, url_key, label_key, delimiter=','):
-    """Entries from CSV ``lines`` whose header names ``url_key`` and ``label_key``."""
+    """Entries from CSV ``lines`` whose header names ``url_key`` and ``label_key``.
+
+    Cells are read as :func:`~finetune.common.fileio.read_csv_cell` does,
+    so a report this project wrote (a label ``=x`` written ``'=x``) is a
+    list that gives the same labels.
+    """
     reader = csv.DictReader(lines, delimiter=delimiter)
     for key in (url_key, label_key):
         if key not in (reader.fieldnames or ()):
             raise DataError(f'{path}: no column {key!r} (columns: {", ".join(reader.fieldnames or ())})')
-    return [Entry((row[url_key] or '').strip(), (row[label_key] or '').strip())
+    return [Entry(read_csv_cell((row[url_key] or '').strip()),
+                  read_csv_cell((row[label_key] or '').strip()))
             for row in reader if any(row.values())]
 
 
@@ -165,10 +178,12 @@ def safe_label(label):
     """``label`` stripped if it is a plain folder name, else None.
 
     Rejected: empty, ``.``/``..``, leading dot, path separators or ``:``,
-    control characters, more than 200 UTF-8 bytes.
+    control characters, line breaks (``\u2028`` too: training refuses
+    such class names), undecodable bytes, more than 200 UTF-8 bytes.
     """
     name = (label or '').strip()
-    if (not name or name.startswith('.') or len(name.encode('utf-8')) > 200
+    if (not name or name.startswith('.') or not images.is_usable_name(name)
+            or len(name.encode('utf-8')) > 200
             or any(c in '/\\:' or unicodedata.category(c).startswith('C') for c in name)):
         return None
     return name
@@ -459,6 +474,9 @@ def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
             included (default ``DEADLINE_TIMEOUTS`` x ``timeout``); a host
             that trickles bytes is skipped as ``deadline``.
     """
+    _check_settings(jobs=jobs, timeout=timeout, retries=retries,
+                    backoff=backoff, max_bytes=max_bytes, min_size=min_size,
+                    deadline=deadline)
     entries = [Entry(*entry) for entry in entries]
     deadline = DEADLINE_TIMEOUTS * timeout if deadline is None else deadline
     os.makedirs(out_dir, exist_ok=True)
@@ -488,6 +506,27 @@ def gather(entries, out_dir, jobs=8, timeout=10.0, retries=2, backoff=0.5,
     return rows
 
 
+#: the values :func:`gather` takes (the CLI's argparse types are these)
+SETTING_RANGES = {'jobs': positive_int, 'timeout': positive_float,
+                  'retries': non_negative_int, 'backoff': non_negative_float,
+                  'max_bytes': positive_int, 'min_size': non_negative_int,
+                  'deadline': positive_float}
+
+
+def _check_settings(**settings):
+    """Refuse a setting outside :data:`SETTING_RANGES` (None: the default).
+
+    Raises:
+        DataError: naming the option of the setting (``--max-bytes`` for
+            ``max_bytes``; ``--backoff`` has none on the command line).
+    """
+    for name, value in settings.items():
+        what = value is not None and SETTING_RANGES[name].problem(value)
+        if what:
+            raise DataError(refusal('--' + name.replace('_', '-'), value,
+                                    what))
+
+
 def summarize(rows, report_path):
     """A few lines: counts by status, then skipped entries counted by reason."""
     statuses = collections.Counter(row.status for row in rows)
@@ -513,6 +552,10 @@ def gather_from_list(list_path, out_dir, url_column=None, label_column=None,
     SHA-1s and example images to skip; ``settings`` go to :func:`gather`.
     """
     report_path = report_path or os.path.join(out_dir, REPORT_NAME)
+    inputs = [list_path, label_names or '', *placeholder_hash_files,
+              *placeholder_images]
+    for path in (report_path, _journal_path(report_path)):
+        refuse_overwriting_inputs(path, inputs, '--report')
     names = read_class_names(label_names) if label_names else None
     entries = read_entries(list_path, url_column, label_column, names)
     placeholders = set()

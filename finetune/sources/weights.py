@@ -11,6 +11,10 @@ the package installed it.
 """
 import os
 
+from finetune.common.cli import non_negative_float
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_float
+from finetune.common.cli import refusal
 from finetune.common.errors import DownloadError
 from finetune.models.registry import DEFAULT_PRETRAINED_DIR
 from finetune.models.registry import PretrainedModel
@@ -18,7 +22,7 @@ from finetune.models.registry import pretrained_model
 from finetune.sources.http import ProgressBar
 from finetune.sources.http import TransferError
 from finetune.sources.http import download_file
-from finetune.sources.http import sha1_of_file
+from finetune.common.fileio import sha1_of_file
 
 MAX_MODEL_BYTES = 1 << 30
 # Failures that mean "the server could not be reached": worth a hint to
@@ -47,6 +51,13 @@ def fetch_model(model, directory=DEFAULT_PRETRAINED_DIR, url=None, *,
         DownloadError: unknown name, unreachable server, HTTP error or
             SHA-1 mismatch (the bad download is deleted).
     """
+    for option_name, value, values in (('timeout', timeout, positive_float),
+                                       ('retries', retries, non_negative_int),
+                                       ('backoff', backoff,
+                                        non_negative_float)):
+        what = values.problem(value)
+        if what:
+            raise DownloadError(refusal('--' + option_name, value, what))
     if not isinstance(model, PretrainedModel):
         model = pretrained_model(model)
     name = model.name

@@ -8,10 +8,20 @@ back with :func:`config_from_args`, nothing else. A Python caller makes a
 ``TrainConfig`` and passes it to :func:`finetune.fit`.
 """
 import argparse
+import contextlib
 import dataclasses
+import numbers
+import os
 from typing import Optional
 
+from finetune.common.cli import Range
 from finetune.common.cli import device_id
+from finetune.common.cli import fraction
+from finetune.common.cli import non_negative_float
+from finetune.common.cli import non_negative_int
+from finetune.common.cli import positive_float
+from finetune.common.cli import positive_int
+from finetune.common.cli import refusal
 from finetune.common.errors import FinetuneError
 
 GROUPS = ('data', 'pretrained network and surgery', 'solver', 'schedule',
@@ -19,10 +29,27 @@ GROUPS = ('data', 'pretrained network and surgery', 'solver', 'schedule',
           'speed')
 
 
-def option(default, doc, *flags, group, **argparse_kwargs):
-    """A dataclass field with its command-line description in metadata."""
+#: NumPy's seeds are 32-bit
+SEED_RANGE = Range(int, low=0, high=2 ** 32 - 1)
+MOMENTUM_RANGE = Range(float, low=0, high=1, high_open=True)
+DEVICE_RANGE = Range(int, low=-1)
+
+
+def option(default, doc, *flags, group, values=None, path=False,
+           **argparse_kwargs):
+    """A dataclass field with its command-line description in metadata.
+
+    ``values`` is the :class:`~finetune.common.cli.Range` of a number
+    field (its kind, ``int`` or ``float``, parses the option; the range
+    is checked by :func:`check_config`, so a bad value is one line
+    whether it came from the command line or from Python); ``path`` marks
+    a file or folder field (``os.PathLike`` accepted).
+    """
+    if values is not None:
+        argparse_kwargs.setdefault('type', values.kind)
     return dataclasses.field(default=default, metadata=dict(
-        doc=doc, flags=flags, group=group, argparse=argparse_kwargs))
+        doc=doc, flags=flags, group=group, values=values, path=path,
+        argparse=argparse_kwargs))
 
 
 @dataclasses.dataclass
@@ -35,26 +62,28 @@ class TrainConfig:
     a default.
     """
     data: str = option(None, 'folder with one sub-folder of images per class',
-                       group='data', required=True)
+                       path=True, group='data', required=True)
     label_file: Optional[str] = option(
         None, "'path label' lines instead of sub-folders (paths relative to "
-        '--data)', group='data')
+        '--data)', path=True, group='data')
     val_split: float = option(
         0.1, 'fraction of each class held out for validation, in [0, 1); 0: '
-        'no validation', group='data')
+        'no validation', values=fraction, group='data')
     mean: str = option(
         'pretrained', "mean subtracted: the pretrained net's (ImageNet for "
         "AlexNet), the training set's ('dataset'), or 'none'", group='data',
         choices=['pretrained', 'dataset', 'none'])
     pretrained: str = option(
         'alexnet', 'registry name (alexnet, flickr_style, open_nsfw), '
-        '.caffemodel or converted .npz', group='pretrained network and surgery')
+        '.caffemodel or converted .npz', path=True,
+        group='pretrained network and surgery')
     pretrained_dir: str = option(
         'pretrained', 'where registry weights are downloaded by '
-        'python -m finetune.fetch', group='pretrained network and surgery')
+        'python -m finetune.fetch', path=True,
+        group='pretrained network and surgery')
     prototxt: Optional[str] = option(
         None, 'deploy prototxt for a caffemodel that is not in the registry '
-        'and not AlexNet', group='pretrained network and surgery')
+        'and not AlexNet', path=True, group='pretrained network and surgery')
     freeze: str = option(
         'none', "layers not trained: 'conv1-conv5', 'conv1,conv2', 'none'",
         group='pretrained network and surgery')
@@ -63,63 +92,71 @@ class TrainConfig:
         'AlexNet/CaffeNet, the last InnerProduct on other nets (the last '
         'Convolution without one); Caffe Flickr-Style: fc8',
         group='pretrained network and surgery')
-    head_lr_mult: float = option(10.0, 'learning-rate multiplier of the new '
-                                 'head', group='solver')
-    lr: float = option(0.001, 'base learning rate', group='solver')
-    momentum: float = option(0.9, 'SGD momentum', group='solver')
-    weight_decay: float = option(5e-4, 'L2 weight decay', group='solver')
+    head_lr_mult: float = option(
+        10.0, 'learning-rate multiplier of the new head (0: not trained)',
+        values=non_negative_float, group='solver')
+    lr: float = option(0.001, 'base learning rate', values=positive_float,
+                       group='solver')
+    momentum: float = option(0.9, 'SGD momentum, in [0, 1)',
+                             values=MOMENTUM_RANGE, group='solver')
+    weight_decay: float = option(5e-4, 'L2 weight decay',
+                                 values=non_negative_float, group='solver')
     dtype: str = option(
         'float32', 'float16: mixed precision (float16 weights and '
         'activations, float32 master weights, dynamic loss scaling) for '
         'GPUs; model files stay float32', group='solver',
         choices=['float32', 'float16'])
-    epochs: int = option(10, 'epochs to train', '-E', group='schedule')
+    epochs: int = option(10, 'epochs to train', '-E', values=positive_int,
+                         group='schedule')
     time_limit: float = option(
         0.0, 'stop training after this many seconds (wall clock, at the next '
-        'iteration) even before --epochs; 0: no limit', group='schedule')
+        'iteration) even before --epochs; 0: no limit',
+        values=non_negative_float, group='schedule')
     lr_step: int = option(0, 'multiply lr by --lr-gamma every N epochs (0: '
-                          'never)', group='schedule')
-    lr_gamma: float = option(0.1, 'factor of each --lr-step', group='schedule')
+                          'never)', values=non_negative_int, group='schedule')
+    lr_gamma: float = option(0.1, 'factor of each --lr-step',
+                             values=positive_float, group='schedule')
     lr_find: bool = option(False, 'run a learning-rate range test, plot it, '
                            'and stop', group='schedule')
     batchsize: int = option(32, 'training images per batch (per process)',
-                            '-B', group='data loading')
+                            '-B', values=positive_int, group='data loading')
     val_batchsize: int = option(64, 'validation images per batch',
-                                group='data loading')
+                                values=positive_int, group='data loading')
     loaderjob: int = option(2, 'image-loading processes (0: in the main '
-                            'process)', '-j', group='data loading')
+                            'process)', '-j', values=non_negative_int,
+                            group='data loading')
     seed: int = option(0, 'seed of the split, batch order, crops and '
-                       'dropout', group='data loading')
+                       'dropout', values=SEED_RANGE, group='data loading')
     device: int = option(
         -1, 'GPU number (with --communicator: of rank 0 on each machine, '
         "the others use the next ones); -1 is the CPU; Chainer's "
         "'@numpy'/'@cupy:N' also work", '-d', '--gpu',
-        group='device and scale-out', type=device_id)
+        values=DEVICE_RANGE, group='device and scale-out', type=device_id)
     communicator: Optional[str] = option(
         None, "ChainerMN communicator for mpiexec runs: 'naive' (CPU), "
         "'pure_nccl' (GPUs), ...", group='device and scale-out')
     out: str = option('result', 'output folder', '-o',
-                      group='output and snapshots')
+                      path=True, group='output and snapshots')
     resume: Optional[str] = option(
         None, "snapshot file, or 'auto' for the latest in --out", '-r',
-        group='output and snapshots')
+        path=True, group='output and snapshots')
     overwrite: bool = option(
         False, 'start anew in an --out that holds an earlier run\'s '
         'snapshots (they are deleted)', group='output and snapshots')
     snapshot_interval: int = option(
         500, 'iterations between snapshots, besides one at each epoch end',
-        group='output and snapshots')
-    keep_snapshots: int = option(3, 'snapshots kept', group='output and '
-                                 'snapshots')
+        values=non_negative_int, group='output and snapshots')
+    keep_snapshots: int = option(3, 'snapshots kept', values=positive_int,
+                                 group='output and snapshots')
     log_interval: int = option(
         10, 'iterations between log lines, besides each epoch end (0: epoch '
-        'ends only)', group='output and snapshots')
+        'ends only)', values=non_negative_int, group='output and snapshots')
     cache_features: bool = option(
         False, 'compute the frozen layers once per image and crop and train '
         'the head on the cached features', group='speed')
     cache_crops: int = option(
         10, 'random crops (and mirrors) cached per training image; each '
-        'epoch uses one', group='speed')
+        'epoch uses one', values=positive_int, group='speed')
     trunk_backend: str = option(
         'auto', "what runs the frozen leading layers on the CPU: OpenCV's "
         "dnn (exact, several times faster; 'auto' uses it when installed) "
@@ -135,34 +172,61 @@ def option_flag(name):
 
 
 def check_config(config):
-    """Refuse impossible values before anything is read or written.
+    """Refuse a field of the wrong type or an impossible value, before
+    anything is read or written; path fields given as ``os.PathLike``
+    (``pathlib.Path``) become ``str`` and ints in float fields floats.
+
+    The command line's values are checked here too (each field's
+    ``values`` range and ``choices``), so the CLI and the Python API
+    refuse the same values with the same line.
 
     Raises:
-        FinetuneError: one line naming the option and what is wrong.
+        FinetuneError: one line naming the option (the field of the same
+            name) and what it must be, e.g. ``--batchsize '32': must be
+            an integer >= 1``.
     """
     if config.data is None:
-        raise FinetuneError('--data: required (a folder with one sub-folder '
-                            'of images per class)')
-    rules = [
-        ('val_split', 0 <= config.val_split < 1, 'must be in [0, 1)'),
-        ('batchsize', config.batchsize >= 1, 'must be >= 1'),
-        ('val_batchsize', config.val_batchsize >= 1, 'must be >= 1'),
-        ('epochs', config.epochs >= 1, 'must be >= 1'),
-        ('cache_crops', config.cache_crops >= 1, 'must be >= 1'),
-        ('loaderjob', config.loaderjob >= 0, 'must be >= 0'),
-        ('lr', config.lr > 0, 'must be > 0'),
-        ('time_limit', config.time_limit >= 0, 'must be >= 0'),
-        ('lr_step', config.lr_step >= 0, 'must be >= 0'),
-        ('snapshot_interval', config.snapshot_interval >= 0,
-         'must be >= 0'),
-        ('keep_snapshots', config.keep_snapshots >= 1, 'must be >= 1'),
-        ('log_interval', config.log_interval >= 0, 'must be >= 0'),
-        ('device', config.device >= -1, 'must be a GPU number or -1'),
-    ]
-    for name, ok, what in rules:
-        if not ok:
-            raise FinetuneError('%s %s: %s' % (option_flag(name),
-                                               getattr(config, name), what))
+        raise FinetuneError('--data: required (a folder with one '
+                            'sub-folder of images per class)')
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        what, normalized = _field_value(field, value)
+        if what:
+            raise FinetuneError(refusal(option_flag(field.name), value,
+                                        what))
+        setattr(config, field.name, normalized)
+
+
+def _field_value(field, value):
+    """``(what it must be, value)``: None when ``value`` is right for
+    ``field``, and the value normalized."""
+    meta = field.metadata
+    optional = field.type == Optional[str]
+    if value is None and optional:
+        return None, value
+    if field.type is bool:
+        return (None if isinstance(value, bool) else 'True or False'), value
+    if meta['values'] is not None:
+        return _number_value(meta['values'], value)
+    if meta['path'] and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        return '%s%s' % ('a path' if meta['path'] else 'a non-empty string',
+                         ' or None' if optional else ''), value
+    choices = meta['argparse'].get('choices')
+    if choices and value not in choices:
+        return 'one of %s' % ', '.join(map(repr, choices)), value
+    return None, value
+
+
+def _number_value(values, value):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    if values.kind is float and isinstance(value, numbers.Real) and \
+            not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # 10 ** 400 stays an int
+            value = float(value)
+    return values.problem(value), value
 
 
 def add_config_arguments(parser):
@@ -178,19 +242,12 @@ def add_config_arguments(parser):
         if field.type is bool:
             kwargs['action'] = 'store_true'
         else:
-            kwargs.setdefault('type', _argparse_type(field.type))
+            kwargs.setdefault('type', str)
             kwargs['default'] = field.default
         flags = [f for f in meta['flags'] if not f.startswith('--')]
         flags += [option_flag(field.name)]
         flags += [f for f in meta['flags'] if f.startswith('--')]
         groups[meta['group']].add_argument(*flags, **kwargs)
-
-
-def _argparse_type(annotation):
-    for kind in (int, float, str):
-        if annotation is kind or annotation == Optional[kind]:
-            return kind
-    raise TypeError(annotation)
 
 
 def config_from_args(args):

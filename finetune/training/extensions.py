@@ -7,8 +7,10 @@ from (seed, rank, iteration) before every step. Workers only decode and
 resize. So a run killed and resumed ends with the same weights as one that
 never stopped, and each rank of a multi-process run draws differently.
 """
+import contextlib
 import math
 import os
+import signal
 
 import chainer
 import chainer.functions as F
@@ -17,6 +19,7 @@ from chainer.dataset import concat_examples
 from chainer.training import extension
 from chainer.training.extensions import snapshot_writers
 
+from finetune.common.cli import Preempted
 from finetune.common.fileio import write_npz
 from finetune.inference.predictor import top_k
 
@@ -192,3 +195,56 @@ def latest_snapshot(directory):
                 if best is None or int(number) > best[0]:
                     best = (int(number), name)
     return os.path.join(directory, best[1]) if best else None
+
+
+class StopOnSigterm(extension.Extension):
+    """Preemption: SIGTERM (what SLURM and Kubernetes send before a kill)
+    stops training at the next iteration boundary with a snapshot.
+
+    While :meth:`installed`, SIGTERM only sets a flag. After every
+    iteration (after every other extension, the snapshot included) the
+    ranks agree whether any of them got it (one small allreduce); if so
+    rank 0 writes ``snapshot_iter_<iteration>`` with ``snapshot`` and every
+    rank raises :class:`~finetune.common.cli.Preempted` (exit status
+    :data:`~finetune.common.cli.PREEMPTED_STATUS`). ``--resume auto`` then
+    continues bitwise as from any snapshot.
+
+    Args:
+        ranks: SingleProcess or MultiNode.
+        snapshot: a trainer snapshot extension (only rank 0 calls it).
+        out (str): the run's folder (named in the message).
+    """
+
+    trigger = (1, 'iteration')
+    priority = -200  # after Chainer's snapshot (-100) and all the others
+
+    def __init__(self, ranks, snapshot, out):
+        self.ranks = ranks
+        self.snapshot = snapshot
+        self.out = out
+        self.signalled = False
+
+    def _handle(self, signum, frame):
+        self.signalled = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        """SIGTERM sets the flag inside the ``with`` block."""
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def __call__(self, trainer):
+        if not self.ranks.any(self.signalled):
+            return
+        iteration = trainer.updater.iteration
+        if not self.ranks.is_root:
+            raise Preempted('')
+        self.snapshot(trainer)
+        raise Preempted(
+            'terminated (SIGTERM): snapshot written at iteration %d (%s); '
+            'continue with the same command and --resume auto' % (
+                iteration, os.path.join(self.out, '%s%d' % (
+                    SNAPSHOT_PREFIX, iteration))))

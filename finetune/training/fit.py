@@ -22,21 +22,22 @@ from chainer.training import extensions
 from finetune.caffe.conversion import ConversionOptions
 from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
-from finetune.common.errors import one_line
 from finetune.common.fileio import naming_write_errors
-from finetune.common.gpu import device as gpu_device
 from finetune.data import folder
 from finetune.data.datasets import LabeledImageDataset
 from finetune.data.feature_cache import CachedCropConverter
 from finetune.data.feature_cache import CachedFeatureDataset
 from finetune.data.feature_cache import cached_features
 from finetune.data.loader import make_iterator
+from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
 from finetune.inference.predictor import Predictor
 from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
 from finetune.training import report
+from finetune.training.config import check_config
+from finetune.training.distributed import rank_device
 from finetune.training.distributed import ranks_for
 from finetune.training.extensions import Classifier
 from finetune.training.extensions import EpochOrIntervalTrigger
@@ -46,12 +47,14 @@ from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import SaveBestModel
 from finetune.training.extensions import SeededUpdater
 from finetune.training.extensions import SnapshotWriter
+from finetune.training.extensions import StopOnSigterm
 from finetune.training.extensions import latest_snapshot
 from finetune.training.lr_find import lr_range_test
 from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
 from finetune.training.run_dir import resume_snapshot
+from finetune.training.snapshot import load_snapshot
 from finetune.training.lr_find import plot_lr_find
 from finetune.training.solver import CaffeSGD
 from finetune.training.solver import set_caffe_lr_policy
@@ -173,7 +176,8 @@ def check_data(config):
     (listing the folder twice costs little next to verifying every
     image)."""
     if not resumes_from_lists(config):
-        folder.list_dataset(config.data, config.label_file)
+        folder.list_dataset(config.data, config.label_file,
+                            {'--out': config.out})
 
 
 def prepare_lists(config, channels, size):
@@ -372,12 +376,22 @@ def add_extensions(trainer, config, inputs, device, ranks, save_best):
 def evaluate_and_report(config, net, val, names, preprocess, device):
     """Probabilities on the validation set -> the evaluation report.
 
-    Images that can no longer be read are left out of the report.
+    ``net`` is the training FineTuneNet: with a frozen prefix, the images
+    go through its own trunk runner (the OpenCV net built for the cache or
+    the training steps; building a second one for the whole net held the
+    weights twice more) and the head on Chainer. Images that can no longer
+    be read are left out of the report.
     """
     if not val:
         return None
-    predictor = Predictor(net, names, preprocess, device=device,
-                          backend=config.trunk_backend)
+    if net.frozen:
+        net = net.copy(mode='share')  # same weights and trunk runner
+        net.from_features = False
+        predictor = Predictor(net, names, preprocess, device=device,
+                              backend='chainer')
+    else:
+        predictor = Predictor(net.net, names, preprocess, device=device,
+                              backend=config.trunk_backend)
     rows = predict_paths(predictor, [os.path.join(config.data, p)
                                      for p, _ in val],
                          config.val_batchsize, config.loaderjob,
@@ -393,26 +407,30 @@ def evaluate_and_report(config, net, val, names, preprocess, device):
 def run_trainer(trainer, resume, ranks, updater, out):
     """Resume from ``resume`` (a snapshot or 'auto') and run ``trainer``.
 
+    SIGTERM stops it at the next iteration with a snapshot
+    (:class:`StopOnSigterm`).
+
     Raises:
+        Preempted: after SIGTERM, the snapshot written (exit status 75).
         FinetuneError: the snapshot does not fit this run, or training
             diverged (the message suggests a lower ``--lr`` and names the
             snapshots there are).
     """
     resume = resume_snapshot(resume, out) if resume else None
+    preemption = StopOnSigterm(ranks, extensions.snapshot(
+        writer=SnapshotWriter(),
+        filename=SNAPSHOT_PREFIX + '{.updater.iteration}'), out)
+    trainer.extend(preemption, name='stop_on_sigterm')
     if resume:
         if ranks.is_root:
             print('resuming from %s' % resume, file=sys.stderr)
-        try:
-            chainer.serializers.load_npz(resume, trainer)
-        except (KeyError, ValueError) as e:
-            raise FinetuneError('--resume %s: does not fit this run (%s)'
-                                % (resume, one_line(e)[:200])
-                                ) from None
+        load_snapshot(resume, trainer)  # one line when it does not fit
+        ranks.resumed(updater.get_optimizer('main'))
     try:
         # no traceback of Chainer's own before the error (a full disk is
         # one line); errors that are not the user's still show theirs.
         # Chainer's log and plots do not name their file: name --out.
-        with naming_write_errors(out):
+        with naming_write_errors(out), preemption.installed():
             trainer.run(show_loop_exception_msg=False)
     except RuntimeError as e:
         if 'diverge' not in str(e):
@@ -427,11 +445,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
 
 def training_device(device, ranks):
     """Chainer device of this rank (``device`` + the rank's local index)."""
-    gpu = device + ranks.intra_rank if device >= 0 else -1
-    option = '--device %d' % device
-    if ranks.size > 1:
-        option += ' (rank %d: GPU %d)' % (ranks.rank, gpu)
-    return gpu_device(gpu, option)
+    return rank_device(device, ranks)
 
 
 @dataclasses.dataclass
@@ -556,8 +570,11 @@ def fit(config):
     Raises:
         FinetuneError: bad input (one line naming the file or option).
     """
+    check_config(config)  # fields set after the TrainConfig was made
     ranks = ranks_for(config.communicator)
     training_device(config.device, ranks)  # a --device that cannot work
+    if config.loaderjob > 0:  # its preload, before the image check's pool
+        use_forkserver()
     pretrained = load_and_plan(config)
     if not ranks.is_root:
         return _fit(config, ranks, pretrained)
@@ -600,9 +617,9 @@ def _fit(config, ranks, pretrained):
     final = os.path.join(config.out, MODEL_FINAL)
     save(final)
     start = time.perf_counter()
-    summary = evaluate_and_report(config, network, run.val_list,
-                                  run.class_names, run.preprocess,
-                                  run.device)
+    summary = evaluate_and_report(config, run.model.predictor,
+                                  run.val_list, run.class_names,
+                                  run.preprocess, run.device)
     run.seconds['evaluation'] = time.perf_counter() - start
     if summary:
         print(report.format_summary(summary))
@@ -620,6 +637,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     Returns:
         LRFindResult (``suggested_lr``, the curve).
     """
+    check_config(config)
     if config.communicator:
         raise FinetuneError('--lr-find runs in one process: drop '
                             '--communicator')

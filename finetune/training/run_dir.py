@@ -14,14 +14,12 @@ import fcntl
 import json
 import os
 
-import numpy as np
-
 from finetune.common.errors import FinetuneError
-from finetune.common.errors import one_line
 from finetune.common.fileio import atomic_write
 from finetune.training.config import option_flag
 from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import latest_snapshot
+from finetune.training.snapshot import check_snapshot
 
 IDENTITY_FILE = 'run.json'
 LOCK_FILE = '.lock'
@@ -88,9 +86,8 @@ def check_run_dir(config):
     """
     identity = run_identity(config)
     stored = _stored_identity(config.out)
-    if config.resume and config.resume != 'auto':
-        resume_snapshot(config.resume, config.out)  # before any scan
     if config.resume:
+        resume_snapshot(config.resume, config.out)  # before any scan
         source = os.path.dirname(os.path.abspath(config.resume)) \
             if config.resume != 'auto' else config.out
         if source != os.path.abspath(config.out):
@@ -145,21 +142,13 @@ def resume_snapshot(resume, out):
     ``out``, or None for a fresh start), checked to be a trainer snapshot.
 
     Raises:
-        FinetuneError: not a readable trainer snapshot (a model file, a
-            text file, a truncated file).
+        CheckpointError: not a readable trainer snapshot (a model file, a
+            text file, a truncated file) or one that cannot be sound: a
+            pickle, an impossible member (see
+            :func:`finetune.training.snapshot.check_snapshot`).
     """
     path = latest_snapshot(out) if resume == 'auto' else resume
     if path is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = set(getattr(npz, 'files', ()))
-    except Exception as e:  # zipfile, OSError, ValueError, EOFError...
-        raise FinetuneError('--resume %s: not a readable snapshot (%s)'
-                            % (path, one_line(e))) from None
-    if 'updater/iteration' not in keys:
-        hint = ' (a model file: pass it as --pretrained to fine-tune it ' \
-            'further)' if '__meta__' in keys else ''
-        raise FinetuneError('--resume %s: not a trainer snapshot%s'
-                            % (path, hint))
+    check_snapshot(path)
     return path

@@ -133,3 +133,398 @@ def test_predict_lists_a_folder_as_training_scans_it(tmp_path):
                       os.path.join('cat', 'a.jpg')]
     scanned, _ = scan_image_folder(str(root))
     assert sorted(path for path, _ in scanned) == listed
+
+
+# -- batch jobs: chunks, resumption, features, hostile names ---------------
+
+import contextlib
+import errno
+import io
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from finetune.common.errors import FinetuneError
+from finetune.common.fileio import read_csv_cell
+from finetune.inference.batch import label_images
+from finetune.inference.journal import journal_path
+
+#: Names a spreadsheet would run as formulas, and one that is not UTF-8.
+HOSTILE_NAMES = ['=cmd.png', '+sum.png', '-neg.png', '@at.png',
+                 "'quoted.png"]
+
+
+@pytest.fixture(scope='module')
+def lenet_npz(lenet_files, tmp_path_factory):
+    from finetune.caffe.conversion import ConversionOptions
+    from finetune.caffe.conversion import convert_caffemodel
+    return convert_caffemodel(
+        lenet_files['caffemodel'],
+        str(tmp_path_factory.mktemp('lenet') / 'lenet.npz'),
+        ConversionOptions(prototxt=lenet_files['prototxt'],
+                          labels=lenet_files['labels'], scale=1 / 256))
+
+
+@pytest.fixture(scope='module')
+def photos(lenet_files, tmp_path_factory):
+    """30 digit images in two folders, a broken one, formula-like names
+    and a name that is not UTF-8 (b'bad\\xff.png')."""
+    root = tmp_path_factory.mktemp('job') / 'photos'
+    samples = sorted(os.listdir(lenet_files['samples']))
+    for copy in range(2):
+        shutil.copytree(lenet_files['samples'], root / ('set%d' % copy))
+    extra = root / 'extra'
+    extra.mkdir()
+    for i, name in enumerate(HOSTILE_NAMES):
+        shutil.copy(os.path.join(lenet_files['samples'], samples[i]),
+                    extra / name)
+    (extra / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
+    undecodable = os.path.join(os.fsencode(extra), b'bad\xff.png')
+    shutil.copy(os.path.join(lenet_files['samples'], samples[5]),
+                undecodable)
+    for i in range(3):
+        shutil.copy(os.path.join(lenet_files['samples'], samples[i]),
+                    extra / ('more%d.png' % i))
+    return str(root)
+
+
+def job_inputs(photos):
+    """(folder to run in, inputs): the formula-like names given relative
+    to the folder, so that their cells start with = + - @ '; 35 images."""
+    return (os.path.join(photos, 'extra'),
+            HOSTILE_NAMES + ['.', '../set0', '../set1'])
+
+
+def predict_command(model, photos, out, *extra):
+    return [sys.executable, '-m', 'finetune.predict', '--model', model,
+            '-o', str(out), '-B', '2', '--chunk', '2', '-j', '0', *extra,
+            '--', *job_inputs(photos)[1]]
+
+
+def label_job(model, photos, out):
+    """label_images in-process on the inputs of :func:`job_inputs`."""
+    where, inputs = job_inputs(photos)
+    with contextlib.chdir(where):
+        return label_images(model, inputs, out, 2, 0, chunk_rows=2)
+
+
+@pytest.fixture(scope='module')
+def reference(lenet_npz, photos, tmp_path_factory):
+    """An uninterrupted run with --features ip1: (csv bytes, npy array)."""
+    out = tmp_path_factory.mktemp('reference') / 'preds.csv'
+    result = subprocess.run(predict_command(lenet_npz, photos, out,
+                                            '--features', 'ip1'),
+                            capture_output=True, text=True,
+                            cwd=job_inputs(photos)[0])
+    assert result.returncode == 0, result.stderr
+    return out.read_bytes(), np.load(str(out)[:-4] + '.npy')
+
+
+def test_job_csv_escapes_formulas_and_undecodable_names(reference, photos):
+    csv_bytes, _ = reference
+    rows = list(csv.reader(io.StringIO(csv_bytes.decode('utf-8'),
+                                       newline='')))
+    paths = [row[0] for row in rows[1:]]
+    assert len(paths) == 35
+    assert paths[:5] == ["'" + name for name in HOSTILE_NAMES]
+    assert os.path.join('.', 'bad\\xff.png') in paths
+    broken = [row for row in rows if row[0].endswith('broken.png')][0]
+    assert broken[1] == '' and 'broken.png' in broken[4]
+
+
+def test_features_npy_rows_match_the_api_and_skipped_rows_are_nan(
+        reference, lenet_npz, photos):
+    csv_bytes, features = reference
+    rows = list(csv.DictReader(io.StringIO(csv_bytes.decode('utf-8'),
+                                           newline='')))
+    assert features.dtype == np.float32 and features.shape == (35, 500)
+    model = finetune.load(lenet_npz)
+    for i, row in enumerate(rows):
+        if row['error']:
+            assert np.isnan(features[i]).all()
+            continue
+        path = os.path.join(job_inputs(photos)[0], read_csv_cell(
+            row['path']).replace('\\xff', os.fsdecode(b'\xff')))
+        np.testing.assert_allclose(features[i],
+                                   model.features(path, 'ip1')[0],
+                                   rtol=0, atol=1e-5)
+
+
+def test_resume_after_sigkill_at_random_points_is_byte_identical(
+        lenet_npz, photos, reference, tmp_path):
+    """SIGKILL once the journal has grown past a random size (several
+    seeds), then the same command: the CSV and the features are those of
+    the uninterrupted run; no temporaries are left."""
+    csv_bytes, features = reference
+    where = job_inputs(photos)[0]
+    for seed in range(4):
+        out = tmp_path / ('run%d' % seed) / 'preds.csv'
+        out.parent.mkdir()
+        command = predict_command(lenet_npz, photos, out, '--features',
+                                  'ip1')
+        threshold = random.Random(seed).randrange(1, len(csv_bytes))
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd=where)
+        journal = journal_path(str(out))
+        while process.poll() is None:
+            if os.path.exists(journal) and \
+                    os.path.getsize(journal) >= threshold:
+                process.kill()
+                break
+            time.sleep(0.001)
+        process.wait()
+        resumed = subprocess.run(command, capture_output=True, text=True,
+                                 cwd=where)
+        assert resumed.returncode == 0, resumed.stderr
+        assert out.read_bytes() == csv_bytes, seed
+        np.testing.assert_array_equal(np.load(str(out)[:-4] + '.npy'),
+                                      features)
+        assert sorted(os.listdir(out.parent)) == ['preds.csv', 'preds.npy']
+
+
+@pytest.fixture(scope='module')
+def full_journal(lenet_npz, photos, tmp_path_factory):
+    """The journal of a complete run, as left by a run killed just before
+    writing the CSV: (bytes, csv bytes of the run)."""
+    from finetune.inference import batch
+    out = str(tmp_path_factory.mktemp('journal') / 'preds.csv')
+
+    def killed(self):
+        raise KeyboardInterrupt
+    original = batch.Job.finish
+    batch.Job.finish = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            label_job(lenet_npz, photos, out)
+    finally:
+        batch.Job.finish = original
+    data = open(journal_path(out), 'rb').read()
+    os.remove(journal_path(out))
+    assert label_job(lenet_npz, photos, out) == 0
+    return data, open(out, 'rb').read()
+
+
+@settings(derandomize=True, max_examples=25, deadline=None)
+@given(cut=st.floats(0, 1))
+def test_a_journal_cut_anywhere_resumes_byte_identically(
+        cut, full_journal, lenet_npz, photos, tmp_path_factory):
+    """A kill leaves the journal cut at any byte (mid-chunk, mid-cell,
+    mid-header): the complete chunks are kept, the rest labelled again."""
+    data, expected = full_journal
+    out = str(tmp_path_factory.mktemp('cut') / 'preds.csv')
+    with open(journal_path(out), 'wb') as f:
+        f.write(data[:int(cut * len(data))])
+    assert label_job(lenet_npz, photos, out) == 0
+    assert open(out, 'rb').read() == expected
+    assert not os.path.exists(journal_path(out))
+
+
+def test_a_partial_run_of_another_model_or_list_is_refused(
+        lenet_npz, lenet_files, photos, full_journal, tmp_path):
+    """Named in one line: what differs; the journal stays as it was and no
+    CSV is written."""
+    from finetune.caffe.conversion import ConversionOptions
+    from finetune.caffe.conversion import convert_caffemodel
+    data, _ = full_journal
+    out = tmp_path / 'preds.csv'
+    journal = journal_path(str(out))
+    other = convert_caffemodel(
+        lenet_files['caffemodel'], str(tmp_path / 'other.npz'),
+        ConversionOptions(prototxt=lenet_files['prototxt'],
+                          labels=lenet_files['labels'], scale=1 / 255))
+    where, inputs = job_inputs(photos)
+    cases = [(other, inputs, [], 'model was sha1 '),
+             (lenet_npz, inputs[1:], [], 'images was 35 files'),
+             (lenet_npz, inputs, ['--top', '3'], 'top was 5, now 3'),
+             (lenet_npz, inputs, ['--features', 'ip1'],
+              'features was none, now ip1')]
+    for model, images, extra, differs in cases:
+        with open(journal, 'wb') as f:
+            f.write(data[:len(data) // 2])
+        result = run('finetune.predict', '--model', model, '-o', str(out),
+                     '-j', '0', *extra, '--', *images, cwd=where)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: '), lines
+        assert differs in lines[0] and journal in lines[0], lines[0]
+        assert open(journal, 'rb').read() == data[:len(data) // 2]
+        assert not out.exists()
+    os.remove(journal)
+    result = run('finetune.predict', '--model', lenet_npz, photos, '-o',
+                 str(out), '--resume')
+    assert result.returncode == 2 and '--resume' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_message_names_what_continues_and_it_does(
+        lenet_npz, photos, reference, tmp_path):
+    csv_bytes, _ = reference
+    out = tmp_path / 'preds.csv'
+    command = predict_command(lenet_npz, photos, out, '--features', 'ip1')
+    where = job_inputs(photos)[0]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, cwd=where)
+    journal = journal_path(str(out))
+    while process.poll() is None and not (
+            os.path.exists(journal) and os.path.getsize(journal) > 400):
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate()
+    if process.returncode == 0:
+        pytest.skip('the run ended before the signal')
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == (
+        'interrupted; the rows written so far are kept; run the same '
+        'command again to label the rest')
+    resumed = subprocess.run(command, capture_output=True, text=True,
+                             cwd=where)
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'resuming' in resumed.stderr
+    assert out.read_bytes() == csv_bytes
+
+
+def test_stale_temporaries_of_the_same_output_are_removed(lenet_npz,
+                                                          tmp_path):
+    out = tmp_path / 'preds.csv'
+    stale = [tmp_path / '.preds.csv.k1ll3d.tmp.csv',
+             tmp_path / '.preds.npy.x9.tmp.npy']
+    unrelated = tmp_path / '.other.csv.k1ll3d.tmp.csv'
+    for path in stale + [unrelated]:
+        path.write_text('left by a killed run')
+    result = run('finetune.predict', '--model', lenet_npz,
+                 data_path('cat.jpg'), '-o', str(out), '--features', 'ip1',
+                 '-j', '0')
+    assert result.returncode == 0, result.stderr
+    assert not any(path.exists() for path in stale)
+    assert unrelated.exists()
+
+
+def test_no_progress_bar_after_the_error_line(lenet_npz, photos, tmp_path,
+                                              monkeypatch, capsys):
+    """A write failing mid-run (a full disk) ends in the error line: the
+    progress bar is closed before it, not redrawn after it."""
+    from finetune import predict
+    from finetune.inference import journal
+    calls = []
+    original = journal.Journal.append
+
+    def full_disk(self, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, 'No space left on device',
+                          self.path)
+        return original(self, rows)
+    monkeypatch.setattr(journal.Journal, 'append', full_disk)
+    with pytest.raises(SystemExit) as exit:
+        predict.main(['--model', lenet_npz, photos, '-o',
+                      str(tmp_path / 'preds.csv'), '-B', '2', '--chunk',
+                      '2', '-j', '0'])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.rstrip('\n').endswith('No space left on device: %r'
+                                     % journal_path(str(tmp_path /
+                                                        'preds.csv')))
+    tail = err.rstrip('\n').rsplit('\n', 1)[-1]
+    assert tail.startswith('error: ') and '\r' not in tail, repr(tail)
+
+
+def test_non_utf8_names_are_printed_escaped(lenet_npz, tmp_path):
+    """Without --out the names are printed (it used to raise
+    UnicodeEncodeError); a broken one is reported escaped."""
+    folder = os.fsencode(tmp_path / 'photos')
+    os.mkdir(folder)
+    shutil.copy(data_path('cat.jpg'), os.path.join(folder, b'bad\xff.jpg'))
+    with open(os.path.join(folder, b'worse\xfe.png'), 'wb') as f:
+        f.write(b'not an image')
+    result = run('finetune.predict', '--model', lenet_npz,
+                 os.fsdecode(folder), '-j', '0')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].endswith('bad\\xff.jpg')
+    assert 'worse\\xfe.png: skipped' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_a_fifo_in_the_folder_is_skipped_and_a_named_one_refused(
+        lenet_npz, tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    shutil.copy(data_path('cat.jpg'), folder / 'cat.jpg')
+    os.mkfifo(folder / 'pipe.jpg')
+    out = tmp_path / 'preds.csv'
+    result = run('finetune.predict', '--model', lenet_npz, str(folder),
+                 '-o', str(out), '-j', '0', timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [r['path'] for r in rows] == [str(folder / 'cat.jpg')]
+    result = run('finetune.predict', '--model', lenet_npz,
+                 str(folder / 'pipe.jpg'), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: %s: not a regular file (a ' \
+        'FIFO)' % (folder / 'pipe.jpg')
+
+
+@pytest.mark.parametrize('option', [['-B', '0'], ['-B', '-1'],
+                                    ['--top', '0'], ['-j', '-1'],
+                                    ['--chunk', '0'],
+                                    ['--features', 'nope']])
+def test_bad_predict_options_are_refused_naming_them(lenet_npz, tmp_path,
+                                                    option):
+    """argparse's usage may come first; the error line names the option
+    and nothing is written."""
+    out = tmp_path / 'preds.csv'
+    result = run('finetune.predict', '--model', lenet_npz,
+                 data_path('cat.jpg'), '-o', str(out), *option)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert option[0] in last or 'features' in last, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('name,value', [('batch_size', 0),
+                                        ('batch_size', -1),
+                                        ('batch_size', 2.5),
+                                        ('top', 0), ('loaderjob', -1),
+                                        ('chunk_rows', 0)])
+def test_label_images_refuses_bad_arguments_by_name(lenet_npz, tmp_path,
+                                                    name, value):
+    """``batch_size=0`` used to give a traceback, -1 an empty result."""
+    out = tmp_path / 'preds.csv'
+    with pytest.raises(FinetuneError, match='^%s: expected an integer'
+                       % name):
+        label_images(lenet_npz, [data_path('cat.jpg')], str(out),
+                     **{name: value})
+    assert os.listdir(tmp_path) == []
+
+
+def test_outputs_that_cannot_work_are_refused_before_labelling(lenet_npz,
+                                                               tmp_path):
+    """A folder as --out, and --features whose .npy would be the CSV
+    itself: refused in one line, nothing written (the folder case used to
+    fail only at the end, after labelling everything)."""
+    folder = tmp_path / 'out.csv'
+    folder.mkdir()
+    for out, extra, expected in ((folder, [], 'is a folder'),
+                                 (tmp_path / 'preds.npy',
+                                  ['--features', 'ip1'], '--features')):
+        result = run('finetune.predict', '--model', lenet_npz,
+                     data_path('cat.jpg'), '-o', str(out), *extra)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines
+        assert sorted(os.listdir(tmp_path)) == ['out.csv']
+        assert os.listdir(folder) == []
+
+
+def test_a_new_output_folder_is_created(lenet_npz, tmp_path):
+    out = tmp_path / 'new' / 'deeper' / 'preds.csv'
+    result = run('finetune.predict', '--model', lenet_npz,
+                 data_path('cat.jpg'), '-o', str(out), '-j', '0')
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(out.parent) == ['preds.csv']

@@ -184,7 +184,8 @@ def run_folder_cases(corpus):
             path('lenet.npz'), '--replace', 'ip2', '-E', '200', '-B', '8',
             '-o', 'out', '--snapshot-interval', '2'), status=130,
             run=interrupted_after_a_snapshot('out'), outputs=('out',),
-            last=r'^interrupted; re-run the same command to continue$'),
+            last=r'^interrupted; continue with the same command and '
+                 r'--resume auto$'),
     ]
 
 
@@ -457,6 +458,7 @@ def output_cases(corpus):
              needs='read-only', last=refused % r'ro/p\.csv'),
         Case('predict -o an immutable file', predict + ['p.csv'],
              setup=immutable_file('p.csv'), needs='chattr',
+             outputs=('.p.csv.partial',),  # kept: the rerun continues
              last=immutable % r'p\.csv'),
         Case('train when model_final.npz is immutable', train(
             '-o', 'out', '--val-split', '0'),

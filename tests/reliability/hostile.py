@@ -54,19 +54,20 @@ MODEL_FILES = {
 }
 
 #: prototxts with impossible values, each read with the real LeNet
-#: caffemodel: name -> (the text replaced, its replacement, layer, field)
+#: caffemodel: name -> (the text replaced, its replacement, layer, what
+#: the error names: the field, or the size a too large array would take)
 PROTOTXTS = {
     'stride0': ('num_output: 20\n    kernel_size: 5\n    stride: 1',
                 'num_output: 20\n    kernel_size: 5\n    stride: 0', 'conv1',
-                'stride'),
+                r'\bstride\b'),
     'kernel0': ('num_output: 20\n    kernel_size: 5', 'num_output: 20\n'
-                '    kernel_size: 0', 'conv1', 'kernel_size'),
+                '    kernel_size: 0', 'conv1', r'\bkernel_size\b'),
     'group0': ('num_output: 50\n', 'num_output: 50\n    group: 0\n', 'conv2',
-               'group'),
+               r'\bgroup\b'),
     'huge_output': ('num_output: 500', 'num_output: 1000000000', 'ip1',
-                    'num_output'),
+                    r'\bnum_output\b|\d+(\.\d+)? [GT]iB'),
     'huge_input': ('dim: 28 dim: 28', 'dim: 100000 dim: 100000', 'data',
-                   'dim'),
+                   r'\d+(\.\d+)? GiB'),
 }
 
 
@@ -262,20 +263,24 @@ def hostile_cases(corpus):
     for name, (_, _, layer, field) in PROTOTXTS.items():
         prototxt = hostile(name + '.prototxt')
         cases.append(Case(
-            '20.3 convert a prototxt whose %s %s is impossible'
-            % (layer, field),
+            '20.3 convert the impossible prototxt %s (layer %s)'
+            % (name, layer),
             [PY, '-c', MEMORY_LIMIT, '600', 'finetune.convert',
              path('lenet', 'lenet.caffemodel'), '--prototxt', prototxt,
              '-o', 'm.npz'],
-            last=r'^error: %s: .*\b%s\b.*\b%s\b' % (exact(prototxt),
-                                                  re.escape(layer),
-                                                  re.escape(field))))
+            last=r'^error: %s: .*\b%s\b.*%s' % (exact(prototxt),
+                                                re.escape(layer), field)))
     cases.append(Case(
         '20.4 convert a caffemodel holding a NaN weight', module(
             'convert', hostile('nan.caffemodel'), '--prototxt',
             path('lenet', 'lenet.prototxt'), '-o', 'm.npz'),
         last=r'^error: %s: .*ip2.*(NaN|nan|finite)'
              % exact(hostile('nan.caffemodel'))))
+    cases.append(Case(
+        '20.4 convert --resize past what a model file may hold', module(
+            'convert', path('lenet', 'lenet.caffemodel'), '--prototxt',
+            path('lenet', 'lenet.prototxt'), '--resize', '99999999', '-o',
+            'm.npz'), last=r'^error: --resize .*1\.\.4096'))
     for value in ('nan', 'inf', '0'):
         cases.append(Case(
             '20.4 convert --scale %s' % value, module(
@@ -288,7 +293,8 @@ def hostile_cases(corpus):
 # ---------------------------------------------------------------- misuse
 
 #: a class folder name a spreadsheet would run as a formula
-FORMULA_CLASS = "=cmd|' /C calc'!A0"
+FORMULA_CLASS = "=cmd|'-C calc'!A0"  # OWASP's example, less its '/'
+
 
 
 def write_misuse_files(corpus):
@@ -334,7 +340,7 @@ def write_misuse_files(corpus):
 
 def cells_are_not_formulas(*names):
     """No cell of the CSVs ``names`` (under the case's folder) starts as a
-    formula, and the formula class names are there, escaped."""
+    formula, and one starts with :data:`FORMULA_CLASS`, escaped."""
     import csv
     dangerous = ('=', '+', '-', '@', '\t', '\r')
 
@@ -347,9 +353,9 @@ def cells_are_not_formulas(*names):
         formulas = [cell for cell in cells if cell.startswith(dangerous)]
         if formulas:
             return 'formula cells: %s' % formulas[:3]
-        if "'" + FORMULA_CLASS not in cells:
-            return 'the class %r is not in %s, escaped' % (FORMULA_CLASS,
-                                                          names)
+        if not any(cell.startswith("'" + FORMULA_CLASS) for cell in cells):
+            return 'no cell of %s starts with %r, escaped' % (names,
+                                                             FORMULA_CLASS)
     return check
 
 
@@ -374,7 +380,7 @@ def stale_temporary(name):
 
 def stale_name(name):
     base, ext = os.path.splitext(name)
-    return '.%s.k1ll3d.tmp%s' % (name, ext)
+    return '.%s.k1ll3d00.tmp%s' % (name, ext)  # mkstemp's 8 characters
 
 
 def gone(name):
@@ -426,9 +432,12 @@ def misuse_cases(corpus):
             misuse('formula')), status=0, outputs=('out',), stream='stdout',
             last=trained, check=cells_are_not_formulas(
                 'out/per_class_accuracy.csv', 'out/confusion_matrix.csv')),
-        Case('20.7 formula class names are escaped in predict', module(
-            'predict', '--model', lenet, misuse('formula'), '-o', 'p.csv',
-            '-j', '0'), status=0, outputs=('p.csv',),
+        Case('20.7 formula folder names are escaped in predict', module(
+            'predict', '--model', lenet, FORMULA_CLASS, '-o', 'p.csv', '-j',
+            '0'), status=0, outputs=('p.csv',),
+            setup=lambda folder: shutil.copytree(
+                misuse('formula', FORMULA_CLASS),
+                os.path.join(folder, FORMULA_CLASS)),
             last=r'images labelled', check=cells_are_not_formulas('p.csv')),
         Case('20.8 train on an undecodable file name', train(
             misuse('odd_names')), status=0, outputs=('out',),
