@@ -262,7 +262,7 @@ def model_file_cases(corpus):
     ]
     for kind in ('truncated', 'empty', 'text'):
         model = path(kind + '.npz')
-        broken = r'%s: cannot read model file: ' % exact(model)
+        broken = r'%s: not a readable model file \(' % exact(model)
         cases += [
             Case('11 predict %s model file' % article(kind), module(
                 'predict', '--model', model, digits0),

@@ -27,13 +27,15 @@ from tests.reliability.judge import module
 #: ``python -c`` running ``python -m MODULE ARGS`` and failing (exit 99)
 #: when the process's peak RSS went past LIMIT MiB: a bomb inflated
 MEMORY_LIMIT = '''
-import os, resource, runpy, sys
+import os, runpy, sys
 limit = int(sys.argv.pop(1))
 sys.argv[0] = sys.argv.pop(1)
 try:
     runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
-finally:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+finally:  # VmHWM: ru_maxrss would count the parent's peak too
+    with open('/proc/self/status') as status:
+        peak = next(int(line.split()[1]) for line in status
+                    if line.startswith('VmHWM:')) // 1024
     if peak > limit:
         print('peak RSS %d MiB, over %d MiB' % (peak, limit), file=sys.stderr)
         os._exit(99)

@@ -72,7 +72,11 @@ CACHE_CHILD = textwrap.dedent('''
     total = 0.0
     for i in range(n):  # every example read, as in an epoch
         total += float(dataset[i][0][1, 5, 7, 9])
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # VmHWM: ru_maxrss would count the parent's peak (Linux keeps it at
+    # exec), and pytest's process may be large
+    with open('/proc/self/status') as f:
+        print(next(int(line.split()[1]) * 1024 for line in f
+                   if line.startswith('VmHWM:')))
 ''')
 
 
@@ -123,22 +127,36 @@ def test_opencv_runs_a_large_batch_in_chunks_with_the_same_result(
     assert np.abs(chunked(x) - expected).max() < 1e-5 * scale
 
 
+WORKERS_CHILD = textwrap.dedent('''
+    from finetune.data.loader import make_iterator
+    from tests.training.memory_probe import PrivateMemory
+
+    if __name__ == '__main__':
+        iterator = make_iterator(PrivateMemory(8), 2, 1, repeat=False,
+                                 shuffle=False)
+        try:
+            print([[int(x[0]) for x in batch] for batch in iterator])
+        finally:
+            iterator.finalize()
+''')
+
+
 @pytest.mark.skipif(not os.path.exists('/proc/self/smaps_rollup'),
                     reason='needs Linux smaps_rollup')
-def test_loader_workers_share_chainer_with_the_forkserver():
+def test_loader_workers_share_chainer_with_the_forkserver(tmp_path):
     """The forkserver imports Chainer and the datasets once
     (loader.WORKER_PRELOAD), so a worker's own private memory is small:
     under 25 MiB (it was 46 MiB when each worker imported Chainer
-    itself)."""
-    from finetune.data.loader import make_iterator
-    from tests.training.memory_probe import PrivateMemory
-    iterator = make_iterator(PrivateMemory(8), 2, 1, repeat=False,
-                             shuffle=False)
-    try:
-        # Chainer makes the first batch in this process (to size its
-        # shared memory); the others come from the worker
-        batches = [[int(x[0]) for x in batch] for batch in iterator]
-    finally:
-        iterator.finalize()
+    itself). In a fresh process: a forkserver some other test started
+    without the preload would serve this one."""
+    script = tmp_path / 'workers.py'
+    script.write_text(WORKERS_CHILD)
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Chainer makes the first batch in the main process (to size its
+    # shared memory); the others come from the worker
+    batches = eval(result.stdout)
     assert len(batches) == 4
     assert max(max(batch) for batch in batches[1:]) < 25 * 1024, batches
