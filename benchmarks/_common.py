@@ -184,6 +184,44 @@ def chainer_forward_fn(net, x):
     return run
 
 
+def cli_heap_report(apply):
+    """Apply finetune's keep_freed_memory() when ``apply``; the line that
+    says which heap setting the run measures."""
+    if not apply:
+        return ['heap: glibc defaults (library use; the CLIs apply '
+                'keep_freed_memory(): --cli-heap)']
+    from finetune.common.allocator import keep_freed_memory
+    return ['heap: keep_freed_memory() %s for the whole process (the '
+            "CLIs' setting; every framework)"
+            % ('applied' if keep_freed_memory() else 'NOT applied: not glibc')]
+
+
+def chainer_functions_context():
+    """Context manager running Chainer's own functions instead of the
+    project's CPU kernels (a no-op where finetune has none)."""
+    import contextlib
+    try:
+        from finetune.models.cpu_kernels import chainer_functions
+    except ImportError:
+        return contextlib.nullcontext()
+    return chainer_functions()
+
+
+def without_cpu_kernels(fn):
+    """``fn`` run with Chainer's own functions instead of the project's CPU
+    kernels (finetune.models.cpu_kernels): main's code before they came.
+    None when this version of finetune has no such kernels."""
+    try:
+        from finetune.models.cpu_kernels import chainer_functions
+    except ImportError:
+        return None
+
+    def run():
+        with chainer_functions():
+            return fn()
+    return run
+
+
 def torch_forward_fn(net, x):
     """A call of the PyTorch module ``net`` on ``x`` in eval mode."""
     import torch

@@ -65,6 +65,11 @@ def parse_args(argv=None):
                    help='only print cProfile tables of the Chainer forward '
                    '(as shipped and with all variants) and exit')
     p.add_argument('--json', help='also write the figures to this file')
+    p.add_argument('--cli-heap', action='store_true',
+                   help="first apply keep_freed_memory(), the glibc heap "
+                   "setting of the train/predict/demo commands, to this "
+                   "whole process (every framework): the rates a "
+                   "'python -m finetune.train' run sees")
     # internal: a child process measuring the Chainer forward
     p.add_argument('--child-forward', type=int, help=argparse.SUPPRESS)
     p.add_argument('--child-calls', type=int, default=3,
@@ -310,22 +315,23 @@ def section_forward(args, weights, caffemodel, peak, figures):
         fns = {'chainer': C.chainer_forward_fn(cnet, x),
                'pytorch': C.torch_forward_fn(tnet, x),
                'opencv': opencv_forward_fn(C.DEPLOY, caffemodel, x)}
+        add_main(fns)
         if i == 0:
             ref = fns['opencv']()
-            errs = {k: rel_err(fns[k](), ref) for k in ('chainer', 'pytorch')}
-            C.emit(['\nsame network check (logits vs OpenCV, rel. error): '
-                    'Chainer %.1e, PyTorch %.1e' % (errs['chainer'],
-                                                    errs['pytorch'])])
+            errs = {k: rel_err(fns[k](), ref) for k in fns if k != 'opencv'}
+            C.emit(['\nsame network check (logits vs OpenCV, rel. error): ' +
+                    ', '.join('%s %.1e' % kv for kv in errs.items())])
         recs = C.interleaved(fns, rounds_for(args, batch),
                              {'chainer': int(i == 0), 'pytorch': 1,
-                              'opencv': 1})
+                              'opencv': 1, MAIN: int(i == 0)})
         r = {k: C.rate(v, batch) for k, v in recs.items()}
         rows.append((batch, r['chainer'], r['pytorch'], r['opencv'],
                      C.paired_ratio(recs, 'chainer', 'pytorch'),
                      C.paired_ratio(recs, 'opencv', 'pytorch'),
                      pct(r['chainer'], C.FORWARD_GFLOP, peak),
                      pct(r['pytorch'], C.FORWARD_GFLOP, peak),
-                     pct(r['opencv'], C.FORWARD_GFLOP, peak)))
+                     pct(r['opencv'], C.FORWARD_GFLOP, peak)) +
+                    main_columns(recs, r))
         c = recs['chainer']
         cpu_rows.append((batch, median_time(c), c['utime'], c['stime'],
                          100 * c['stime'] / max(c['utime'] + c['stime'],
@@ -333,12 +339,35 @@ def section_forward(args, weights, caffemodel, peak, figures):
         figures.setdefault('forward', {})[batch] = r
     C.emit(C.table(
         ['batch', 'chainer', 'pytorch', 'opencv', 'ch/pt', 'cv/pt',
-         'ch %pk', 'pt %pk', 'cv %pk'], rows,
-        '\n== forward (inference), images/s; %pk = % of GEMM peak; ratios '
-        '= median of per-round paired ratios =='))
+         'ch %pk', 'pt %pk', 'cv %pk'] + MAIN_HEADERS[:len(rows[0]) - 9],
+        rows,
+        '\n== forward (inference), images/s; %%pk = %% of GEMM peak; ratios '
+        '= median of per-round paired ratios; "chainer" = the Chainer path '
+        'with the CPU kernels, "%s" = the same with Chainer\'s own '
+        'functions (main before the kernels) ==' % MAIN))
     C.emit(C.table(
         ['batch', 'wall s', 'user s', 'sys s', 'sys %', 'minflt'], cpu_rows,
         '\n== Chainer forward CPU time per call (getrusage, median) =='))
+
+
+MAIN = 'ch main'
+MAIN_HEADERS = [MAIN, 'main/pt', 'ch/main']
+
+
+def add_main(fns):
+    """Add fns[MAIN]: fns['chainer'] with Chainer's own functions, when
+    this finetune has CPU kernels to switch off."""
+    main = C.without_cpu_kernels(fns['chainer'])
+    if main is not None:
+        fns[MAIN] = main
+
+
+def main_columns(recs, r):
+    """(ch main img/s, main/pt, chainer/main) or () without MAIN."""
+    if MAIN not in recs:
+        return ()
+    return (r[MAIN], C.paired_ratio(recs, MAIN, 'pytorch'),
+            C.paired_ratio(recs, 'chainer', MAIN))
 
 
 def rounds_for(args, batch):
@@ -365,9 +394,11 @@ def section_train(args, weights, peak, figures, frozen):
             fns['cv trunk'] = chainer_train_fn(cvnet, x, t, 5, 'auto')
             if fns['cv trunk'] is None:
                 del fns['cv trunk']
+        else:
+            add_main(fns)
         recs = C.interleaved(fns, rounds_for(args, batch),
                              {'chainer': int(i == 0), 'pytorch': 1,
-                              'cv trunk': 1})
+                              'cv trunk': 1, MAIN: int(i == 0)})
         r = {k: C.rate(v, batch) for k, v in recs.items()}
         row = [batch, r['chainer'], r['pytorch'],
                C.paired_ratio(recs, 'chainer', 'pytorch'),
@@ -376,7 +407,7 @@ def section_train(args, weights, peak, figures, frozen):
         if 'cv trunk' in r:
             row[2:2] = [r['cv trunk']]
             row.insert(5, C.paired_ratio(recs, 'cv trunk', 'pytorch'))
-        rows.append(row)
+        rows.append(row + list(main_columns(recs, r)))
         figures.setdefault(key, {})[batch] = r
     if frozen:
         title = ('frozen-trunk fine-tuning step (conv1-conv5 frozen, fc6-fc8 '
@@ -385,11 +416,14 @@ def section_train(args, weights, peak, figures, frozen):
                  "default 'auto' (OpenCV dnn runs the frozen trunk, Chainer "
                  'the head)')
     else:
-        title = 'full training step (all layers), images/s'
+        title = ('full training step (all layers), images/s; "%s" = '
+                 "Chainer's own functions instead of the CPU kernels" % MAIN)
     headers = ['batch', 'chainer', 'pytorch', 'ch/pt', 'ch %pk', 'pt %pk']
-    if rows and len(rows[0]) > len(headers):
+    if frozen and rows and len(rows[0]) > len(headers):
         headers[2:2] = ['cv trunk']
         headers.insert(5, 'cvt/pt')
+    elif rows and len(rows[0]) > len(headers):
+        headers += MAIN_HEADERS
     C.emit(C.table(headers, rows, '\n== %s ==' % title))
 
 
@@ -699,6 +733,7 @@ def main(argv=None):
             'batches %s, %d timed rounds each (median; %d above batch 32),'
             ' interleaved' % (args.batches, args.repeat,
                               max(2, args.repeat - 1))])
+    C.emit(C.cli_heap_report(args.cli_heap))
     C.emit(pooling_pad_report())
     figures = {}
     peak = 1.0
@@ -722,12 +757,18 @@ def main(argv=None):
         section_malloc(args, figures)
         lap('malloc')
     if 'variants' not in args.skip:
-        section_variants(args, weights, peak, figures)
+        # the monkeypatches replace Chainer's functions: the ladder starts
+        # from them (main before finetune.models.cpu_kernels)
+        C.emit(['\n(variants ladder and per-layer table: with Chainer\'s own '
+                'functions, not the CPU kernels)'])
+        with C.chainer_functions_context():
+            section_variants(args, weights, peak, figures)
         lap('variants')
     if 'ops' not in args.skip and not args.quick:
         import _variants
         _variants.apply(['mallopt'])
-        section_ops(args, weights, figures)
+        with C.chainer_functions_context():
+            section_ops(args, weights, figures)
         lap('ops')
     C.emit(['section times: ' + ', '.join('%s %.0f s' % kv
                                            for kv in LAPS[1:])])

@@ -58,6 +58,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
+import bench_model as M  # noqa: E402
 
 CAFFE_PROTO = os.path.join(C.DATA, 'caffe', 'caffe.proto')
 PB2_MODULE = 'chainer.links.caffe.protobuf3.caffe_pb2'
@@ -94,8 +95,14 @@ def parse_args(argv=None):
                    help='unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE first')
     p.add_argument('--skip', default='',
                    help='comma-separated parts to skip: convert,forward,'
-                   'functions,heap (the last two run in the full run only)')
+                   'train,functions,heap (the last two run in the full run '
+                   'only; train needs forward)')
     p.add_argument('--json', help='also write the figures to this file')
+    p.add_argument('--cli-heap', action='store_true',
+                   help="first apply keep_freed_memory(), the glibc heap "
+                   "setting of the train/predict/demo commands, to this "
+                   "whole process (every framework): the rates a "
+                   "'python -m finetune.train' run sees")
     # internal: one conversion child
     p.add_argument('--child', help=argparse.SUPPRESS)
     p.add_argument('--caffemodel', help=argparse.SUPPRESS)
@@ -611,8 +618,9 @@ def section_forward(args, npz, entry, peak, figures):
     fns = {'chainer': C.chainer_forward_fn(model, x),
            'pytorch': C.torch_forward_fn(tnet, x),
            'opencv': opencv_forward_fn(model, x)}
+    M.add_main(fns)
     ref = fns['chainer']()     # also the warm-up of each
-    errs = {k: rel_err(fns[k](), ref) for k in ('pytorch', 'opencv')}
+    errs = {k: rel_err(fns[k](), ref) for k in fns if k != 'chainer'}
     real = cv2.dnn.readNetFromCaffe(entry.prototxt_path(),
                                     entry.local_path())
     real.setInput(x)
@@ -622,16 +630,22 @@ def section_forward(args, npz, entry, peak, figures):
     C.emit(['\nsame network check, batch %d (max |diff| / largest Chainer '
             'logit): PyTorch %.1e (%s: <= %.0e), OpenCV path %.1e, '
             'cv2.dnn.readNetFromCaffe on the real prototxt + caffemodel %.1e'
-            % (batch, errs['pytorch'], 'ok' if ok else 'FAILED', MAX_REL_ERR,
-               errs['opencv'], errs['readNetFromCaffe']),
+            '%s' % (batch, errs['pytorch'], 'ok' if ok else 'FAILED',
+                    MAX_REL_ERR, errs['opencv'], errs['readNetFromCaffe'],
+                    ', Chainer\'s own functions %.1e' % errs[M.MAIN]
+                    if M.MAIN in errs else ''),
             'forward: %.3f GFLOP per image (2 x MACs of the convolutions and '
             'fc_nsfw, counted on the PyTorch net)' % gflop])
     figures['check'] = errs
     if not ok:
         raise SystemExit('PyTorch net differs from Chainer\'s: not timed')
     r, ratios = forward_table(args, fns, batch, gflop, peak,
-                              'forward (inference), library use')
+                              'forward (inference), %s' % (
+                                  'keep_freed_memory() heap' if args.cli_heap
+                                  else 'library use'))
     figures['forward'] = dict(r, gflop=gflop, ratios=ratios)
+    if 'train' not in args.skip:
+        section_train(args, model, tnet, figures)
     if 'functions' not in args.skip and not args.quick:
         section_functions(fns['chainer'], figures)
     if 'heap' not in args.skip and not args.quick:
@@ -642,27 +656,104 @@ def forward_table(args, fns, batch, gflop, peak, title):
     """Interleaved rounds of the three forwards; emits the rate and CPU
     tables and returns (rates, ratios)."""
     recs = C.interleaved(fns, args.repeat, {'chainer': 0, 'pytorch': 1,
-                                            'opencv': 0})
+                                            'opencv': 0, M.MAIN: 0})
     r = {k: C.rate(v, batch) for k, v in recs.items()}
     ratios = {'ch/pt': C.paired_ratio(recs, 'chainer', 'pytorch'),
               'cv/pt': C.paired_ratio(recs, 'opencv', 'pytorch'),
               'cv/ch': C.paired_ratio(recs, 'opencv', 'chainer')}
+    main = M.main_columns(recs, r)
+    if main:
+        ratios.update(zip(M.MAIN_HEADERS[1:], main[1:]))
     row = [batch, r['chainer'], r['pytorch'], r['opencv'], ratios['ch/pt'],
            ratios['cv/pt'], ratios['cv/ch']] + [
                100 * r[k] * gflop / peak for k in ('chainer', 'pytorch',
-                                                   'opencv')]
+                                                   'opencv')] + list(main)
     C.emit(C.table(
         ['batch', 'chainer', 'pytorch', 'opencv', 'ch/pt', 'cv/pt', 'cv/ch',
-         'ch %pk', 'pt %pk', 'cv %pk'], [row],
+         'ch %pk', 'pt %pk', 'cv %pk'] + M.MAIN_HEADERS[:len(main)], [row],
         '\n== %s, images/s, median of %d interleaved rounds; ratios = '
-        'median of per-round paired ratios; %%pk = %% of the GEMM peak =='
-        % (title, args.repeat)))
+        'median of per-round paired ratios; %%pk = %% of the GEMM peak; '
+        '"chainer" = the Chainer path with the CPU kernels, "%s" = with '
+        'Chainer\'s own functions (main before the kernels) =='
+        % (title, args.repeat, M.MAIN)))
     C.emit(C.table(
         ['framework', 'wall s', 'user s', 'sys s', 'minflt'],
         [(k, C.median(recs[k]['times']), recs[k]['utime'], recs[k]['stime'],
-          recs[k]['minflt']) for k in ('chainer', 'pytorch', 'opencv')],
+          recs[k]['minflt']) for k in recs],
         '\n== CPU time per batch-%d call (getrusage, median) ==' % batch))
     return r, ratios
+
+
+def stage3_cut(model):
+    """Index of the first weighted layer of stage3 (the last stage): the
+    ``--freeze`` that trains stage3 and fc_nsfw only."""
+    return next(k for k, name in enumerate(model.layer_names)
+                if 'stage3' in name)
+
+
+def torch_stage3_train_fn(net, x, t):
+    """A PyTorch SGD step (lr 0.001, momentum 0.9, weight decay 5e-4)
+    training stage3 and fc_nsfw: conv_1..stage2 under ``no_grad``, every
+    BatchNorm on its stored statistics (``use_global_stats: true`` in
+    open_nsfw's prototxt, which finetune keeps in training)."""
+    import torch
+    import torch.nn.functional as F
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t.astype('int64'))
+    blocks = list(net.blocks.items())
+    trunk = [b for k, b in blocks if not k.startswith('stage3')]
+    head = [b for k, b in blocks if k.startswith('stage3')]
+    params = [p for m in head + [net.fc_nsfw] for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=0.001, momentum=0.9, weight_decay=5e-4)
+    net.eval()  # BatchNorm on its stored statistics; no dropout in the net
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            h = net.pool1(F.relu(net.conv_1(xt)))
+            for block in trunk:
+                h = block(h)
+        for block in head:
+            h = block(h)
+        y = net.fc_nsfw(net.pool(h).flatten(1))
+        F.cross_entropy(y, tt).backward()
+        opt.step()
+    return run
+
+
+def section_train(args, model, tnet, figures):
+    """Fine-tuning step with stage3 and fc_nsfw trained (``--freeze`` up
+    to stage3), batch --batch: the frozen prefix on Chainer ("chainer") and
+    on OpenCV (the project's default trunk backend, "cv trunk"), each with
+    the CPU kernels and with Chainer's own functions, vs PyTorch."""
+    import copy
+    import numpy as np
+    batch = args.batch
+    cut = stage3_cut(model)
+    x = inputs(batch, seed=3)
+    t = np.random.RandomState(4).randint(0, model.n_classes, batch).astype(
+        np.int32)
+    fns = {'chainer': M.chainer_train_fn(copy.deepcopy(model), x, t, cut),
+           'pytorch': torch_stage3_train_fn(copy.deepcopy(tnet), x, t)}
+    M.add_main(fns)
+    cv = M.chainer_train_fn(copy.deepcopy(model), x, t, cut, 'auto')
+    if cv is not None:
+        fns['cv trunk'] = cv
+        main = C.without_cpu_kernels(cv)
+        if main is not None:
+            fns['cv trunk main'] = main
+    recs = C.interleaved(fns, args.repeat, {k: 1 for k in fns})
+    r = {k: C.rate(v, batch) for k, v in recs.items()}
+    rows = [(k, r[k], C.paired_ratio(recs, k, 'pytorch'),
+             C.median(recs[k]['times']), recs[k]['utime'], recs[k]['stime'])
+            for k in fns]
+    C.emit(C.table(
+        ['step', 'img/s', 'vs pytorch', 'wall s', 'user s', 'sys s'], rows,
+        '\n== fine-tuning step, stage3 + fc_nsfw trained (frozen: the %d '
+        'layers before %s), batch %d, median of %d interleaved rounds; '
+        '"main" = Chainer\'s own functions instead of the CPU kernels =='
+        % (cut, model.layer_names[cut], batch, args.repeat)))
+    figures['train_stage3'] = {k: dict(img_s=r[k], vs_pytorch=row[2])
+                               for k, row in zip(fns, rows)}
 
 
 def section_functions(chainer_fn, figures):
@@ -738,7 +829,8 @@ def main(argv=None):
            ['caffemodel: %s, %d bytes, SHA-1 %s (%s the registry\'s)' % (
                caffemodel, os.path.getsize(caffemodel), sha1,
                'matches' if sha1 == entry.sha1 else 'DIFFERS FROM'),
-            'prototxt: %s' % entry.prototxt_path()])
+            'prototxt: %s' % entry.prototxt_path()] +
+           C.cli_heap_report(args.cli_heap))
     figures = {}
     with tempfile.TemporaryDirectory(prefix='bench_open_nsfw_') as folder:
         npz = None

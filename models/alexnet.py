@@ -20,6 +20,7 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
+from finetune.models.cpu_kernels import call_link
 from finetune.models.functions import caffe_lrn
 from finetune.models.functions import caffe_pooling_2d
 
@@ -83,7 +84,7 @@ class AlexNet(chainer.Chain):
 
     def stage(self, name, h):
         """Run layer ``name`` and the parameter-free ops that follow it."""
-        h = self[name](h)
+        h = call_link(self[name], h)
         if name == 'fc8':
             return h
         h = F.relu(h)

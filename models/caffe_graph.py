@@ -32,7 +32,6 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy as np
-from chainer.backend import get_array_module
 from google.protobuf import text_format
 
 from finetune.caffe.caffemodel import MAX_LAYERS
@@ -49,6 +48,10 @@ from finetune.models.caffe_params import finite
 from finetune.models.caffe_params import pair
 from finetune.models.caffe_params import shape_text
 from finetune.models.caffe_params import size_text
+from finetune.models.cpu_kernels import batch_normalization
+from finetune.models.cpu_kernels import call_link
+from finetune.models.cpu_kernels import channel_affine
+from finetune.models.cpu_kernels import fixed_batch_normalization
 from finetune.models.functions import caffe_lrn
 from finetune.models.functions import caffe_pooling_2d
 from finetune.models.functions import pooled_size
@@ -129,19 +132,14 @@ class CaffeBatchNorm(chainer.Link):
                 np.ones(1, np.float32)]
 
     def forward(self, x):
-        xp = get_array_module(x)
-        channels = self.mean.shape[0]
-        one = xp.ones(channels, x.dtype)
-        zero = xp.zeros(channels, x.dtype)
         # cuDNN refuses eps < 1e-5 (CUDNN_BN_MIN_EPSILON); Caffe does not
         with (chainer.using_config('use_cudnn', 'never') if self.eps < 1e-5
               else contextlib.nullcontext()):
             if chainer.config.train and not self.keep_statistics:
                 self._update_statistics(getattr(x, 'array', x))
-                return F.batch_normalization(x, one, zero, eps=self.eps)
-            return F.fixed_batch_normalization(
-                x, one, zero, self.mean.astype(x.dtype, copy=False),
-                self.var.astype(x.dtype, copy=False), eps=self.eps)
+                return batch_normalization(x, self.eps)
+            return fixed_batch_normalization(x, self.mean, self.var,
+                                             self.eps)
 
     def _update_statistics(self, x):
         axes = (0,) + tuple(range(2, x.ndim))
@@ -191,6 +189,8 @@ class CaffeScale(chainer.Link):
         return _param_blobs(self.W, self.b)
 
     def forward(self, x):
+        if self.axis == 1 and self.W.ndim == 1:
+            return channel_affine(x, self.W, self.b)
         y = x * _along(self.W, x, self.axis)
         if self.b is not None:
             y = y + _along(self.b, x, self.axis)
@@ -302,7 +302,7 @@ def _same_shapes(shapes):
 # looked up by name at call time, so copies of the Chain work.
 
 def _run_link(graph, inputs, name):
-    return [graph[name](*inputs)]
+    return [call_link(graph[name], *inputs)]
 
 
 def _run_unary(graph, inputs, fn):

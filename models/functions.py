@@ -13,6 +13,9 @@ import numpy as np
 from chainer import function_node
 from chainer.backend import get_array_module
 
+from finetune.models.cpu_kernels import local_response_normalization
+from finetune.models.cpu_kernels import use_cpu_kernels
+
 
 def pooled_size(size, kernel, stride, pad, ceil=True):
     """Caffe's output length of a pooling window sliding over ``size``."""
@@ -49,6 +52,8 @@ def caffe_pooling_2d(x, method, kernel, stride, pad, ceil=True):
     if method == 'max':
         if _windows_tile(x, out, kernel, stride, pad):
             return TiledMaxPooling2D(kernel, stride, out).apply((x,))[0]
+        if use_cpu_kernels(x):
+            return _padded_tiled_max_pooling(x, out, kernel, stride, pad)
         h = _pad_to_cover(x, out, kernel, stride, pad, -np.inf)
         y = F.max_pooling_2d(h, kernel, stride, pad, cover_all=False)
         return y[:, :, :out[0], :out[1]]
@@ -59,6 +64,21 @@ def caffe_pooling_2d(x, method, kernel, stride, pad, ceil=True):
     counts = _ave_pool_counts(x.shape[2:], out, kernel, stride, pad)
     xp = get_array_module(x)
     return sums / xp.asarray(counts, dtype=x.dtype)
+
+
+def _padded_tiled_max_pooling(x, out, kernel, stride, pad):
+    """Caffe max pooling on the CPU when padding or ceil rounding makes
+    windows reach past the input (ResNet's pool1): pad with -inf once
+    (``pad`` on each side, and bottom/right as far as the last window
+    reaches), then :class:`TiledMaxPooling2D`, whose windows now lie in
+    the padded input. Same maxima and gradients as Chainer's im2col max
+    pooling, without its 9x copy and argmax."""
+    h = x
+    if any(pad):
+        h = F.pad(x, ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2),
+                  'constant', constant_values=-np.inf)
+    h = _pad_to_cover(h, out, kernel, stride, (0, 0), -np.inf)
+    return TiledMaxPooling2D(kernel, stride, out).apply((h,))[0]
 
 
 def _windows_tile(x, out, kernel, stride, pad):
@@ -141,7 +161,7 @@ def caffe_lrn(x, local_size=5, alpha=1.0, beta=0.75, k=1.0,
     with zero padding counted in the mean, as Caffe computes it.
     """
     if region == 'ACROSS_CHANNELS':
-        return F.local_response_normalization(
+        return local_response_normalization(
             x, n=local_size, k=k, alpha=alpha / local_size, beta=beta)
     pad = (local_size - 1) // 2
     mean_sq = F.average_pooling_2d(x * x, local_size, 1, pad)

@@ -35,6 +35,7 @@ import chainer
 import chainer.functions as F
 import numpy as np
 
+from finetune.models.cpu_kernels import chainer_functions
 from finetune.models.model_file import load_model
 from finetune.common.errors import FinetuneError
 from finetune.common.fileio import atomic_write
@@ -212,7 +213,8 @@ def to_onnx(model, input_shape, batch_size=1, opset=None, metadata=None):
         warnings.simplefilter('ignore', FutureWarning)
         warnings.simplefilter('ignore', DeprecationWarning)
         try:
-            with chainer.using_config('train', False):
+            # trace Chainer's own functions, which onnx_chainer converts
+            with chainer.using_config('train', False), chainer_functions():
                 onnx_model = onnx_chainer.export(
                     _Deploy(model), dummy, filename=None,
                     opset_version=opset, input_names=[INPUT_NAME],

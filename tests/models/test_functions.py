@@ -43,10 +43,15 @@ def test_tiled_max_pooling_equals_chainers(shape, kernel, stride, ties):
 
 
 def test_padded_or_overhanging_windows_keep_the_general_path():
+    """With Chainer's functions (cpu_kernels.chainer_functions(), what the
+    ONNX export traces); by default they run TiledMaxPooling2D on a -inf
+    padded input (tests/models/test_cpu_kernels.py)."""
+    from finetune.models.cpu_kernels import chainer_functions
     x = np.random.RandomState(1).randn(1, 2, 6, 6).astype(np.float32)
-    padded = caffe_pooling_2d(x, 'max', (3, 3), (2, 2), (1, 1))
+    with chainer_functions():
+        padded = caffe_pooling_2d(x, 'max', (3, 3), (2, 2), (1, 1))
+        # ceil rounding: 6 -> 3 windows of 3 with stride 2 hang past the edge
+        overhang = caffe_pooling_2d(x, 'max', (3, 3), (2, 2), (0, 0))
     assert not isinstance(padded.creator, TiledMaxPooling2D)
-    # ceil rounding: 6 -> 3 windows of 3 with stride 2 hang past the edge
-    overhang = caffe_pooling_2d(x, 'max', (3, 3), (2, 2), (0, 0))
     assert overhang.shape == (1, 2, 3, 3)
     assert not isinstance(overhang.creator, TiledMaxPooling2D)
