@@ -41,7 +41,12 @@ def command(main=None, on_interrupt='re-run the same command to continue'):
             # let `finally` blocks stop loader processes on `kill`
             signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            return main(argv) or 0
+            try:
+                return main(argv) or 0
+            except Exception as e:
+                if _during_interrupt(e):  # cleanup after Ctrl-C failed
+                    raise KeyboardInterrupt from e
+                raise
         except (FinetuneError, OSError) as e:
             print('error: %s' % e, file=sys.stderr)
             sys.exit(2)
@@ -53,6 +58,19 @@ def command(main=None, on_interrupt='re-run the same command to continue'):
             print('interrupted; %s' % on_interrupt, file=sys.stderr)
             sys.exit(130)
     return run
+
+
+def _during_interrupt(error):
+    """Whether ``error`` was raised while a KeyboardInterrupt was being
+    handled (a loader or a file closed by the interrupt's cleanup): the
+    command was interrupted, whatever broke on the way out."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
 
 
 def _raise_interrupt(signum, frame):
