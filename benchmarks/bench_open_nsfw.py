@@ -645,7 +645,7 @@ def section_forward(args, npz, entry, peak, figures):
                                   else 'library use'))
     figures['forward'] = dict(r, gflop=gflop, ratios=ratios)
     if 'train' not in args.skip:
-        section_train(args, model, tnet, figures)
+        section_train(args, lambda: load_model(npz)[0], tnet, figures)
     if 'functions' not in args.skip and not args.quick:
         section_functions(fns['chainer'], figures)
     if 'heap' not in args.skip and not args.quick:
@@ -720,22 +720,25 @@ def torch_stage3_train_fn(net, x, t):
     return run
 
 
-def section_train(args, model, tnet, figures):
+def section_train(args, load, tnet, figures):
     """Fine-tuning step with stage3 and fc_nsfw trained (``--freeze`` up
     to stage3), batch --batch: the frozen prefix on Chainer ("chainer") and
     on OpenCV (the project's default trunk backend, "cv trunk"), each with
-    the CPU kernels and with Chainer's own functions, vs PyTorch."""
+    the CPU kernels and with Chainer's own functions, vs PyTorch. ``load()``
+    gives a fresh copy of the net (one per trained function: a net that
+    ran on OpenCV holds its runner, which deepcopy cannot copy)."""
     import copy
     import numpy as np
     batch = args.batch
+    model = load()
     cut = stage3_cut(model)
     x = inputs(batch, seed=3)
     t = np.random.RandomState(4).randint(0, model.n_classes, batch).astype(
         np.int32)
-    fns = {'chainer': M.chainer_train_fn(copy.deepcopy(model), x, t, cut),
+    fns = {'chainer': M.chainer_train_fn(model, x, t, cut),
            'pytorch': torch_stage3_train_fn(copy.deepcopy(tnet), x, t)}
     M.add_main(fns)
-    cv = M.chainer_train_fn(copy.deepcopy(model), x, t, cut, 'auto')
+    cv = M.chainer_train_fn(load(), x, t, cut, 'auto')
     if cv is not None:
         fns['cv trunk'] = cv
         main = C.without_cpu_kernels(cv)
