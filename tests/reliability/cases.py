@@ -15,6 +15,7 @@ import subprocess
 import time
 
 from finetune.models.model_file import read_model_meta
+from finetune.training.extensions import latest_snapshot
 from tests.http_server import Response
 from tests.reliability.hostile import hostile_cases
 from tests.reliability.hostile import misuse_cases
@@ -490,11 +491,7 @@ def newest_snapshot(run):
     """An ``argv`` item (see :func:`~tests.reliability.judge.resolved`):
     the newest snapshot in the run folder ``run``, found when the case
     runs."""
-    def path():
-        names = [n for n in os.listdir(run) if n.startswith('snapshot_iter_')]
-        return os.path.join(run, max(names, key=lambda n: int(
-            n.split('_')[-1])))
-    return path
+    return lambda: latest_snapshot(run)
 
 
 def converted_lenet(corpus):

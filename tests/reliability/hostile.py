@@ -18,6 +18,7 @@ import zipfile
 
 import numpy as np
 
+from finetune.training.extensions import latest_snapshot
 from tests.reliability.judge import Case
 from tests.reliability.judge import PY
 from tests.reliability.judge import api
@@ -112,13 +113,11 @@ def write_hostile_files(corpus):
         f.write(with_a_nan(caffemodel, arrays['ip2/W']))
     run = os.path.join(directory, 'pickled_run')
     shutil.copytree(corpus.path('noval_run'), run)
-    snapshot = max((n for n in os.listdir(run)
-                    if n.startswith('snapshot_iter_')),
-                   key=lambda n: int(n.split('_')[-1]))
-    with np.load(os.path.join(run, snapshot)) as npz:
+    snapshot = latest_snapshot(run)
+    with np.load(snapshot) as npz:
         members = {name: npz[name] for name in npz.files}
     members['updater/iteration'] = np.array(payload, dtype=object)
-    _write_npz(os.path.join(run, snapshot), members)
+    _write_npz(snapshot, members)
 
 
 def crafted_model(name, arrays, payload):
@@ -214,10 +213,7 @@ def hostile_cases(corpus):
     path = corpus.path
     hostile = lambda name: path('hostile', name)  # noqa: E731
     run = hostile('pickled_run')
-    snapshot = lambda: max(  # noqa: E731
-        (os.path.join(run, n) for n in os.listdir(run)
-         if n.startswith('snapshot_iter_')),
-        key=lambda n: int(n.split('_')[-1]))
+    snapshot = lambda: latest_snapshot(run)  # noqa: E731 (once it exists)
     train = ['train', '--data', path('digits'), '--pretrained',
              path('lenet.npz'), '--replace', 'ip2', '-E', '2', '-B', '16',
              '-j', '0', '--val-split', '0', '-o', 'out']
