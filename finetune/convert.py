@@ -9,15 +9,15 @@ the caffemodel (``--out`` names another file or folder). A registry name
 (``python -m finetune.fetch --list``) brings its own prototxt, class names
 and preprocessing; a bare AlexNet/CaffeNet file is recognised by its
 layers; any other net needs ``--prototxt``. The library call is
-:func:`finetune.caffe.conversion.ensure_converted`.
+:func:`finetune.pretrained.conversion.ensure_converted`.
 """
 import argparse
 import sys
 
-from finetune.caffe.conversion import ConversionOptions
-from finetune.caffe.conversion import ensure_converted
-from finetune.caffe.conversion import parse_mean
-from finetune.caffe.conversion import parse_size
+from finetune.pretrained.conversion import ConversionOptions
+from finetune.pretrained.conversion import ensure_converted
+from finetune.pretrained.conversion import parse_mean
+from finetune.pretrained.conversion import parse_size
 from finetune.common.cli import command
 from finetune.common.cli import positive_float
 

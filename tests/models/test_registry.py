@@ -1,4 +1,4 @@
-"""finetune.models.registry: every entry works in every command.
+"""finetune.pretrained.registry: every entry works in every command.
 
 ``flickr_style`` end to end on a random-weight file of its exact layout
 (CaffeNet with a 20-way ``fc8_flickr``, from Caffe's deploy prototxt that
@@ -14,11 +14,11 @@ import chainer
 import numpy as np
 
 import finetune
-from finetune.caffe.random_model import write_random_caffemodel
+from finetune.pretrained.random_model import write_random_caffemodel
 from finetune.models import CaffeGraph
-from finetune.models import registry
+from finetune.pretrained import registry
 from finetune.models.model_file import load_model
-from finetune.sources.weights import fetch_model
+from finetune.pretrained.download import fetch_model
 from tests.conftest import run_module
 from tests.conftest import write_style_folder
 from tests.http_server import Response
