@@ -20,7 +20,8 @@ setup(
     # ``models`` module.
     packages=['finetune', 'finetune.caffe', 'finetune.common',
               'finetune.data', 'finetune.data.resources',
-              'finetune.inference', 'finetune.models', 'finetune.sources',
+              'finetune.inference', 'finetune.models', 'finetune.pretrained',
+              'finetune.sources',
               'finetune.training'],
     package_dir={'finetune.models': 'models'},
     package_data={'finetune.data.resources': ['*.txt', '*.npy', 'NOTICE'],

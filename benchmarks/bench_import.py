@@ -99,7 +99,7 @@ def timed_child(cmd):
 
 def write_alexnet(path):
     """A full-size random-weight V1 AlexNet; returns its parameter count."""
-    from finetune.caffe.random_model import write_random_alexnet
+    from finetune.pretrained.random_model import write_random_alexnet
     weights = write_random_alexnet(path, seed=0)
     return sum(a.size for arrays in weights.values() for a in arrays)
 
@@ -135,7 +135,8 @@ def main(argv=None):
             'python -c "import finetune.convert" (baseline)':
                 [py, '-c', 'import finetune.convert'],
             'python -m finetune.convert X.caffemodel --force':
-                [py, '-m', 'finetune.convert', caffemodel, '--force'],
+                [py, '-m', 'finetune.convert', caffemodel, '--out', npz,
+                 '--force'],
             'load_model(X.npz) child': [py, '-c', LOAD_CHILD, 'load_model',
                                         npz],
             'finetune.load(X.npz) child': [py, '-c', LOAD_CHILD,

@@ -65,12 +65,12 @@ def make_images(folder, n):
 
 
 def make_model(directory):
-    from finetune.caffe.random_model import write_random_alexnet
+    from finetune.pretrained.random_model import write_random_alexnet
     caffemodel = os.path.join(directory, 'bvlc_alexnet.caffemodel')
     write_random_alexnet(caffemodel, seed=0, v1=False,
                          first_layer_scale=None)
-    subprocess.run([sys.executable, '-m', 'finetune.convert', caffemodel],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, '-m', 'finetune.convert', caffemodel,
+                    '--out', directory], check=True, capture_output=True)
     os.remove(caffemodel)
     return os.path.join(directory, 'bvlc_alexnet.npz')
 

@@ -6,14 +6,20 @@ Three lines classify with a saved model::
     model = finetune.load('result/model_best.npz')
     labels, probs = model.predict(['photo.jpg'])
 
+A pretrained net by registry name, with its preprocessing and class
+names (:mod:`finetune.pretrained`)::
+
+    nsfw = finetune.pretrained('open_nsfw')
+    logits = nsfw.net(nsfw.preprocess('photo.jpg')[None])
+
 Training from Python::
 
     result = finetune.fit(finetune.TrainConfig(data='photos/',
                                                freeze='conv1-conv5'))
 
 ``import finetune`` is light: chainer is imported when ``load``,
-``Predictor``, ``fit`` or ``TrainConfig`` is first used (PEP 562), so
-``fetch`` and ``gather`` start without it.
+``Predictor``, ``fit``, ``TrainConfig`` or ``pretrained(...)`` is first
+used (PEP 562), so ``fetch`` and ``gather`` start without it.
 """
 from finetune.common import gpu as _gpu
 from finetune.common import lazy_attributes
@@ -24,6 +30,9 @@ from finetune.common.errors import FinetuneError  # NOQA: F401 (public)
 # through this package, so this runs before any of them imports chainer
 # (a no-op without CuPy; it imports neither chainer nor CuPy).
 _gpu.preload_at_import()
+
+# A callable package (light: it imports nothing until called).
+from finetune import pretrained  # NOQA: E402,F401 (public)
 
 __version__ = '0.1.0'
 

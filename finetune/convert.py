@@ -4,20 +4,21 @@
     python -m finetune.convert flickr_style          # a registry name
     python -m finetune.convert net.caffemodel --prototxt deploy.prototxt
 
-writes the weights with the class names, the mean and the crop size beside
-the caffemodel (``--out`` names another file or folder). A registry name
+writes the weights with the class names, the mean and the crop size into
+the per-user cache's ``converted/`` folder (:mod:`finetune.pretrained.cache`;
+``--out`` names another file or folder). A registry name
 (``python -m finetune.fetch --list``) brings its own prototxt, class names
 and preprocessing; a bare AlexNet/CaffeNet file is recognised by its
 layers; any other net needs ``--prototxt``. The library call is
-:func:`finetune.caffe.conversion.ensure_converted`.
+:func:`finetune.pretrained.conversion.ensure_converted`.
 """
 import argparse
 import sys
 
-from finetune.caffe.conversion import ConversionOptions
-from finetune.caffe.conversion import ensure_converted
-from finetune.caffe.conversion import parse_mean
-from finetune.caffe.conversion import parse_size
+from finetune.pretrained.conversion import ConversionOptions
+from finetune.pretrained.conversion import ensure_converted
+from finetune.pretrained.conversion import parse_mean
+from finetune.pretrained.conversion import parse_size
 from finetune.common.cli import command
 from finetune.common.cli import positive_float
 
@@ -28,7 +29,9 @@ def build_parser():
     parser.add_argument('caffemodel', help='.caffemodel file or a registry '
                         'name (alexnet, flickr_style, open_nsfw)')
     parser.add_argument('-o', '--out', help='output .npz file, or a folder '
-                        'to write it in (default: beside the caffemodel)')
+                        'to write it in (default: the cache, '
+                        '$FINETUNE_CACHE/converted or ~/.cache/finetune/'
+                        'converted)')
     definition = parser.add_argument_group('network')
     definition.add_argument('--prototxt',
                             help='deploy definition (nets other than '

@@ -27,16 +27,17 @@ from finetune.common.cli import Range
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
-from finetune.caffe.conversion import ConversionOptions
-from finetune.caffe.conversion import ensure_converted
+from finetune.pretrained.conversion import ConversionOptions
+from finetune.pretrained.conversion import ensure_converted
+from finetune.pretrained.registry import pretrained_model
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'examples')
 LENET_DIR = os.path.join(EXAMPLES_DIR, 'lenet')
 FLOWERS_DIR = os.path.join(EXAMPLES_DIR, 'flowers', 'photos')
-#: The fine-tuned run: open_nsfw's trunk frozen up to this layer (chosen on
-#: photos of the set that are not shipped; see README "The demo").
-FLOWERS_FREEZE = 'up-to:pool'
+#: The flowers demo's pretrained net; its registry entry gives the
+#: fine-tuned run's recipe (``head`` replaced, trunk frozen ``freeze``).
+FLOWERS_MODEL = 'open_nsfw'
 
 
 def write_digit_folders(out_dir, train_fraction=1.0, seed=0):
@@ -124,15 +125,17 @@ def flowers_config(out, data=FLOWERS_DIR, epochs=20, loaderjob=2, seed=0,
     (the freeze, head and learning rate of the run)."""
     from finetune.training.config import TrainConfig
     return TrainConfig(
-        data=data, pretrained='open_nsfw', batchsize=16, val_split=1 / 3,
+        data=data, pretrained=FLOWERS_MODEL, batchsize=16, val_split=1 / 3,
         loaderjob=loaderjob, seed=seed, epochs=epochs, log_interval=0,
         snapshot_interval=0, keep_snapshots=1, overwrite=True, out=out,
         **options)
 
 
 def finetuned_options(cache_crops=5):
-    """The fine-tuned run's surgery: trunk frozen and cached, new head."""
-    return dict(freeze=FLOWERS_FREEZE, replace='fc_nsfw',
+    """The fine-tuned run's surgery: the registry entry's trunk frozen and
+    cached, its head new."""
+    entry = pretrained_model(FLOWERS_MODEL)
+    return dict(freeze=entry.freeze, replace=entry.head,
                 cache_features=True, cache_crops=cache_crops)
 
 
@@ -141,9 +144,10 @@ def run_flowers_demo(out_dir, epochs=20, loaderjob=2, seed=0,
                      scratch_epochs=None, data=FLOWERS_DIR):
     """Fine-tuned open_nsfw vs the same net from scratch on the flowers.
 
-    The fine-tuned run freezes the trunk (:data:`FLOWERS_FREEZE`), caches
-    ``cache_crops`` crops of its features per training photo and trains a
-    new ``fc_nsfw`` head for ``epochs`` epochs (finetune's defaults: lr
+    The fine-tuned run freezes the trunk and replaces the head as
+    :data:`FLOWERS_MODEL`'s registry entry says (``freeze``, ``head``),
+    caches ``cache_crops`` crops of its features per training photo and
+    trains the new head for ``epochs`` epochs (finetune's defaults: lr
     0.001, head x10). Each from-scratch run trains every layer from random
     weights at one of ``scratch_rates`` for at most ``epochs`` epochs and
     at most as many seconds as the fine-tuned run spent on its feature
@@ -165,8 +169,9 @@ def run_flowers_demo(out_dir, epochs=20, loaderjob=2, seed=0,
                                   data, loaderjob=loaderjob, seed=seed,
                                   **options))
 
-    finetuned = run('finetuned (trunk %s frozen, new fc_nsfw)'
-                    % FLOWERS_FREEZE, **finetuned_options(cache_crops))
+    recipe = finetuned_options(cache_crops)
+    finetuned = run('finetuned (trunk %s frozen, new %s)'
+                    % (recipe['freeze'], recipe['replace']), **recipe)
     if scratch_epochs:
         budget, limit = '%d epochs' % scratch_epochs, 0.0
     else:

@@ -1,10 +1,13 @@
 """Download pretrained Caffe weights, resumably, and verify their SHA-1.
 
-    python -m finetune.fetch alexnet [-o pretrained]
+    python -m finetune.fetch alexnet [-o DIR]
     python -m finetune.fetch --list
 
-The library call is :func:`finetune.sources.weights.fetch_model`; the
-models are those of :mod:`finetune.models.registry`.
+The weights go to the per-user cache (``$FINETUNE_CACHE``, else
+``$XDG_CACHE_HOME/finetune``, else ``~/.cache/finetune``; ``weights/``
+inside) unless ``-o`` names a folder. The library call is
+:func:`finetune.pretrained.download.fetch_model`; the models are those of
+:mod:`finetune.pretrained.registry`.
 """
 import argparse
 import sys
@@ -12,10 +15,9 @@ import sys
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
-from finetune.models.registry import DEFAULT_PRETRAINED_DIR
-from finetune.models.registry import REGISTRY
-from finetune.sources.weights import describe_registry
-from finetune.sources.weights import fetch_model
+from finetune.pretrained.download import describe_registry
+from finetune.pretrained.download import fetch_model
+from finetune.pretrained.registry import REGISTRY
 
 
 def build_parser():
@@ -27,8 +29,9 @@ def build_parser():
     parser.add_argument('--list', action='store_true',
                         help='list the registry and stop')
     parser.add_argument('-o', '--out', '--dir', dest='out',
-                        default=DEFAULT_PRETRAINED_DIR,
-                        help='destination folder (default: %(default)s)')
+                        help='destination folder (default: the cache, '
+                        '$FINETUNE_CACHE/weights or ~/.cache/finetune/'
+                        'weights)')
     transfer = parser.add_argument_group('transfer')
     transfer.add_argument('--url', help='download from this URL instead (a '
                           'mirror); the sha1 is still checked')

@@ -1,8 +1,8 @@
 """Networks and model files: Caffe AlexNet/CaffeNet, nets from a prototxt,
-model files with their metadata, the OpenCV runner, the pretrained registry.
+model files with their metadata, the OpenCV runner, and the deploy
+prototxts of the pretrained registry (``zoo/``).
 
-The networks load chainer when first used (PEP 562), so importing
-:mod:`finetune.models.registry` stays light.
+The networks load chainer when first used (PEP 562).
 """
 from finetune.common import lazy_attributes
 

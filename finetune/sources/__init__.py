@@ -1,1 +1,2 @@
-"""Sources: HTTP downloads, pretrained weights, images from URL lists."""
+"""Sources: HTTP downloads and images from URL lists (pretrained weights
+are :mod:`finetune.pretrained`'s)."""

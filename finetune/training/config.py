@@ -77,9 +77,10 @@ class TrainConfig:
         'alexnet', 'registry name (alexnet, flickr_style, open_nsfw), '
         '.caffemodel or converted .npz', path=True,
         group='pretrained network and surgery')
-    pretrained_dir: str = option(
-        'pretrained', 'where registry weights are downloaded by '
-        'python -m finetune.fetch', path=True,
+    pretrained_dir: Optional[str] = option(
+        None, 'where python -m finetune.fetch put registry weights '
+        '(default: the cache, $FINETUNE_CACHE/weights or '
+        '~/.cache/finetune/weights)', path=True,
         group='pretrained network and surgery')
     prototxt: Optional[str] = option(
         None, 'deploy prototxt for a caffemodel that is not in the registry '

@@ -9,7 +9,6 @@ function of plain arguments; where Chainer needs an order (dtype before
 """
 import contextlib
 import dataclasses
-import hashlib
 import os
 import sys
 import time
@@ -19,8 +18,6 @@ import chainer
 import numpy as np
 from chainer.training import extensions
 
-from finetune.caffe.conversion import ConversionOptions
-from finetune.caffe.conversion import ensure_converted
 from finetune.common.errors import FinetuneError
 from finetune.common.fileio import naming_write_errors
 from finetune.data import folder
@@ -33,8 +30,8 @@ from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
 from finetune.inference.predictor import Predictor
-from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
+from finetune.pretrained.load import load_pretrained
 from finetune.training import report
 from finetune.training.config import check_config
 from finetune.training.distributed import rank_device
@@ -120,37 +117,6 @@ class RunInputs:
         for iterator in (self.train_iter, self.val_iter):
             if iterator is not None:
                 iterator.finalize()
-
-
-def converted_cache_dir():
-    """Where ``train`` keeps converted caffemodels: ``$FINETUNE_CACHE`` or
-    ``~/.cache/finetune``, plus ``converted/`` (never beside the source,
-    which may be read-only)."""
-    root = os.environ.get('FINETUNE_CACHE') or os.path.join(
-        os.path.expanduser('~'), '.cache', 'finetune')
-    return os.path.join(root, 'converted')
-
-
-def load_pretrained(pretrained, prototxt=None, pretrained_dir='pretrained'):
-    """(network, meta, preprocess) of a registry name, a caffemodel
-    (converted once into :func:`converted_cache_dir`) or a model file.
-
-    Raises:
-        FinetuneError: the weights are missing (the message says how to
-            get them) or cannot be read.
-    """
-    if pretrained.endswith('.npz'):
-        if not os.path.isfile(pretrained):
-            raise FinetuneError('%s: no such model file' % pretrained)
-        return load_model(pretrained)
-    source = os.path.abspath(pretrained) if os.path.exists(pretrained) \
-        else pretrained
-    key = hashlib.sha1(source.encode('utf-8')).hexdigest()[:12]
-    name = os.path.splitext(os.path.basename(source))[0]
-    out = os.path.join(converted_cache_dir(), '%s-%s.npz' % (name, key))
-    path, _ = ensure_converted(pretrained, ConversionOptions(
-        prototxt=prototxt), out, pretrained_dir=pretrained_dir)
-    return load_model(path)
 
 
 def choose_preprocess(preprocess, mean, prepared_mean):

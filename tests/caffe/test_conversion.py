@@ -1,4 +1,6 @@
-"""finetune.caffe.conversion, also through ``python -m finetune.convert``."""
+"""finetune.pretrained.conversion, also through ``python -m
+finetune.convert``."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -8,10 +10,10 @@ import numpy as np
 
 import finetune
 from finetune.models.model_file import load_model
-from finetune.caffe.conversion import convert_caffemodel
+from finetune.pretrained.conversion import convert_caffemodel
 from finetune.models import AlexNet
 from finetune.data.resources import imagenet_class_names
-from finetune.models.registry import pretrained_model
+from finetune.pretrained.registry import pretrained_model
 
 
 from tests.conftest import run_module as run
@@ -34,12 +36,17 @@ def test_convert_writes_weights_with_metadata(alexnet_npz,
 def test_convert_is_skipped_when_up_to_date(alexnet_npz):
     caffemodel = alexnet_npz.replace('.npz', '.caffemodel')
     before = os.stat(alexnet_npz).st_mtime_ns
-    result = run('finetune.convert', caffemodel)
+    result = run('finetune.convert', caffemodel, '--out',
+                 os.path.dirname(alexnet_npz))
     assert result.returncode == 0 and 'up to date' in result.stdout
     assert os.stat(alexnet_npz).st_mtime_ns == before
 
 
-def test_concurrent_conversions_convert_once(tmp_path, lenet_files):
+def test_concurrent_conversions_convert_once_into_the_cache(tmp_path,
+                                                          lenet_files):
+    """Without --out the model file goes to the per-user cache
+    ($FINETUNE_CACHE/converted), named after the source and its absolute
+    path's SHA-1; nothing is written beside the caffemodel."""
     caffemodel = str(tmp_path / 'lenet.caffemodel')
     shutil.copy(lenet_files['caffemodel'], caffemodel)
     args = [sys.executable, '-m', 'finetune.convert', caffemodel,
@@ -53,8 +60,13 @@ def test_concurrent_conversions_convert_once(tmp_path, lenet_files):
     wrote = [out for out, _ in outputs if out.startswith('wrote')]
     assert len(wrote) == 1, outputs
     # no temporary file and no lock file is left anywhere
-    assert sorted(os.listdir(tmp_path)) == ['lenet.caffemodel', 'lenet.npz']
-    predictor = finetune.load(str(tmp_path / 'lenet.npz'))
+    assert sorted(os.listdir(tmp_path)) == ['finetune-cache',
+                                           'lenet.caffemodel']
+    converted = tmp_path / 'finetune-cache' / 'converted'
+    key = hashlib.sha1(caffemodel.encode()).hexdigest()[:12]
+    assert os.listdir(converted) == ['lenet-%s.npz' % key]
+    assert wrote == ['wrote %s\n' % (converted / os.listdir(converted)[0])]
+    predictor = finetune.load(str(converted / os.listdir(converted)[0]))
     samples = sorted(os.listdir(lenet_files['samples']))
     labels, _ = predictor.predict(
         [os.path.join(lenet_files['samples'], f) for f in samples])
@@ -122,7 +134,7 @@ def test_changed_options_or_source_convert_again(tmp_path, lenet_files):
     shutil.copy(lenet_files['caffemodel'], caffemodel)
     npz = str(tmp_path / 'lenet.npz')
     args = ['finetune.convert', str(caffemodel), '--prototxt',
-            lenet_files['prototxt'], '--scale', '0.00390625']
+            lenet_files['prototxt'], '--scale', '0.00390625', '--out', npz]
     assert run(*args).stdout.startswith('wrote')
     assert run(*args).stdout.startswith('up to date')
     resized = run(*args, '--resize', '32')

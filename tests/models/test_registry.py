@@ -1,4 +1,4 @@
-"""finetune.models.registry: every entry works in every command.
+"""finetune.pretrained.registry: every entry works in every command.
 
 ``flickr_style`` end to end on a random-weight file of its exact layout
 (CaffeNet with a 20-way ``fc8_flickr``, from Caffe's deploy prototxt that
@@ -14,11 +14,11 @@ import chainer
 import numpy as np
 
 import finetune
-from finetune.caffe.random_model import write_random_caffemodel
+from finetune.pretrained.random_model import write_random_caffemodel
 from finetune.models import CaffeGraph
-from finetune.models import registry
+from finetune.pretrained import registry
 from finetune.models.model_file import load_model
-from finetune.sources.weights import fetch_model
+from finetune.pretrained.download import fetch_model
 from tests.conftest import run_module
 from tests.conftest import write_style_folder
 from tests.http_server import Response
@@ -48,8 +48,9 @@ def test_flickr_style_fetch_convert_finetune_predict(tmp_path, server,
                         dataclasses.replace(
                             entry, url=server.url('/' + entry.filename),
                             sha1=hashlib.sha1(body).hexdigest()))
-    pretrained_dir = tmp_path / 'pretrained'
-    path = fetch_model('flickr_style', str(pretrained_dir), progress=False,
+    # fetch, convert and train share the cache ($FINETUNE_CACHE, conftest)
+    pretrained_dir = tmp_path / 'finetune-cache' / 'weights'
+    path = fetch_model('flickr_style', progress=False,
                        log=lambda message: None, retries=0)
     assert path == str(pretrained_dir / entry.filename)
 
@@ -67,8 +68,7 @@ def test_flickr_style_fetch_convert_finetune_predict(tmp_path, server,
     # Caffe's Flickr-Style surgery: a new fc8_flickr for our classes
     data = write_style_folder(tmp_path / 'photos')
     result = finetune.fit(finetune.TrainConfig(
-        data=str(data), pretrained='flickr_style',
-        pretrained_dir=str(pretrained_dir), freeze='conv1-fc7',
+        data=str(data), pretrained='flickr_style', freeze='conv1-fc7',
         replace='fc8_flickr', epochs=1, batchsize=4, val_split=0.25,
         loaderjob=0, cache_features=True, out=str(tmp_path / 'result')))
     assert os.path.isfile(result.model_final)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import finetune
-from finetune.caffe.conversion import ConversionOptions
-from finetune.caffe.conversion import convert_caffemodel
+from finetune.pretrained.conversion import ConversionOptions
+from finetune.pretrained.conversion import convert_caffemodel
 from finetune.common.errors import FinetuneError
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph

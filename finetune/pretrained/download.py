@@ -1,7 +1,9 @@
 """Download pretrained Caffe weights and verify their SHA-1.
 
-The registry (:mod:`finetune.models.registry`) says where each model's
-weights come from. A download goes to ``<dir>/<file>.part``; an
+The registry (:mod:`finetune.pretrained.registry`) says where each model's
+weights come from; ``<dir>`` is the cache's ``weights/`` folder
+(:func:`finetune.pretrained.cache.weights_dir`) unless one is given. A
+download goes to ``<dir>/<file>.part``; an
 interrupted run leaves it there and the next run continues it with an HTTP
 ``Range`` request. Only a file whose SHA-1 matches the registry is renamed
 to ``<dir>/<file>``; a mismatching download is deleted. A file already
@@ -16,9 +18,10 @@ from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
 from finetune.common.cli import refusal
 from finetune.common.errors import DownloadError
-from finetune.models.registry import DEFAULT_PRETRAINED_DIR
-from finetune.models.registry import PretrainedModel
-from finetune.models.registry import pretrained_model
+from finetune.pretrained.cache import weights_dir
+from finetune.pretrained.registry import PretrainedModel
+from finetune.pretrained.registry import REGISTRY
+from finetune.pretrained.registry import pretrained_model
 from finetune.sources.http import ProgressBar
 from finetune.sources.http import TransferError
 from finetune.sources.http import download_file
@@ -30,14 +33,15 @@ MAX_MODEL_BYTES = 1 << 30
 UNREACHABLE_REASONS = ('timeout', 'connection-error', 'truncated')
 
 
-def fetch_model(model, directory=DEFAULT_PRETRAINED_DIR, url=None, *,
+def fetch_model(model, directory=None, url=None, *,
                 timeout=60.0, retries=4, backoff=1.0, progress=True,
                 log=print):
     """Download ``model``'s weights into ``directory``; return their path.
 
     Args:
         model (str or PretrainedModel): a registry name or entry.
-        directory (str): folder for the weights (created if missing).
+        directory (str or None): folder for the weights (created if
+            missing); default the cache's ``weights/``.
         url (str or None): download from this URL instead of the table's
             (a mirror); the SHA-1 is still checked.
         timeout (float): seconds allowed to connect and for each read.
@@ -64,7 +68,7 @@ def fetch_model(model, directory=DEFAULT_PRETRAINED_DIR, url=None, *,
     if model.package is not None:
         return _check_package_file(model, log)
     url = url or model.url
-    target = os.path.join(directory, model.filename)
+    target = os.path.join(directory or weights_dir(), model.filename)
     partial = target + '.part'
     if os.path.exists(target):
         digest = sha1_of_file(target)
@@ -121,7 +125,6 @@ def _check_package_file(model, log):
 
 def describe_registry():
     """One line per registry entry: name, source, licence."""
-    from finetune.models.registry import REGISTRY
     lines = []
     for entry in REGISTRY.values():
         where = entry.package or entry.url

@@ -2,7 +2,7 @@
 
 :func:`ensure_converted` is what ``finetune.convert`` and
 ``finetune.train --pretrained`` call. The source is a registry name
-(:mod:`finetune.models.registry`: its prototxt, class names and
+(:mod:`finetune.pretrained.registry`: its prototxt, class names and
 preprocessing come with it) or a caffemodel path (an AlexNet/CaffeNet is
 recognised by its layers; other nets need a deploy prototxt). The model
 file records the options and the source's size and modification time it
@@ -45,10 +45,10 @@ from finetune.models import CaffeNet
 from finetune.models.model_file import MAX_SIDE
 from finetune.models.model_file import read_model_meta
 from finetune.models.model_file import save_model
-from finetune.models.registry import DEFAULT_PRETRAINED_DIR
-from finetune.models.registry import REGISTRY
-from finetune.models.registry import class_names_of
-from finetune.models.registry import registry_entry_for
+from finetune.pretrained.cache import converted_path
+from finetune.pretrained.registry import REGISTRY
+from finetune.pretrained.registry import class_names_of
+from finetune.pretrained.registry import registry_entry_for
 
 
 #: Most values a ``--mean`` .npy may hold (a 3x256x256 image holds 196,608).
@@ -99,8 +99,10 @@ class ConversionOptions:
                                   '1..%d (H, W)' % (self.resize, MAX_SIDE))
 
 
-def resolve_source(source, pretrained_dir=DEFAULT_PRETRAINED_DIR):
-    """(caffemodel path, registry entry or None) for a name or a path."""
+def resolve_source(source, pretrained_dir=None):
+    """(caffemodel path, registry entry or None) for a name or a path;
+    ``pretrained_dir``: where registry weights were fetched to (default
+    the cache's)."""
     if source in REGISTRY:
         entry = REGISTRY[source]
         return entry.local_path(pretrained_dir), entry
@@ -171,7 +173,7 @@ def caffemodel_to_model(caffemodel, prototxt=None):
 def default_preprocess(model, options, entry=None):
     """Caffe's preprocessing for ``model`` as :class:`CaffePreprocess`.
 
-    A registry entry gives its own mean, resize, crop and scale.
+    A registry entry gives its own (:meth:`PretrainedModel.preprocess`).
     AlexNet/CaffeNet: resize 256x256, ImageNet mean image, crop 227. Any
     other net: resize to its declared input size, no mean, no crop.
     ``options.resize`` (H, W) larger than the input instead resizes to
@@ -186,12 +188,12 @@ def default_preprocess(model, options, entry=None):
     """
     mean, scale = options.mean, options.scale
     if entry is not None:
-        channels, height, width = 3, entry.crop, entry.crop
-        size, crop = tuple(entry.resize), entry.crop
-        if mean is None:
-            mean = imagenet_mean() if entry.mean == 'imagenet' else \
-                np.array(entry.mean, np.float32)
-        scale = entry.scale if scale is None else scale
+        base = entry.preprocess()
+        channels, height, width = base.channels, base.crop_size, \
+            base.crop_size
+        size, crop = base.size, base.crop_size
+        mean = base.mean if mean is None else mean
+        scale = base.scale if scale is None else scale
     elif model.arch in ('alexnet', 'caffenet'):
         channels, height, width = 3, 227, 227
         size, crop = (256, 256), 227
@@ -352,12 +354,14 @@ def _remove_if_unlocked(path):
         os.close(fd)
 
 
-def default_output(caffemodel, out=None):
-    """``out``, or for a folder (or None) the caffemodel's name with .npz
-    in it (beside the caffemodel)."""
+def default_output(source, caffemodel, out=None):
+    """``out``; for a folder the caffemodel's name with .npz in it; for
+    None the cache's file of ``source`` (the name or path given:
+    :func:`finetune.pretrained.cache.converted_path`), never beside the
+    caffemodel, whose folder may be read-only."""
     name = os.path.splitext(os.path.basename(caffemodel))[0] + '.npz'
     if out is None:
-        return os.path.join(os.path.dirname(caffemodel), name)
+        return converted_path(source)
     if os.path.isdir(out):
         return os.path.join(out, name)
     if not out.endswith('.npz'):
@@ -367,17 +371,17 @@ def default_output(caffemodel, out=None):
 
 
 def ensure_converted(source, options=ConversionOptions(), out=None,
-                     force=False, pretrained_dir=DEFAULT_PRETRAINED_DIR,
-                     inputs=()):
+                     force=False, pretrained_dir=None, inputs=()):
     """Convert once, safely across processes; later calls reuse the file.
 
     Args:
         source (str): a registry name or a caffemodel path.
         options (ConversionOptions): see :class:`ConversionOptions`.
         out (str or None): output .npz, or a folder to write it in;
-            default beside the caffemodel.
+            default the cache's (:func:`default_output`).
         force (bool): convert even when ``out`` is up to date.
-        pretrained_dir (str): where registry weights are downloaded.
+        pretrained_dir (str or None): where registry weights were
+            fetched to; default the cache's.
         inputs (sequence of str): other files the options were read from
             (``--mean``'s .npy): like the caffemodel, the prototxt and the
             labels, ``out`` may not be one of them.
@@ -398,7 +402,7 @@ def ensure_converted(source, options=ConversionOptions(), out=None,
         raise CaffeModelError('%s: no such caffemodel; %s' % (caffemodel,
                                                              hint))
     option = '--out' if out is not None else 'the default output'
-    out = default_output(caffemodel, out)
+    out = default_output(source, caffemodel, out)
     read = [caffemodel, options.prototxt, options.labels, *inputs]
     refuse_overwriting_inputs(out, [path for path in read if path], option)
     with source_lock(caffemodel):
