@@ -46,3 +46,15 @@ def test_oversample_equals_caffes_on_a_photo():
     np.testing.assert_array_equal(ours, reference)
     # the centre crop is the single-crop evaluation's
     np.testing.assert_array_equal(ours[4], preprocess(PHOTO))
+
+
+def test_tta_probabilities_are_the_mean_of_the_ten_crops(alexnet_npz):
+    import finetune
+    single = finetune.load(alexnet_npz)
+    tta = finetune.load(alexnet_npz, tta=True)
+    crops = oversample(single.preprocess.image_array(PHOTO), 227)
+    expected = single.probabilities(crops).mean(axis=0)
+    _, probs = tta.predict([PHOTO])
+    np.testing.assert_allclose(probs[0], expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(probs[0], single.predict([PHOTO])[1][0],
+                           atol=1e-4)
