@@ -23,6 +23,7 @@ import sys
 
 from finetune.common.allocator import keep_freed_memory
 from finetune.common.cli import add_device_argument
+from finetune.common.cli import add_tta_argument
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
@@ -38,6 +39,7 @@ def build_parser():
     parser.add_argument('-o', '--out', help='write CSV predictions here')
     parser.add_argument('--top', type=positive_int, default=5,
                         help='classes shown per image (default: %(default)s)')
+    add_tta_argument(parser)
     jobs = parser.add_argument_group('batch jobs')
     jobs.add_argument('--features', metavar='LAYER',
                       help="also write each image's activations at LAYER "
@@ -71,7 +73,8 @@ def main(argv=None):
     keep_freed_memory()
     return label_images(args.model, args.images, args.out, args.batchsize,
                         args.loaderjob, args.top, args.device, args.backend,
-                        args.features, args.resume, args.chunk)
+                        args.features, args.resume, args.chunk,
+                        tta=args.tta)
 
 
 if __name__ == '__main__':

@@ -209,3 +209,14 @@ def add_device_argument(parser, help_text='GPU number, -1 for the CPU '
     parser.add_argument('-d', '--device', '--gpu', dest='device',
                         type=device_id, default=-1, metavar='DEVICE',
                         help=help_text)
+
+
+#: ``--tta``'s help, the same in ``predict`` and ``train``
+TTA_HELP = ("Caffe's 10-crop test-time augmentation: the mean probabilities "
+            "of each image's four corner and centre crops and their mirrors "
+            "(ten forward passes per image)")
+
+
+def add_tta_argument(parser):
+    """``--tta`` (:data:`TTA_HELP`)."""
+    parser.add_argument('--tta', action='store_true', help=TTA_HELP)

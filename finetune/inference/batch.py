@@ -80,7 +80,7 @@ def predict_batches(predictor, paths, batch_size=64, loaderjob=2,
     ``layer`` (None without one) and the n error messages ('' for the
     images that were read). Close it (``contextlib.closing``) to stop the
     loader processes at once."""
-    dataset = ImagePathDataset(paths, predictor.preprocess)
+    dataset = ImagePathDataset(paths, predictor.transform)
     iterator = make_iterator(dataset, batch_size, loaderjob, repeat=False,
                              shuffle=False)
     try:
@@ -157,6 +157,7 @@ def job_identity(model_path, paths, top, predictor, layer):
             'images': '%d files (sha1 of the list %s)' % (len(paths),
                                                           listed[:16]),
             'top': top, 'backend': predictor.engine,
+            'test_time_augmentation': '10 crops' if predictor.tta else 'none',
             'features': layer or 'none'}
 
 
@@ -334,7 +335,7 @@ class _Plan:
 
 def label_images(model_path, images, out=None, batch_size=64, loaderjob=2,
                  top=5, device=-1, backend='auto', features=None,
-                 resume=False, chunk_rows=1024, ranks=None):
+                 resume=False, chunk_rows=1024, ranks=None, tta=False):
     """Label ``images`` (files or folders) with the model file
     ``model_path``: a CSV at ``out``, else the top classes on stdout.
 
@@ -348,6 +349,9 @@ def label_images(model_path, images, out=None, batch_size=64, loaderjob=2,
         chunk_rows (int): images made durable at a time.
         ranks: SingleProcess or MultiNode (default: the MPI job this
             process is part of, if any).
+        tta (bool): Caffe's 10-crop test-time augmentation (the mean
+            probabilities of each image's corner and centre crops and their
+            mirrors; ten forward passes per image).
 
     Returns:
         int: the exit status: 1 when every image was skipped, else 0.
@@ -363,30 +367,33 @@ def label_images(model_path, images, out=None, batch_size=64, loaderjob=2,
         raise FinetuneError('%s needs --out (the CSV to write)' % (
             '--features' if features else '--resume' if resume
             else 'mpiexec'))
+    if features and tta:
+        raise FinetuneError('--features and --tta: activations are written '
+                            'per image, not per crop; drop one of them')
     if not str(model_path).endswith('.npz'):
         raise FinetuneError('%s: give the .npz model file (convert a '
                             'caffemodel with python -m finetune.convert)'
                             % model_path)
     if not out:
         return _print_labels(model_path, images, batch_size, loaderjob, top,
-                             device, backend)
+                             device, backend, tta)
     job = None
     if ranks.is_root:
         job = ranks.root_result(lambda: _start_job(
             model_path, images, out, top, device, backend, features, resume,
-            ranks))
+            ranks, tta))
     else:
         ranks.root_result(None)
     try:
         return _run_job(job, model_path, out, batch_size, loaderjob, top,
-                        device, backend, features, chunk_rows, ranks)
+                        device, backend, features, chunk_rows, ranks, tta)
     finally:
         if job is not None and not job.journal.file.closed:
             job.journal.close()
 
 
 def _start_job(model_path, images, out, top, device, backend, layer,
-               resume, ranks):
+               resume, ranks, tta):
     paths = list_images(images)
     if not paths:
         raise DataError('no images found in %s' % ' '.join(
@@ -403,7 +410,7 @@ def _start_job(model_path, images, out, top, device, backend, layer,
                                 % (printable(out), printable(out)))
         refuse_overwriting_inputs(features_path(out), inputs, '--features')
     predictor = load(model_path, device=rank_device(device, ranks),
-                     backend=backend)
+                     backend=backend, tta=tta)
     shape = None
     if layer:
         predictor.feature_cut(layer)
@@ -416,11 +423,12 @@ def _start_job(model_path, images, out, top, device, backend, layer,
 
 
 def _run_job(job, model_path, out, batch_size, loaderjob, top, device,
-             backend, layer, chunk_rows, ranks):
+             backend, layer, chunk_rows, ranks, tta):
     paths, start = ranks.bcast((job.paths, job.journal.rows) if job
                                else None)
     predictor = job.predictor if job else load(
-        model_path, device=rank_device(device, ranks), backend=backend)
+        model_path, device=rank_device(device, ranks), backend=backend,
+        tta=tta)
     plan = _Plan(batch_plan(start, len(paths), batch_size, chunk_rows,
                             ranks.size), ranks.size)
     if job and job.journal.resumed:
@@ -449,12 +457,12 @@ def _run_job(job, model_path, out, batch_size, loaderjob, top, device,
 
 
 def _print_labels(model_path, images, batch_size, loaderjob, top, device,
-                  backend):
+                  backend, tta):
     paths = list_images(images)
     if not paths:
         raise DataError('no images found in %s' % ' '.join(
             printable(os.fspath(i)) for i in images))
-    predictor = load(model_path, device=device, backend=backend)
+    predictor = load(model_path, device=device, backend=backend, tta=tta)
     failed = print_predictions(
         predict_paths(predictor, paths, batch_size, loaderjob,
                       progress=False), predictor.class_names, top)

@@ -14,6 +14,8 @@ from finetune.caffe.caffemodel import parse_net_text
 from finetune.models.opencv_runner import OpenCVStages
 from finetune.models.opencv_runner import fast_stages
 from finetune.models.opencv_runner import truncated_definition
+from finetune.inference.tta import OversamplePreprocess
+from finetune.inference.tta import mean_over_crops
 
 
 class Predictor:
@@ -24,13 +26,25 @@ class Predictor:
         class_names (list of str): one per output.
         preprocess (CaffePreprocess): image -> input array.
         meta (dict): everything stored with the weights.
+        tta (bool): Caffe's 10-crop test-time augmentation: each image's
+            probabilities are the mean over its four corner and centre
+            crops and their mirrors (:mod:`finetune.inference.tta`).
+        transform: image -> input array(s) (``preprocess``, or its
+            :class:`~finetune.inference.tta.OversamplePreprocess` with
+            ``tta``).
     """
 
     def __init__(self, model, class_names, preprocess, meta=None,
-                 device=-1, backend='auto'):
+                 device=-1, backend='auto', tta=False):
         self.model = model
         self.class_names = list(class_names)
         self.preprocess = preprocess
+        self.tta = bool(tta)
+        if self.tta and preprocess.crop_size is None:
+            raise FinetuneError('tta: this model takes whole images (no '
+                                'crop size), there are no crops to average')
+        self.transform = OversamplePreprocess(preprocess) if self.tta \
+            else preprocess
         self.meta = meta or {}
         if isinstance(device, int):
             device = gpu_device(device)
@@ -47,12 +61,19 @@ class Predictor:
                                     'exactly (LRN k != 1)')
 
     def probabilities(self, batch):
-        """Softmax outputs (N, n_classes) for a preprocessed batch.
+        """Softmax outputs (N, n_classes) for a preprocessed batch: (N, C,
+        H, W), or (N, 10, C, H, W) ten crops per image (:attr:`transform`
+        with ``tta``), whose probabilities are averaged per image.
 
         On the CPU the net runs on OpenCV's dnn when available (same
         arithmetic, several times faster; ``backend='chainer'`` opts out).
         """
         batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 5:  # forward passes of len(batch) crops each
+            crops = batch.reshape((-1,) + batch.shape[2:])
+            return mean_over_crops(np.concatenate([
+                self.probabilities(crops[start:start + len(batch)])
+                for start in range(0, len(crops), len(batch))]))
         if self.fast is not None:
             return softmax(self.fast(batch))
         with chainer.using_config('train', False), \
@@ -94,6 +115,10 @@ class Predictor:
         """
         if layer is None:
             return self.probabilities(batch), None
+        if self.tta:
+            raise FinetuneError('features of layer %r: not with tta (one '
+                                'activation per image, not per crop)'
+                                % layer)
         cut = self.feature_cut(layer)
         batch = np.asarray(batch, dtype=np.float32)
         if self.fast is not None:
@@ -181,7 +206,7 @@ class Predictor:
             images = [images]
         images = [as_image(image) for image in images]
         for start in range(0, len(images), batch_size):
-            batch = [self.preprocess(img)
+            batch = [self.transform(img)
                      for img in images[start:start + batch_size]]
             yield self.outputs(np.stack(batch), layer)
 
@@ -291,7 +316,7 @@ def softmax(logits):
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def load(path, device=-1, backend='auto'):
+def load(path, device=-1, backend='auto', tta=False):
     """Load a model file written by finetune into a :class:`Predictor`.
 
     Args:
@@ -300,7 +325,8 @@ def load(path, device=-1, backend='auto'):
             ``'@cupy:0'`` for the first GPU).
         backend (str): CPU inference engine: 'auto' (OpenCV's dnn when
             installed), 'opencv' or 'chainer'.
+        tta (bool): 10-crop test-time augmentation (see :class:`Predictor`).
     """
     model, meta, preprocess = load_model(path)
     return Predictor(model, meta['class_names'], preprocess, meta, device,
-                     backend)
+                     backend, tta)

@@ -15,6 +15,7 @@ import os
 from typing import Optional
 
 from finetune.common.cli import Range
+from finetune.common.cli import TTA_HELP
 from finetune.common.cli import device_id
 from finetune.common.cli import fraction
 from finetune.common.cli import non_negative_float
@@ -93,6 +94,15 @@ class TrainConfig:
         'AlexNet/CaffeNet, the last InnerProduct on other nets (the last '
         'Convolution without one); Caffe Flickr-Style: fc8',
         group='pretrained network and surgery')
+    unfreeze: Optional[str] = option(
+        None, 'deeper fine-tuning: after --warmup-epochs of head-only '
+        'training, also train the trunk from this layer on (e.g. '
+        "open_nsfw's conv_stage3_block0_proj_shortcut) at --lr x "
+        '--trunk-lr-mult; the layers before it stay frozen (instead of '
+        '--freeze)', group='pretrained network and surgery')
+    trunk_lr_mult: float = option(
+        0.1, 'learning-rate multiplier of the trunk layers --unfreeze '
+        'trains', values=non_negative_float, group='solver')
     head_lr_mult: float = option(
         10.0, 'learning-rate multiplier of the new head (0: not trained)',
         values=non_negative_float, group='solver')
@@ -113,6 +123,13 @@ class TrainConfig:
         0.0, 'stop training after this many seconds (wall clock, at the next '
         'iteration) even before --epochs; 0: no limit',
         values=non_negative_float, group='schedule')
+    warmup_epochs: int = option(
+        0, 'with --unfreeze: epochs of head-only training before the trunk '
+        'trains', values=non_negative_int, group='schedule')
+    lr_schedule: str = option(
+        'step', "'step': x--lr-gamma every --lr-step epochs; 'cosine': half "
+        'a cosine from --lr to 0 over the epochs after --warmup-epochs',
+        group='schedule', choices=['step', 'cosine'])
     lr_step: int = option(0, 'multiply lr by --lr-gamma every N epochs (0: '
                           'never)', values=non_negative_int, group='schedule')
     lr_gamma: float = option(0.1, 'factor of each --lr-step',
@@ -152,6 +169,8 @@ class TrainConfig:
     log_interval: int = option(
         10, 'iterations between log lines, besides each epoch end (0: epoch '
         'ends only)', values=non_negative_int, group='output and snapshots')
+    tta: bool = option(False, TTA_HELP + ', in the final evaluation report',
+                       group='output and snapshots')
     cache_features: bool = option(
         False, 'compute the frozen layers once per image and crop and train '
         'the head on the cached features', group='speed')

@@ -47,6 +47,8 @@ from finetune.training.extensions import SnapshotWriter
 from finetune.training.extensions import StopOnSigterm
 from finetune.training.extensions import latest_snapshot
 from finetune.training.lr_find import lr_range_test
+from finetune.training import recipe
+from finetune.training.schedule import add_lr_schedule
 from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_run_dir
@@ -180,10 +182,14 @@ def surgery_plan(config, pretrained):
         head = parse_head_spec(config.replace, pretrained)
     except FinetuneError as e:
         raise FinetuneError('--replace: %s' % e) from None
+    recipe.check_recipe(config)
     try:
-        frozen = parse_layer_spec(config.freeze, pretrained)
+        frozen = recipe.frozen_before(pretrained, config.unfreeze) \
+            if config.unfreeze else parse_layer_spec(config.freeze,
+                                                     pretrained)
     except FinetuneError as e:
-        raise FinetuneError('--freeze: %s' % e) from None
+        raise FinetuneError(str(e) if config.unfreeze else
+                            '--freeze: %s' % e) from None
     overlap = set(head) & set(frozen)
     if overlap:
         raise FinetuneError('layers both replaced and frozen: %s'
@@ -235,6 +241,9 @@ def make_optimizer(model, config, head, frozen, ranks):
     set_caffe_lr_policy(network, head, config.weight_decay,
                         config.head_lr_mult)
     freeze_layers(network, frozen)
+    recipe.scale_trunk_rates(network, recipe.trunk_layers(
+        network, head, frozen) if config.unfreeze else [],
+        config.trunk_lr_mult)
     return optimizer
 
 
@@ -300,18 +309,20 @@ def make_inputs(config, model, eval_model, train_list, val_list,
                      CachedCropConverter(0, train=False))
 
 
-def add_extensions(trainer, config, inputs, device, ranks, save_best):
-    """Evaluation and LR schedule on every rank; logs, plots, progress bar
-    and snapshots on rank 0 only."""
+def add_extensions(trainer, config, inputs, device, ranks, save_best,
+                   unfreeze=None):
+    """Evaluation, LR schedule and the ``--unfreeze`` warm-up
+    (``unfreeze``, a :class:`~finetune.training.recipe.Unfreeze`) on every
+    rank; logs, plots, progress bar and snapshots on rank 0 only."""
     epoch = (1, 'epoch')
     log_trigger = EpochOrIntervalTrigger(config.log_interval)
     if inputs.val_iter is not None:
         trainer.extend(ranks.evaluator(extensions.Evaluator(
             inputs.val_iter, inputs.eval_model,
             converter=inputs.eval_converter, device=device)), trigger=epoch)
-    if config.lr_step:
-        trainer.extend(extensions.ExponentialShift('lr', config.lr_gamma),
-                       trigger=(config.lr_step, 'epoch'))
+    add_lr_schedule(trainer, config)
+    if unfreeze is not None:
+        trainer.extend(unfreeze, name='unfreeze')
     trainer.extend(extensions.FailOnNonNumber())
     if not ranks.is_root:
         return
@@ -354,10 +365,10 @@ def evaluate_and_report(config, net, val, names, preprocess, device):
         net = net.copy(mode='share')  # same weights and trunk runner
         net.from_features = False
         predictor = Predictor(net, names, preprocess, device=device,
-                              backend='chainer')
+                              backend='chainer', tta=config.tta)
     else:
         predictor = Predictor(net.net, names, preprocess, device=device,
-                              backend=config.trunk_backend)
+                              backend=config.trunk_backend, tta=config.tta)
     rows = predict_paths(predictor, [os.path.join(config.data, p)
                                      for p, _ in val],
                          config.val_batchsize, config.loaderjob,
@@ -564,8 +575,12 @@ def _fit(config, ranks, pretrained):
         updater, EpochsOrTimeLimit(config.epochs, config.time_limit),
         out=config.out)
     best = os.path.join(config.out, MODEL_BEST)
+    unfreeze = recipe.Unfreeze(
+        run.model.predictor, run.frozen, recipe.trunk_layers(
+            network, run.head, run.frozen), config.warmup_epochs) \
+        if config.unfreeze else None
     add_extensions(trainer, config, run.inputs, run.device, ranks,
-                   lambda acc: save(best, val_accuracy=acc))
+                   lambda acc: save(best, val_accuracy=acc), unfreeze)
     start = time.perf_counter()
     try:
         run_trainer(trainer, config.resume, ranks, updater, config.out)

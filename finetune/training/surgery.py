@@ -203,7 +203,10 @@ class FineTuneNet(chainer.Chain):
 
     ``forward(x)`` runs ``layer_names[:frozen]`` under
     ``chainer.no_backprop_mode()`` (no backward, no stored activations) and
-    the rest normally; outputs are logits (N, n_classes). With
+    the rest normally; outputs are logits (N, n_classes). Layers
+    ``[frozen, graph_start)`` also run without a graph (a head warm-up,
+    :class:`~finetune.training.recipe.Unfreeze`; ``graph_start`` is
+    ``frozen`` otherwise). With
     ``from_features`` the input is already the frozen prefix's output
     (cached features) and only the rest runs. Inputs (float32 images or
     features) are cast to the parameters' dtype, so the same data feeds a
@@ -216,6 +219,7 @@ class FineTuneNet(chainer.Chain):
         self.frozen = frozen
         self.from_features = from_features
         self.trunk_backend = trunk_backend
+        self.graph_start = frozen
         self._fast_trunk = None
         with self.init_scope():
             self.net = net
@@ -261,4 +265,10 @@ class FineTuneNet(chainer.Chain):
     def forward(self, x):
         h = self.features(x) if self.frozen and not self.from_features \
             else _cast(x, self.dtype)
-        return self.net.forward(h, start=self.frozen)
+        start = self.frozen
+        if self.graph_start > start:
+            with chainer.no_backprop_mode():
+                h = self.net.forward(h, start=start, stop=self.graph_start)
+            h = chainer.Variable(h.array, requires_grad=False)
+            start = self.graph_start
+        return self.net.forward(h, start=start)

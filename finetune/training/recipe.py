@@ -1,0 +1,115 @@
+"""Deeper fine-tuning after a head warm-up (``--unfreeze LAYER``).
+
+As fastai's ``fine_tune`` and Keras' transfer-learning guide: for the first
+``--warmup-epochs`` only the new head trains (the pretrained trunk is
+frozen); then the trunk from ``LAYER`` on trains as well, at ``--lr`` x
+``--trunk-lr-mult`` (times Caffe's multipliers), while the layers before
+``LAYER`` stay frozen for the whole run (they run without a graph, and
+their features can be cached with ``--cache-features``).
+
+During the warm-up the trunk layers run under ``no_backprop_mode`` too
+(:attr:`~finetune.training.surgery.FineTuneNet.graph_start`) and their
+updates are disabled (Chainer's ``disable_update``); :class:`Unfreeze`
+enables them when the epoch count reaches the warm-up, from the state a
+snapshot restores, so a run resumed after the unfreeze resumes unfrozen.
+A pretrained BatchNorm keeps its stored statistics throughout (deploy
+prototxts say ``use_global_stats: true``); its Scale layer trains.
+"""
+from chainer.training import extension
+
+from finetune.common.errors import FinetuneError
+from finetune.training.surgery import frozen_cut
+from finetune.training.surgery import parse_layer_spec
+
+
+def frozen_before(network, layer):
+    """The weighted layers before ``layer`` in network order (frozen for
+    the whole run with ``--unfreeze layer``).
+
+    Raises:
+        FinetuneError: ``--unfreeze``: an unknown layer, or the first one
+            (nothing would stay frozen: use ``--freeze none``).
+    """
+    try:
+        upto = parse_layer_spec('up-to:%s' % layer, network)
+    except FinetuneError as e:
+        raise FinetuneError('--unfreeze: %s' % e) from None
+    frozen = [name for name in upto if name != layer]
+    return frozen
+
+
+def check_recipe(config):
+    """Refuse recipe options that do not go together (one line each)."""
+    if config.warmup_epochs and not config.unfreeze:
+        raise FinetuneError('--warmup-epochs %d: needs --unfreeze LAYER '
+                            '(the trunk layers trained after the warm-up)'
+                            % config.warmup_epochs)
+    if config.unfreeze and (config.freeze or 'none').strip() != 'none':
+        raise FinetuneError('--unfreeze %s: the layers before it stay '
+                            'frozen; drop --freeze %s'
+                            % (config.unfreeze, config.freeze))
+
+
+def trunk_layers(network, head, frozen):
+    """The pretrained layers that train after the warm-up: neither the new
+    head nor frozen, in network order."""
+    return [name for name in network.layer_names
+            if name not in head and name not in frozen]
+
+
+def scale_trunk_rates(network, trunk, mult):
+    """Multiply the rate multipliers of ``trunk``'s parameters by
+    ``mult`` (after :func:`~finetune.training.solver.set_caffe_lr_policy`,
+    which leaves the trunk's weights at x1 and biases at x2)."""
+    for name in trunk:
+        for param in network[name].params():
+            param.update_rule.lr_mult *= mult
+
+
+class Unfreeze(extension.Extension):
+    """Trains ``trunk`` from epoch ``warmup_epochs`` on.
+
+    Before it, the trunk's updates are disabled and ``net`` runs it without
+    a graph (``net.graph_start`` past it); once ``updater.epoch`` reaches
+    ``warmup_epochs`` (checked after every iteration and when training
+    starts, so also right after a snapshot is loaded) the updates are
+    enabled and the graph starts at the frozen prefix again.
+
+    Args:
+        net (FineTuneNet): the training network.
+        frozen (list of str): the layers frozen for the whole run.
+        trunk (list of str): layers of ``net.net`` trained after the warm-up.
+        warmup_epochs (int): epochs of head-only training.
+    """
+
+    trigger = (1, 'iteration')
+    priority = extension.PRIORITY_WRITER
+
+    def __init__(self, net, frozen, trunk, warmup_epochs):
+        self.net = net
+        self.trunk = list(trunk)
+        self.warmup_epochs = warmup_epochs
+        self.warm_cut = max(frozen_cut(net.net, list(frozen) + self.trunk),
+                            net.frozen)
+        self.unfrozen = None
+        self.set_phase(unfrozen=warmup_epochs == 0)
+
+    def set_phase(self, unfrozen):
+        """Warm-up (``unfrozen`` False) or trunk training."""
+        for name in self.trunk:
+            layer = self.net.net[name]
+            if unfrozen:
+                layer.enable_update()
+            else:
+                layer.disable_update()
+        self.net.graph_start = self.net.frozen if unfrozen else \
+            self.warm_cut
+        self.unfrozen = unfrozen
+
+    def initialize(self, trainer):
+        self(trainer)
+
+    def __call__(self, trainer):
+        if not self.unfrozen and \
+                trainer.updater.epoch >= self.warmup_epochs:
+            self.set_phase(unfrozen=True)
