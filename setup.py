@@ -20,7 +20,7 @@ setup(
     # ``models`` module.
     packages=['finetune', 'finetune.caffe', 'finetune.common',
               'finetune.data', 'finetune.data.resources',
-              'finetune.inference', 'finetune.models', 'finetune.pretrained',
+              'finetune.inference', 'finetune.models', 'finetune.weights',
               'finetune.sources',
               'finetune.training'],
     package_dir={'finetune.models': 'models'},

@@ -260,8 +260,8 @@ def accuracy(args, work):
     """Part 3: cached vs uncached validation accuracy, real LeNet."""
     import numpy as np
     import finetune.data.feature_cache as feature_cache
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     from finetune.demo import LENET_DIR, write_digit_folders
     from finetune.training.config import TrainConfig
     from finetune.training.fit import fit
@@ -322,7 +322,7 @@ def main(argv=None):
     keep_freed_memory()  # as the finetune.train command does
     C.emit(['# bench_feature_cache.py ' + ' '.join(sys.argv[1:])]
            + C.environment_report(args.threads, {}))
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     work = tempfile.mkdtemp(prefix='bench_cache_')
     start = time.time()
     try:

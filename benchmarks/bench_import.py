@@ -99,7 +99,7 @@ def timed_child(cmd):
 
 def write_alexnet(path):
     """A full-size random-weight V1 AlexNet; returns its parameter count."""
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     weights = write_random_alexnet(path, seed=0)
     return sum(a.size for arrays in weights.values() for a in arrays)
 

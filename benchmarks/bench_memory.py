@@ -19,7 +19,7 @@ a. ``python -m finetune.train --pretrained open_nsfw --freeze up-to:pool
 b. the same through ``finetune.fit`` (no CLI heap setting), same goal;
 c. the demo's fine-tuned command (README "The demo": 5 classes, 5 cached
    crops, batch 16);
-d. a random-weight AlexNet (``finetune.pretrained.random_model``, converted to a
+d. a random-weight AlexNet (``finetune.weights.random_model``, converted to a
    model file) uncached, ``--freeze conv1-conv5``, at batch 32 and 64 on
    300 and 1,200 images (the 1,200 from ``/work/shared/datasets/flowers``
    when present, else the 300 linked four times): goal < 2.5 GB at batch
@@ -233,7 +233,7 @@ def flower_folder(root, n_per_class):
 def random_alexnet_npz(folder):
     """A random-weight BVLC AlexNet converted to a model file (the real
     weights cannot be downloaded here). Returns (npz path, caffemodel)."""
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     caffemodel = os.path.join(folder, 'bvlc_alexnet.caffemodel')
     write_random_alexnet(caffemodel, seed=0)
     subprocess.run([sys.executable, '-m', 'finetune.convert', caffemodel,
@@ -304,7 +304,7 @@ def alexnet_scenarios(work, quick):
 
 def convert_scenario(work):
     """Scenario e: the full-size conversion (its goal is 1.2x the file)."""
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     caffemodel = os.path.join(work, 'convert', 'bvlc_alexnet.caffemodel')
     write_random_alexnet(caffemodel, seed=1)
     size = os.path.getsize(caffemodel)

@@ -681,7 +681,7 @@ def profile(args):
     import io
     import pstats
     import _variants
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     with tempfile.TemporaryDirectory() as tmp:
         weights = write_random_alexnet(os.path.join(tmp, 'a.caffemodel'))
     x, _ = inputs(args.variant_batch)
@@ -740,7 +740,7 @@ def main(argv=None):
     if 'peak' not in args.skip:
         peak = section_peak(args, figures)
         lap('peak')
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     with tempfile.TemporaryDirectory() as tmp:
         caffemodel = os.path.join(tmp, 'alexnet_random.caffemodel')
         weights = write_random_alexnet(caffemodel, seed=0)

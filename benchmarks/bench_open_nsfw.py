@@ -224,8 +224,8 @@ def child_main(args):
     info = {}
     t0 = time.perf_counter()
     if kind.startswith('ft'):
-        from finetune.pretrained import conversion
-        from finetune.pretrained.registry import pretrained_model
+        from finetune.weights import conversion
+        from finetune.weights.registry import pretrained_model
         entry = pretrained_model('open_nsfw')
     else:
         if args.pb2 != 'bundled':
@@ -821,7 +821,7 @@ def main(argv=None):
     start = time.time()
     torch, cv2 = C.framework_threads(args.threads)
     import chainer
-    from finetune.pretrained.registry import pretrained_model
+    from finetune.weights.registry import pretrained_model
     entry = pretrained_model('open_nsfw')
     caffemodel = entry.local_path()   # FinetuneError without nsfw
     with open(caffemodel, 'rb') as f:
@@ -844,7 +844,7 @@ def main(argv=None):
             third_opinion(caffemodel, folder, npz, pb2, cf_env, figures)
         if 'forward' not in args.skip:
             if npz is None:
-                from finetune.pretrained.conversion import ensure_converted
+                from finetune.weights.conversion import ensure_converted
                 npz, _ = ensure_converted('open_nsfw', out=folder,
                                           force=True)
             peak = C.matmul_peak((2048,), repeat=3)['peak']

@@ -65,7 +65,7 @@ def make_images(folder, n):
 
 
 def make_model(directory):
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     caffemodel = os.path.join(directory, 'bvlc_alexnet.caffemodel')
     write_random_alexnet(caffemodel, seed=0, v1=False,
                          first_layer_scale=None)

@@ -18,10 +18,10 @@ import os
 import sys
 
 import finetune
-from finetune.pretrained.random_model import write_random_alexnet
+from finetune.weights.random_model import write_random_alexnet
 from finetune.common.cli import add_device_argument
 from finetune.common.cli import command
-from finetune.pretrained.registry import pretrained_model
+from finetune.weights.registry import pretrained_model
 
 
 @command

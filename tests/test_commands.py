@@ -104,7 +104,7 @@ def test_predict_refuses_non_positive_sizes(tmp_path, flag, value):
 
 def test_import_finetune_and_the_light_commands_do_not_load_chainer():
     code = ('import sys, finetune, finetune.fetch, finetune.gather, '
-            'finetune.pretrained.registry\n'
+            'finetune.weights.registry\n'
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("chainer", "cupy", "cv2")))')
     result = subprocess.run([sys.executable, '-c', code],

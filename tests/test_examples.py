@@ -9,7 +9,7 @@ import numpy as np
 
 import finetune
 from finetune.caffe.caffemodel import read_prototxt_param
-from finetune.pretrained.random_model import ALEXNET_DEPLOY
+from finetune.weights.random_model import ALEXNET_DEPLOY
 from finetune.caffe.writer import caffemodel_bytes
 from tests.conftest import write_style_folder
 

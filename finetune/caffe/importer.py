@@ -224,7 +224,7 @@ def bind_caffemodel(model, caffemodel, source=None):
     Each parameter and persistent becomes a C-contiguous float32 array,
     a read-only view of the memory-mapped caffemodel wherever no
     conversion is needed: for a model about to be written out (see
-    :func:`finetune.pretrained.conversion.convert_caffemodel`), which then
+    :func:`finetune.weights.conversion.convert_caffemodel`), which then
     costs no memory for weights beyond what is being written. Build it
     with :class:`Unset` weights. A NumPy (CPU) model only; checks and
     errors as :func:`import_caffemodel`.

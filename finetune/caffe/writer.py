@@ -1,7 +1,7 @@
 """Write caffemodels in Caffe's real binary format.
 
 Used to make random-weight test and benchmark files
-(:mod:`finetune.pretrained.random_model`) and to hand a model's current weights
+(:mod:`finetune.weights.random_model`) and to hand a model's current weights
 to OpenCV's Caffe importer (:mod:`finetune.models.opencv_runner`). V2 files use ``layer`` and ``BlobShape``; V1
 files use ``layers``, the V1 type enum and 4-D ``num/channels/height/width``
 blobs, as the original bvlc_alexnet.caffemodel does.

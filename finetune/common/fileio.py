@@ -163,7 +163,7 @@ def write_npz(path, arrays):
 
     The temporary file is locked (``flock``) while it is written, so a
     cleaner can tell it from one a killed process left (see
-    :func:`finetune.pretrained.conversion.remove_stale_temporaries`). Members
+    :func:`finetune.weights.conversion.remove_stale_temporaries`). Members
     are written one at a time; an array that is a view of a
     read-only memory map (a caffemodel as
     :func:`finetune.caffe.read_caffemodel` maps it, ``numpy.memmap`` in

@@ -1,2 +1,2 @@
 """Sources: HTTP downloads and images from URL lists (pretrained weights
-are :mod:`finetune.pretrained`'s)."""
+are :mod:`finetune.weights`'s)."""

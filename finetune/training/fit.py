@@ -31,7 +31,7 @@ from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
 from finetune.inference.predictor import Predictor
 from finetune.models.model_file import save_model
-from finetune.pretrained.load import load_pretrained
+from finetune.weights.load import load_pretrained
 from finetune.training import report
 from finetune.training.config import check_config
 from finetune.training.distributed import rank_device

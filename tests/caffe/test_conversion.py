@@ -1,4 +1,4 @@
-"""finetune.pretrained.conversion, also through ``python -m
+"""finetune.weights.conversion, also through ``python -m
 finetune.convert``."""
 import hashlib
 import os
@@ -10,10 +10,10 @@ import numpy as np
 
 import finetune
 from finetune.models.model_file import load_model
-from finetune.pretrained.conversion import convert_caffemodel
+from finetune.weights.conversion import convert_caffemodel
 from finetune.models import AlexNet
 from finetune.data.resources import imagenet_class_names
-from finetune.pretrained.registry import pretrained_model
+from finetune.weights.registry import pretrained_model
 
 
 from tests.conftest import run_module as run

@@ -13,16 +13,16 @@ import pytest
 from finetune import convert
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.caffemodel import read_prototxt_param
-from finetune.pretrained.conversion import ConversionOptions
-from finetune.pretrained.conversion import caffemodel_to_model
-from finetune.pretrained.conversion import convert_caffemodel
+from finetune.weights.conversion import ConversionOptions
+from finetune.weights.conversion import caffemodel_to_model
+from finetune.weights.conversion import convert_caffemodel
 from finetune.caffe.importer import import_caffemodel
 from finetune.caffe.writer import write_caffemodel
 from finetune.common.errors import CaffeModelError
 from finetune.common.fileio import write_npz
 from finetune.models import CaffeGraph
 from finetune.models.model_file import save_model
-from finetune.pretrained.conversion import default_preprocess
+from finetune.weights.conversion import default_preprocess
 
 
 def lenet_weights(lenet_files):

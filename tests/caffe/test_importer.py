@@ -13,7 +13,7 @@ from finetune.caffe.caffemodel import upgrade_v1_net
 from finetune.caffe.importer import import_caffemodel
 from finetune.caffe.writer import caffemodel_bytes
 from finetune.caffe.writer import write_caffemodel
-from finetune.pretrained.random_model import write_random_caffemodel
+from finetune.weights.random_model import write_random_caffemodel
 from finetune.common.errors import CaffeModelError
 from finetune.models import CaffeGraph
 

@@ -162,8 +162,8 @@ HOSTILE_NAMES = ['=cmd.png', '+sum.png', '-neg.png', '@at.png',
 
 @pytest.fixture(scope='module')
 def lenet_npz(lenet_files, tmp_path_factory):
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     return convert_caffemodel(
         lenet_files['caffemodel'],
         str(tmp_path_factory.mktemp('lenet') / 'lenet.npz'),
@@ -329,8 +329,8 @@ def test_a_partial_run_of_another_model_or_list_is_refused(
         lenet_npz, lenet_files, photos, full_journal, tmp_path):
     """Named in one line: what differs; the journal stays as it was and no
     CSV is written."""
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     data, _ = full_journal
     out = tmp_path / 'preds.csv'
     journal = journal_path(str(out))

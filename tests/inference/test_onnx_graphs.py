@@ -23,8 +23,8 @@ from onnx.reference import ReferenceEvaluator  # NOQA: E402
 from onnx.reference.op_run import OpRun  # NOQA: E402
 
 import finetune  # NOQA: E402
-from finetune.pretrained.conversion import ConversionOptions  # NOQA: E402
-from finetune.pretrained.conversion import convert_caffemodel  # NOQA: E402
+from finetune.weights.conversion import ConversionOptions  # NOQA: E402
+from finetune.weights.conversion import convert_caffemodel  # NOQA: E402
 from finetune.inference.onnx import export_onnx  # NOQA: E402
 from finetune.inference.onnx import read_metadata  # NOQA: E402
 from finetune.models.model_file import load_model  # NOQA: E402

@@ -10,8 +10,8 @@ from tests.conftest import data_path
 
 def test_predict_takes_one_path_image_or_array_and_refuses_empty(
         lenet_files, tmp_path):
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     npz = convert_caffemodel(lenet_files['caffemodel'],
                              str(tmp_path / 'lenet.npz'), ConversionOptions(
                                  prototxt=lenet_files['prototxt'],
@@ -85,8 +85,8 @@ def test_lenet_features_are_the_layers_arithmetic(lenet_files, tmp_path,
                                                    backend):
     """ip1 = relu(pool2 . W1 + b1) and softmax(ip1 . W2 + b2) = predict(),
     computed here with NumPy from the stored weights."""
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     npz = convert_caffemodel(lenet_files['caffemodel'],
                              str(tmp_path / 'lenet.npz'), ConversionOptions(
                                  prototxt=lenet_files['prototxt'],
@@ -111,8 +111,8 @@ def test_lenet_features_are_the_layers_arithmetic(lenet_files, tmp_path,
 def test_graph_net_features_agree_on_both_backends(small_nets, tmp_path):
     """A ResNet-shaped DAG: every feature layer (blobs crossing a cut)
     from OpenCV equals Chainer's to 1e-5 of the largest value."""
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     net = small_nets['resnet_small']
     npz = convert_caffemodel(net['caffemodel'], str(tmp_path / 'r.npz'),
                              ConversionOptions(prototxt=net['prototxt']))

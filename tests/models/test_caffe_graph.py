@@ -8,7 +8,7 @@ from chainer import gradient_check
 
 from tests.conftest import data_path
 from finetune.caffe.importer import import_caffemodel
-from finetune.pretrained.random_model import write_random_caffemodel
+from finetune.weights.random_model import write_random_caffemodel
 from finetune.common.errors import CaffeModelError
 from finetune.data.transforms import CaffePreprocess
 from finetune.models import CaffeGraph

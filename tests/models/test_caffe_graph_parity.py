@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import data_path
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.importer import import_caffemodel
-from finetune.pretrained.random_model import write_random_caffemodel
+from finetune.weights.random_model import write_random_caffemodel
 from finetune.data.transforms import CaffePreprocess
 from finetune.models import CaffeGraph
 

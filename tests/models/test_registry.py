@@ -1,4 +1,4 @@
-"""finetune.pretrained.registry: every entry works in every command.
+"""finetune.weights.registry: every entry works in every command.
 
 ``flickr_style`` end to end on a random-weight file of its exact layout
 (CaffeNet with a 20-way ``fc8_flickr``, from Caffe's deploy prototxt that
@@ -14,11 +14,11 @@ import chainer
 import numpy as np
 
 import finetune
-from finetune.pretrained.random_model import write_random_caffemodel
+from finetune.weights.random_model import write_random_caffemodel
 from finetune.models import CaffeGraph
-from finetune.pretrained import registry
+from finetune.weights import registry
 from finetune.models.model_file import load_model
-from finetune.pretrained.download import fetch_model
+from finetune.weights.download import fetch_model
 from tests.conftest import run_module
 from tests.conftest import write_style_folder
 from tests.http_server import Response

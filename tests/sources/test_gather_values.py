@@ -6,7 +6,7 @@ import pytest
 
 from finetune.common.errors import DataError, DownloadError
 from finetune.sources.url_images import Entry, gather, safe_label
-from finetune.pretrained.download import fetch_model
+from finetune.weights.download import fetch_model
 from tests.http_server import Response
 from tests.sources.test_url_images import CAT
 

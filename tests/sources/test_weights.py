@@ -1,4 +1,4 @@
-"""finetune.pretrained.download (and ``finetune.fetch``) and
+"""finetune.weights.download (and ``finetune.fetch``) and
 finetune.sources.http against a local HTTP server on 127.0.0.1."""
 import dataclasses
 import hashlib
@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from finetune import fetch
-from finetune.pretrained import registry
-from finetune.pretrained import download
+from finetune.weights import registry
+from finetune.weights import download
 from finetune.sources.http import TransferError, download_file, fetch_bytes
 from finetune.common.errors import DownloadError
 from finetune.common.errors import FinetuneError

@@ -335,8 +335,8 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
                                                           tmp_path):
     """LeNet converted with --resize 32 trains on 28x28 crops: each cached
     entry is the frozen conv1-conv2 output of that image's crop."""
-    from finetune.pretrained.conversion import ConversionOptions
-    from finetune.pretrained.conversion import convert_caffemodel
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import convert_caffemodel
     from finetune.demo import LENET_DIR
     from finetune.data.feature_cache import crop_windows
     from finetune.data.folder import read_label_file

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 import finetune
-from finetune.pretrained.conversion import ConversionOptions
-from finetune.pretrained.conversion import convert_caffemodel
+from finetune.weights.conversion import ConversionOptions
+from finetune.weights.conversion import convert_caffemodel
 from finetune.data.feature_cache import crop_windows
 from finetune.data.folder import read_label_file
 from finetune.models.model_file import load_model

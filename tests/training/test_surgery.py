@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import finetune
-from finetune.pretrained.conversion import ConversionOptions
-from finetune.pretrained.conversion import convert_caffemodel
+from finetune.weights.conversion import ConversionOptions
+from finetune.weights.conversion import convert_caffemodel
 from finetune.common.errors import FinetuneError
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph

@@ -2,7 +2,7 @@
 
 :func:`ensure_converted` is what ``finetune.convert`` and
 ``finetune.train --pretrained`` call. The source is a registry name
-(:mod:`finetune.pretrained.registry`: its prototxt, class names and
+(:mod:`finetune.weights.registry`: its prototxt, class names and
 preprocessing come with it) or a caffemodel path (an AlexNet/CaffeNet is
 recognised by its layers; other nets need a deploy prototxt). The model
 file records the options and the source's size and modification time it
@@ -45,10 +45,10 @@ from finetune.models import CaffeNet
 from finetune.models.model_file import MAX_SIDE
 from finetune.models.model_file import read_model_meta
 from finetune.models.model_file import save_model
-from finetune.pretrained.cache import converted_path
-from finetune.pretrained.registry import REGISTRY
-from finetune.pretrained.registry import class_names_of
-from finetune.pretrained.registry import registry_entry_for
+from finetune.weights.cache import converted_path
+from finetune.weights.registry import REGISTRY
+from finetune.weights.registry import class_names_of
+from finetune.weights.registry import registry_entry_for
 
 
 #: Most values a ``--mean`` .npy may hold (a 3x256x256 image holds 196,608).
@@ -357,7 +357,7 @@ def _remove_if_unlocked(path):
 def default_output(source, caffemodel, out=None):
     """``out``; for a folder the caffemodel's name with .npz in it; for
     None the cache's file of ``source`` (the name or path given:
-    :func:`finetune.pretrained.cache.converted_path`), never beside the
+    :func:`finetune.weights.cache.converted_path`), never beside the
     caffemodel, whose folder may be read-only."""
     name = os.path.splitext(os.path.basename(caffemodel))[0] + '.npz'
     if out is None:

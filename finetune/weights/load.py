@@ -4,7 +4,7 @@
 ``timm.create_model(NAME, pretrained=True)`` and torchvision's
 ``weights.transforms()``); :func:`load_pretrained` is what
 ``finetune.train --pretrained`` uses. A caffemodel is converted once into
-the cache (:func:`finetune.pretrained.cache.converted_path`) and later
+the cache (:func:`finetune.weights.cache.converted_path`) and later
 calls reuse that file.
 """
 import dataclasses
@@ -13,11 +13,11 @@ from typing import Optional
 
 from finetune.common.errors import FinetuneError
 from finetune.models.model_file import load_model
-from finetune.pretrained.cache import converted_path
-from finetune.pretrained.conversion import ConversionOptions
-from finetune.pretrained.conversion import ensure_converted
-from finetune.pretrained.registry import PretrainedModel
-from finetune.pretrained.registry import REGISTRY
+from finetune.weights.cache import converted_path
+from finetune.weights.conversion import ConversionOptions
+from finetune.weights.conversion import ensure_converted
+from finetune.weights.registry import PretrainedModel
+from finetune.weights.registry import REGISTRY
 
 
 @dataclasses.dataclass
@@ -62,7 +62,7 @@ def pretrained(name_or_path, prototxt=None, pretrained_dir=None):
         prototxt (str or None): deploy definition of a caffemodel that is
             neither in the registry nor BVLC's AlexNet/CaffeNet.
         pretrained_dir (str or None): where registry weights were fetched
-            to; default the cache's (:func:`~finetune.pretrained.cache.
+            to; default the cache's (:func:`~finetune.weights.cache.
             weights_dir`). Nothing is downloaded here: a missing file
             raises, saying how to fetch it.
 

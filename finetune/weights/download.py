@@ -1,8 +1,8 @@
 """Download pretrained Caffe weights and verify their SHA-1.
 
-The registry (:mod:`finetune.pretrained.registry`) says where each model's
+The registry (:mod:`finetune.weights.registry`) says where each model's
 weights come from; ``<dir>`` is the cache's ``weights/`` folder
-(:func:`finetune.pretrained.cache.weights_dir`) unless one is given. A
+(:func:`finetune.weights.cache.weights_dir`) unless one is given. A
 download goes to ``<dir>/<file>.part``; an
 interrupted run leaves it there and the next run continues it with an HTTP
 ``Range`` request. Only a file whose SHA-1 matches the registry is renamed
@@ -18,10 +18,10 @@ from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
 from finetune.common.cli import refusal
 from finetune.common.errors import DownloadError
-from finetune.pretrained.cache import weights_dir
-from finetune.pretrained.registry import PretrainedModel
-from finetune.pretrained.registry import REGISTRY
-from finetune.pretrained.registry import pretrained_model
+from finetune.weights.cache import weights_dir
+from finetune.weights.registry import PretrainedModel
+from finetune.weights.registry import REGISTRY
+from finetune.weights.registry import pretrained_model
 from finetune.sources.http import ProgressBar
 from finetune.sources.http import TransferError
 from finetune.sources.http import download_file

@@ -28,7 +28,7 @@ def test_caffe_format_modules_do_not_import_models(module):
 
 
 def test_registry_imports_neither_chainer_nor_numpy():
-    code = ('import sys, finetune.pretrained.registry\n'
+    code = ('import sys, finetune.weights.registry\n'
             'print([m for m in sys.modules if m.split(".")[0] in '
             '("chainer", "numpy")])')
     result = subprocess.run([sys.executable, '-c', code],
@@ -40,7 +40,7 @@ def test_registry_imports_neither_chainer_nor_numpy():
 def test_open_nsfw_by_name_matches_opencv(open_nsfw):
     """The net's logits on real photos equal OpenCV dnn's on the real
     caffemodel; class names and preprocessing are the registry's."""
-    import finetune.pretrained.registry  # NOQA: the package stays callable
+    import finetune.weights.registry  # NOQA: a loaded stage keeps the name
     nsfw = finetune.pretrained('open_nsfw')
     assert nsfw.class_names == ['sfw', 'nsfw']
     assert nsfw.entry.name == 'open_nsfw'

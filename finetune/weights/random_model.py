@@ -9,7 +9,7 @@ import numpy as np
 from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.caffe.writer import random_weights
 from finetune.caffe.writer import write_caffemodel
-from finetune.pretrained.registry import ZOO
+from finetune.weights.registry import ZOO
 
 #: BVLC AlexNet's deploy definition, shipped with the registry.
 ALEXNET_DEPLOY = os.path.join(ZOO, 'bvlc_alexnet_deploy.prototxt')

@@ -20,7 +20,7 @@ import os
 from typing import Optional, Tuple, Union
 
 from finetune.common.errors import FinetuneError
-from finetune.pretrained.cache import weights_dir
+from finetune.weights.cache import weights_dir
 
 #: The deploy prototxts and class-name files shipped in finetune.models
 #: (found without importing that package, which imports chainer).
@@ -78,7 +78,7 @@ class PretrainedModel:
         """Where the caffemodel is on this machine: inside its package, or
         ``directory/filename`` for downloaded weights (which may not exist
         yet); ``directory`` defaults to the cache's
-        (:func:`finetune.pretrained.cache.weights_dir`).
+        (:func:`finetune.weights.cache.weights_dir`).
 
         Raises:
             FinetuneError: the package that ships the weights is not
