@@ -117,9 +117,9 @@ def test_a_caffemodel_named_npz_is_not_replaced_by_its_conversion(
     shutil.copy(lenet_files['caffemodel'], caffemodel)
     before = sha1(caffemodel)
     status, err = run_convert(capsys, caffemodel, '--prototxt',
-                              lenet_files['prototxt'])
+                              lenet_files['prototxt'], '--out', str(tmp_path))
     assert status == 2
-    assert err == ('error: the default output %s: that is an input of this '
+    assert err == ('error: --out %s: that is an input of this '
                    'command; choose another output file\n' % caffemodel)
     assert sha1(caffemodel) == before
     assert os.listdir(tmp_path) == ['lenet.npz']

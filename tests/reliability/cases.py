@@ -210,13 +210,15 @@ def model_file_cases(corpus):
             last=r'^error: --out %s: %s' % (exact(lenet), an_input)),
         Case('5 convert again with a new --scale', module(
             'convert', 'lenet/lenet.caffemodel', '--prototxt',
-            'lenet/lenet.prototxt', '--scale', '0.5'), status=0,
+            'lenet/lenet.prototxt', '--scale', '0.5', '--out',
+            'lenet/lenet.npz'), status=0,
             setup=converted_lenet(corpus), outputs=('lenet/lenet.npz',),
             stream='stdout', last=r'^wrote lenet/lenet\.npz$',
             check=stored_scale('lenet/lenet.npz', 0.5)),
         Case('5 convert again with the same options', module(
             'convert', 'lenet/lenet.caffemodel', '--prototxt',
-            'lenet/lenet.prototxt'), status=0, setup=converted_lenet(corpus),
+            'lenet/lenet.prototxt', '--out', 'lenet/lenet.npz'), status=0,
+            setup=converted_lenet(corpus),
             stream='stdout', last=r'^up to date: lenet/lenet\.npz$'),
         Case('5 train --pretrained X.caffemodel with another --prototxt',
              module('train', '--data', path('digits'), '--pretrained',
@@ -499,7 +501,7 @@ def converted_lenet(corpus):
         lenet_files(os.path.join(folder, 'lenet'))
         run_quietly(corpus, folder, module(
             'convert', 'lenet/lenet.caffemodel', '--prototxt',
-            'lenet/lenet.prototxt'))
+            'lenet/lenet.prototxt', '--out', 'lenet/lenet.npz'))
     return setup
 
 
