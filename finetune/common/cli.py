@@ -1,5 +1,6 @@
 """What every command-line tool shares: one-line errors (exit status 2),
-argument types and the ``-d/--device`` option."""
+argument types and the options that mean the same thing in every command
+(``-d/--device``, ``--class-names``)."""
 import argparse
 import functools
 import math
@@ -209,3 +210,12 @@ def add_device_argument(parser, help_text='GPU number, -1 for the CPU '
     parser.add_argument('-d', '--device', '--gpu', dest='device',
                         type=device_id, default=-1, metavar='DEVICE',
                         help=help_text)
+
+
+def add_class_names_argument(parser, help_text='file of class names, one '
+                             'per line (line i names class i)'):
+    """``--class-names FILE``: the class-name file of ``convert`` and
+    ``gather``; their older spellings ``--labels`` and ``--label-names``
+    stay as aliases."""
+    parser.add_argument('--class-names', '--labels', '--label-names',
+                        dest='class_names', metavar='FILE', help=help_text)
