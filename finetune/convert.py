@@ -15,6 +15,7 @@ layers; any other net needs ``--prototxt``. The library call is
 import argparse
 import sys
 
+from finetune.common.cli import add_class_names_argument
 from finetune.weights.conversion import ConversionOptions
 from finetune.weights.conversion import ensure_converted
 from finetune.weights.conversion import parse_mean
@@ -36,7 +37,7 @@ def build_parser():
     definition.add_argument('--prototxt',
                             help='deploy definition (nets other than '
                             'AlexNet/CaffeNet)')
-    definition.add_argument('--labels', help='class names, one per line')
+    add_class_names_argument(definition)
     preprocessing = parser.add_argument_group('input preprocessing')
     preprocessing.add_argument(
         '--mean', help="'imagenet' (AlexNet default), 'none', an .npy image "
@@ -57,7 +58,7 @@ def build_parser():
 @command
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    options = ConversionOptions(prototxt=args.prototxt, labels=args.labels,
+    options = ConversionOptions(prototxt=args.prototxt, labels=args.class_names,
                                 mean=parse_mean(args.mean), scale=args.scale,
                                 resize=args.resize)
     mean_file = [args.mean] if args.mean and args.mean.endswith('.npy') \

@@ -2,7 +2,7 @@
 
     python -m finetune.gather urls.txt -o photos/
     python -m finetune.gather flickr_style.csv.gz -o photos/ \\
-        --url-column image_url --label-column label --label-names style_names.txt
+        --url-column image_url --label-column label --class-names style_names.txt
 
 Only real, distinct images are kept; every entry's fate is a row of the
 report. A killed run (SIGKILL included) resumes when the same command is
@@ -15,6 +15,7 @@ import argparse
 import re
 import sys
 
+from finetune.common.cli import add_class_names_argument
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_float
@@ -45,7 +46,7 @@ def build_parser():
     columns = parser.add_argument_group('list format')
     columns.add_argument('--url-column', help='CSV column of URLs (default: image_url or url)')
     columns.add_argument('--label-column', help='CSV column of labels (default: label)')
-    columns.add_argument('--label-names', help='file of class names, line i naming integer label i')
+    add_class_names_argument(columns)
     transfer = parser.add_argument_group('transfer')
     transfer.add_argument('--jobs', type=positive_int, default=8,
                           help='parallel downloads (default: 8)')
@@ -75,7 +76,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     print(gather_from_list(
         args.list, args.out, args.url_column, args.label_column,
-        args.label_names, args.placeholder_hashes, args.placeholder_image,
+        args.class_names, args.placeholder_hashes, args.placeholder_image,
         args.report, jobs=args.jobs, timeout=args.timeout,
         retries=args.retries, max_bytes=args.max_bytes,
         min_size=args.min_size, progress=not args.no_progress,

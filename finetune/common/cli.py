@@ -1,5 +1,6 @@
 """What every command-line tool shares: one-line errors (exit status 2),
-argument types and the ``-d/--device`` option."""
+argument types and the options that mean the same thing in every command
+(``-d/--device``, ``--class-names``)."""
 import argparse
 import functools
 import math
@@ -220,3 +221,12 @@ TTA_HELP = ("Caffe's 10-crop test-time augmentation: the mean probabilities "
 def add_tta_argument(parser):
     """``--tta`` (:data:`TTA_HELP`)."""
     parser.add_argument('--tta', action='store_true', help=TTA_HELP)
+
+
+def add_class_names_argument(parser, help_text='file of class names, one '
+                             'per line (line i names class i)'):
+    """``--class-names FILE``: the class-name file of ``convert`` and
+    ``gather``; their older spellings ``--labels`` and ``--label-names``
+    stay as aliases."""
+    parser.add_argument('--class-names', '--labels', '--label-names',
+                        dest='class_names', metavar='FILE', help=help_text)

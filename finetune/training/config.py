@@ -149,7 +149,8 @@ class TrainConfig:
         -1, 'GPU number (with --communicator: of rank 0 on each machine, '
         "the others use the next ones); -1 is the CPU; Chainer's "
         "'@numpy'/'@cupy:N' also work", '-d', '--gpu',
-        values=DEVICE_RANGE, group='device and scale-out', type=device_id)
+        values=DEVICE_RANGE, group='device and scale-out', type=device_id,
+        metavar='DEVICE')
     communicator: Optional[str] = option(
         None, "ChainerMN communicator for mpiexec runs: 'naive' (CPU), "
         "'pure_nccl' (GPUs), ...", group='device and scale-out')

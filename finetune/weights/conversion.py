@@ -223,7 +223,7 @@ def default_preprocess(model, options, entry=None):
 
 
 def class_names_for(model, options, entry=None):
-    """The class names: ``--labels``, the registry entry's, ImageNet's for
+    """The class names: ``--class-names``, the registry entry's, ImageNet's for
     1,000 outputs, else ``class0, class1...``.
 
     Raises:

@@ -1,0 +1,85 @@
+"""Every command's parser, built and compared: an option that means one
+thing has one name, help text and type in every command, and the older
+spellings of a renamed option still parse to the same value."""
+import importlib
+
+import pytest
+
+from finetune.training.config import build_parser as train_parser
+
+COMMANDS = ('convert', 'demo', 'export', 'fetch', 'gather', 'predict')
+
+
+def parsers():
+    """``{command: argparse parser}`` of every CLI."""
+    found = {name: importlib.import_module('finetune.' + name).build_parser()
+             for name in COMMANDS}
+    found['train'] = train_parser()
+    return found
+
+
+def options_by_dest():
+    """``{dest: [(command, argparse action)]}`` over every CLI."""
+    found = {}
+    for name, parser in parsers().items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != 'help':
+                found.setdefault(action.dest, []).append((name, action))
+    return found
+
+
+# The options shared on purpose: their definitions must be one.
+SHARED = ('device', 'class_names')
+
+
+@pytest.mark.parametrize('dest', SHARED)
+def test_a_shared_option_is_defined_once(dest):
+    uses = options_by_dest()[dest]
+    assert len(uses) >= 2, uses
+    flags = {tuple(a.option_strings) for _, a in uses}
+    types = {a.type for _, a in uses}
+    metavars = {a.metavar for _, a in uses}
+    assert len(flags) == 1, uses
+    assert len(types) == 1, uses
+    assert len(metavars) == 1, uses
+
+
+def test_the_class_name_file_has_one_name_everywhere():
+    uses = dict(options_by_dest()['class_names'])
+    assert set(uses) == {'convert', 'gather'}
+    helps = {a.help for a in uses.values()}
+    assert len(helps) == 1
+    for flag in ('--labels', '--label-names', '--label-file'):
+        # the old spellings are not another option in any command
+        owners = [(name, a.dest) for name, parser in parsers().items()
+                  for a in parser._actions if flag in a.option_strings]
+        assert all(dest in ('class_names', 'label_file')
+                   for _, dest in owners), owners
+
+
+@pytest.mark.parametrize('flag', ['--class-names', '--labels',
+                                  '--label-names'])
+def test_convert_takes_each_spelling_of_the_class_name_file(flag):
+    parser = importlib.import_module('finetune.convert').build_parser()
+    args = parser.parse_args(['net.caffemodel', flag, 'names.txt'])
+    assert args.class_names == 'names.txt'
+
+
+@pytest.mark.parametrize('flag', ['--class-names', '--labels',
+                                  '--label-names'])
+def test_gather_takes_each_spelling_of_the_class_name_file(flag):
+    parser = importlib.import_module('finetune.gather').build_parser()
+    args = parser.parse_args(['urls.txt', '-o', 'photos', flag, 'n.txt'])
+    assert args.class_names == 'n.txt'
+
+
+def test_an_option_name_means_one_thing_across_commands():
+    """The same flag in two commands writes the same field."""
+    owners = {}
+    for name, parser in parsers().items():
+        for action in parser._actions:
+            for flag in action.option_strings:
+                owners.setdefault(flag, set()).add(action.dest)
+    clashes = {flag: dests for flag, dests in owners.items()
+               if len(dests) > 1}
+    assert clashes == {}
