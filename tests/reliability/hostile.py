@@ -415,9 +415,10 @@ def misuse_cases(corpus):
                                               os.path.join(folder, 'out',
                                                            'list.txt'))),
             last=r'--label-file'),
-        Case('20.5 convert X.npz onto itself (its default output)', module(
+        Case('20.5 convert X.npz into its own folder (the same name)', module(
             'convert', 'weights.npz', '--prototxt', path('lenet',
-                                                         'lenet.prototxt')),
+                                                         'lenet.prototxt'),
+            '--out', '.'),
             setup=lambda folder: shutil.copy(
                 path('lenet', 'lenet.caffemodel'),
                 os.path.join(folder, 'weights.npz')),
