@@ -19,7 +19,10 @@ and scores each ``model_final.npz`` on the held-out folder (one sub-folder
 per class, none of its photos shipped) with ``python -m finetune.predict``,
 once on the centre crop and once with ``--tta`` (Caffe's 10 crops): four
 recipes. Prints each one's held-out accuracy with its binomial noise
-sqrt(p (1 - p) / n), the wall-clock seconds of training and of evaluation
+sqrt(p (1 - p) / n), its paired difference from the linear head on the
+same photos (with its standard error sqrt(gains + losses) / n and the
+photos it gets right and wrong that the linear head does not), the
+wall-clock seconds of training and of evaluation
 and the peak resident memory of that command (its largest process, from
 ``wait4``). ``--quick``: 2 epochs (1 of warm-up) and 20 held-out photos per
 class, a smoke run of the whole script.
@@ -80,15 +83,24 @@ def held_out_photos(folder, per_class=None):
     return photos
 
 
-def accuracy(predictions_csv, photos):
-    """Fraction of ``photos`` whose CSV label is their class (an image
-    that could not be read counts as wrong)."""
-    truth = dict(photos)
+def right_answers(predictions_csv, photos):
+    """{path: whether the CSV's label is its class} of ``photos`` (an
+    image that could not be read is wrong)."""
     with open(predictions_csv) as f:
-        rows = list(csv.DictReader(f))
-    right = sum(truth[row['path']] == row['label'] for row in rows
-                if not row['error'])
-    return right / len(photos)
+        labels = {row['path']: row['label'] for row in csv.DictReader(f)
+                  if not row['error']}
+    return {path: labels.get(path) == name for path, name in photos}
+
+
+def paired_difference(right, base):
+    """(accuracy of ``right`` minus that of ``base`` on the same photos,
+    its standard error sqrt(gains + losses) / n, gains, losses): the
+    paired comparison, tighter than the two binomial noises."""
+    gains = sum(right[p] and not base[p] for p in base)
+    losses = sum(base[p] and not right[p] for p in base)
+    n = len(base)
+    return (gains - losses) / n, math.sqrt(gains + losses) / n, gains, \
+        losses
 
 
 def main(argv=None):
@@ -108,7 +120,7 @@ def main(argv=None):
     photos = held_out_photos(args.held_out, 20 if args.quick else None)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or temporary
-        rows = []
+        rows, base = [], None
         for recipe, options in TRAINING.items():
             out = os.path.join(work, recipe)
             train_s, train_mib = run(
@@ -126,13 +138,18 @@ def main(argv=None):
                      os.path.join(out, 'model_final.npz'), '--top', '1',
                      '-o', preds] + (['--tta'] if tta else []) +
                     [path for path, _ in photos], preds + '.log')
-                acc = accuracy(preds, photos)
+                right = right_answers(preds, photos)
+                base = base or right
+                acc = sum(right.values()) / len(photos)
                 noise = math.sqrt(acc * (1 - acc) / len(photos))
-                rows.append([name, '%.3f +- %.3f' % (acc, noise), train_s,
-                             eval_s, train_mib, eval_mib])
+                rows.append([name, '%.3f +- %.3f' % (acc, noise),
+                             '%+.3f +- %.3f (+%d -%d)' % paired_difference(
+                                 right, base), train_s, eval_s, train_mib,
+                             eval_mib])
                 C.emit(['%s: %.3f' % (name, acc)])
     C.emit(C.table(
-        ['recipe', 'held-out accuracy', 'train s', 'eval s',
+        ['recipe', 'held-out accuracy', 'vs linear (paired)', 'train s',
+         'eval s',
          'train MiB', 'eval MiB'], rows,
         title='\n%d held-out photos, %d epochs (model_final.npz); MiB: peak '
         'RSS of the largest process' % (len(photos), epochs)))
