@@ -15,6 +15,7 @@ from finetune.models.opencv_runner import OpenCVStages
 from finetune.models.opencv_runner import fast_stages
 from finetune.models.opencv_runner import truncated_definition
 from finetune.inference.tta import OversamplePreprocess
+from finetune.inference.tta import crops_problem
 from finetune.inference.tta import mean_over_crops
 
 
@@ -40,9 +41,9 @@ class Predictor:
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.tta = bool(tta)
-        if self.tta and preprocess.crop_size is None:
-            raise FinetuneError('tta: this model takes whole images (no '
-                                'crop size), there are no crops to average')
+        problem = crops_problem(preprocess) if self.tta else None
+        if problem:
+            raise FinetuneError('tta: %s' % problem)
         self.transform = OversamplePreprocess(preprocess) if self.tta \
             else preprocess
         self.meta = meta or {}

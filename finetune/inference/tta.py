@@ -11,6 +11,19 @@ import numpy as np
 N_CROPS = 10
 
 
+def crops_problem(preprocess):
+    """Why ``preprocess`` has no ten crops to average (None when it has):
+    a model that takes whole images (no crop size), or a crop larger than
+    the resized image."""
+    if preprocess.crop_size is None:
+        return ('this model takes whole images (no crop size), there are '
+                'no crops to average')
+    if preprocess.crop_size > min(preprocess.size):
+        return ('the %d-pixel crops do not fit in the %dx%d resized image'
+                % ((preprocess.crop_size,) + tuple(preprocess.size)))
+    return None
+
+
 def crop_windows(size, crop_size):
     """The five (top, left) windows of ``caffe.io.oversample``, in its
     order: top-left, top-right, bottom-left, bottom-right corners, then the
@@ -64,8 +77,9 @@ class OversamplePreprocess:
     """
 
     def __init__(self, preprocess):
-        if preprocess.crop_size is None:
-            raise ValueError('test-time augmentation needs a crop size')
+        problem = crops_problem(preprocess)
+        if problem:
+            raise ValueError('test-time augmentation: %s' % problem)
         self.preprocess = preprocess
 
     def __call__(self, img):

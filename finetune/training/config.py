@@ -102,7 +102,7 @@ class TrainConfig:
         '--freeze)', group='pretrained network and surgery')
     trunk_lr_mult: float = option(
         0.1, 'learning-rate multiplier of the trunk layers --unfreeze '
-        'trains', values=non_negative_float, group='solver')
+        'trains, > 0', values=positive_float, group='solver')
     head_lr_mult: float = option(
         10.0, 'learning-rate multiplier of the new head (0: not trained)',
         values=non_negative_float, group='solver')
@@ -216,6 +216,38 @@ def check_config(config):
             raise FinetuneError(refusal(option_flag(field.name), value,
                                         what))
         setattr(config, field.name, normalized)
+    check_recipe(config)
+
+
+def check_recipe(config):
+    """Refuse deeper fine-tuning options that do not go together (one
+    line naming both options), before anything is read: the layer
+    ``--unfreeze`` names is checked once the net is loaded
+    (:func:`finetune.training.recipe.frozen_before`).
+
+    ``--unfreeze LAYER`` freezes the layers before ``LAYER`` itself, so it
+    replaces ``--freeze``; ``--warmup-epochs`` and ``--trunk-lr-mult``
+    only mean something with it.
+    """
+    if config.unfreeze is None:
+        default = TrainConfig.__dataclass_fields__['trunk_lr_mult'].default
+        if config.warmup_epochs:
+            raise FinetuneError('--warmup-epochs %d: needs --unfreeze LAYER '
+                                '(the trunk layers trained after the '
+                                'warm-up)' % config.warmup_epochs)
+        if config.trunk_lr_mult != default:
+            raise FinetuneError('--trunk-lr-mult %g: needs --unfreeze LAYER '
+                                '(the trunk layers it applies to)'
+                                % config.trunk_lr_mult)
+        return
+    if config.freeze.strip() != 'none':
+        raise FinetuneError('--unfreeze %s: the layers before it stay '
+                            'frozen; drop --freeze %s'
+                            % (config.unfreeze, config.freeze))
+    if config.warmup_epochs >= config.epochs:
+        raise FinetuneError('--warmup-epochs %d: must be less than --epochs '
+                            '%d (the trunk would never train)'
+                            % (config.warmup_epochs, config.epochs))
 
 
 def _field_value(field, value):

@@ -30,6 +30,7 @@ from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
 from finetune.inference.predictor import Predictor
+from finetune.inference.tta import crops_problem
 from finetune.models.model_file import save_model
 from finetune.weights.load import load_pretrained
 from finetune.training import report
@@ -182,7 +183,6 @@ def surgery_plan(config, pretrained):
         head = parse_head_spec(config.replace, pretrained)
     except FinetuneError as e:
         raise FinetuneError('--replace: %s' % e) from None
-    recipe.check_recipe(config)
     try:
         frozen = recipe.frozen_before(pretrained, config.unfreeze) \
             if config.unfreeze else parse_layer_spec(config.freeze,
@@ -481,6 +481,9 @@ def load_and_plan(config):
     network, meta, preprocess = load_pretrained(
         config.pretrained, config.prototxt, config.pretrained_dir)
     head, frozen = surgery_plan(config, network)
+    problem = crops_problem(preprocess) if config.tta else None
+    if problem:  # needs the net's preprocessing: only after loading
+        raise FinetuneError('--tta: %s' % problem)
     return Pretrained(network, meta, preprocess, head, frozen)
 
 

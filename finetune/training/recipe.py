@@ -5,7 +5,9 @@ As fastai's ``fine_tune`` and Keras' transfer-learning guide: for the first
 frozen); then the trunk from ``LAYER`` on trains as well, at ``--lr`` x
 ``--trunk-lr-mult`` (times Caffe's multipliers), while the layers before
 ``LAYER`` stay frozen for the whole run (they run without a graph, and
-their features can be cached with ``--cache-features``).
+their features can be cached with ``--cache-features``). The options
+that do not go together are refused by
+:func:`finetune.training.config.check_recipe`, before anything is read.
 
 During the warm-up the trunk layers run under ``no_backprop_mode`` too
 (:attr:`~finetune.training.surgery.FineTuneNet.graph_start`) and their
@@ -35,19 +37,11 @@ def frozen_before(network, layer):
     except FinetuneError as e:
         raise FinetuneError('--unfreeze: %s' % e) from None
     frozen = [name for name in upto if name != layer]
+    if not frozen:
+        raise FinetuneError('--unfreeze %s: the first layer, nothing would '
+                            'stay frozen (to train every layer from the '
+                            'start: --freeze none)' % layer)
     return frozen
-
-
-def check_recipe(config):
-    """Refuse recipe options that do not go together (one line each)."""
-    if config.warmup_epochs and not config.unfreeze:
-        raise FinetuneError('--warmup-epochs %d: needs --unfreeze LAYER '
-                            '(the trunk layers trained after the warm-up)'
-                            % config.warmup_epochs)
-    if config.unfreeze and (config.freeze or 'none').strip() != 'none':
-        raise FinetuneError('--unfreeze %s: the layers before it stay '
-                            'frozen; drop --freeze %s'
-                            % (config.unfreeze, config.freeze))
 
 
 def trunk_layers(network, head, frozen):
