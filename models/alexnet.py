@@ -28,7 +28,8 @@ LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5',
 ZOO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'zoo')
 #: BVLC's deploy definitions (fc8: 1000 outputs).
 ALEXNET_PROTOTXT = os.path.join(ZOO, 'bvlc_alexnet_deploy.prototxt')
-CAFFENET_PROTOTXT = os.path.join(ZOO, 'bvlc_reference_caffenet_deploy.prototxt')
+CAFFENET_PROTOTXT = os.path.join(ZOO,
+                                 'bvlc_reference_caffenet_deploy.prototxt')
 
 
 def bvlc_net(prototxt, n_classes=1000, dropout=0.5, initialW=None):
@@ -41,7 +42,7 @@ def bvlc_net(prototxt, n_classes=1000, dropout=0.5, initialW=None):
     return CaffeGraph(net_param, n_classes, prototxt, initialW)
 
 
-def AlexNet(n_classes=1000, dropout=0.5, initialW=None):  # NOQA: N802
+def AlexNet(n_classes=1000, dropout=0.5, initialW=None):
     """BVLC AlexNet as a CaffeGraph; ``forward`` maps (N, 3, 227, 227) to
     (N, n_classes) fc8 logits.
 
@@ -55,7 +56,7 @@ def AlexNet(n_classes=1000, dropout=0.5, initialW=None):  # NOQA: N802
     return bvlc_net(ALEXNET_PROTOTXT, n_classes, dropout, initialW)
 
 
-def CaffeNet(n_classes=1000, dropout=0.5, initialW=None):  # NOQA: N802
+def CaffeNet(n_classes=1000, dropout=0.5, initialW=None):
     """BVLC CaffeNet (AlexNet with each pooling before its normalization)
     as a CaffeGraph; arguments as :func:`AlexNet`."""
     return bvlc_net(CAFFENET_PROTOTXT, n_classes, dropout, initialW)
