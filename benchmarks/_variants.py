@@ -279,7 +279,7 @@ def _detached_features(self, x):
     if runner is not None and runner() is not None:
         return _ORIG['detach'](self, x)  # OpenCV trunk: already detached
     with chainer.no_backprop_mode():
-        h = self.net.forward(x, stop=self.frozen)
+        h = self.net.forward(x, stop=self.n_frozen_layers)
     return h.array if isinstance(h, chainer.Variable) else h
 
 

@@ -188,7 +188,8 @@ def training_loop(args, work, data, caffemodel):
                 job.inputs.finalize()
         peak = C.matmul_peak(sizes=(2048,), repeat=3)['peak']
         trunk_gflop, head_gflop = step_gflop(
-            jobs[0].model.predictor.frozen, len(jobs[0].class_names))
+            jobs[0].model.predictor.n_frozen_layers,
+            len(jobs[0].class_names))
         rows = []
         cached = 'cached features'
         for name, _ in MODES:

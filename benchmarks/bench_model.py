@@ -91,7 +91,8 @@ def torch_alexnet(n_classes=1000):
     import torch.nn.functional as F
 
     class TorchAlexNet(nn.Module):
-        """BVLC AlexNet in PyTorch, Caffe layout (see models/alexnet.py)."""
+        """BVLC AlexNet in PyTorch, Caffe layout
+        (models/zoo/bvlc_alexnet_deploy.prototxt)."""
 
         def __init__(self):
             super().__init__()

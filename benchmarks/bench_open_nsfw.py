@@ -35,7 +35,7 @@ and the logits it computes are compared with finetune's.
 
 Part 2, forward (inference, batch 32, 224x224 float32 inputs) of the
 converted .npz loaded with ``load_model``: the Chainer path, the OpenCV path
-(``finetune.models.opencv_runner.fast_stages``: what ``finetune.load`` and
+(``finetune.models.opencv_runner.select_engine``: what ``finetune.load`` and
 ``predict`` run on the CPU), and the same ResNet-50-1by2 written in PyTorch
 below with the converted weights, its logits checked against Chainer's
 (max abs difference / largest logit <= 1e-4) before anything is timed.
@@ -600,10 +600,8 @@ def torch_gflop(net):
 def opencv_forward_fn(model, x):
     """The project's OpenCV path for the whole net (what finetune.load's
     default backend runs on the CPU)."""
-    from finetune.models.opencv_runner import fast_stages
-    stages = fast_stages(model)
-    if stages is None:
-        raise RuntimeError('fast_stages: OpenCV cannot run this net')
+    from finetune.models.opencv_runner import select_engine
+    stages = select_engine(model, 'opencv')
     return lambda: stages(x)
 
 

@@ -1,6 +1,7 @@
-"""Networks and model files: Caffe AlexNet/CaffeNet, nets from a prototxt,
-model files with their metadata, the OpenCV runner, and the deploy
-prototxts of the pretrained registry (``zoo/``).
+"""Networks and model files: the one network type, a CaffeGraph built from
+a deploy prototxt (``AlexNet()``/``CaffeNet()`` build BVLC's from
+``zoo/``), model files with their metadata, the OpenCV runner, and the
+deploy prototxts of the pretrained registry (``zoo/``).
 
 The networks load chainer when first used (PEP 562).
 """

@@ -363,7 +363,7 @@ class CaffeGraph(chainer.Chain):
 
     ``forward(x)`` maps float32 (N, C, H, W) input to the net's output:
     the logits (N, n_classes) of the classifier (a Softmax whose output
-    nothing reads is left out, as in AlexNet; outputs of more axes, such as
+    nothing reads is left out, as in AlexNet's; outputs of more axes, such as
     SqueezeNet's (N, K, 1, 1), are flattened to (N, K)). Links are named
     after the Caffe layers that hold weights (Convolution2D, Linear,
     :class:`CaffeBatchNorm`, :class:`CaffeScale`, :class:`CaffePReLU`), so
@@ -407,7 +407,8 @@ class CaffeGraph(chainer.Chain):
             exactly one input and one output.
     """
 
-    arch = 'caffe'
+    #: The ``arch`` of its model files (:mod:`finetune.models.model_file`).
+    arch = 'caffe_graph'
 
     def __init__(self, net_param, n_classes=None, source='prototxt',
                  initialW=None):
@@ -959,7 +960,8 @@ class CaffeGraph(chainer.Chain):
 
     def stage(self, name, h):
         """Run from the cut before weighted layer ``name`` to the next one
-        (the stage protocol of AlexNet)."""
+        (one stage: a weighted layer and the parameter-free layers after
+        it)."""
         k = self.layer_names.index(name)
         return self.forward(h, start=k, stop=k + 1)
 

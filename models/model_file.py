@@ -30,7 +30,14 @@ from finetune.data.transforms import CaffePreprocess
 
 FORMAT = 'finetune-model'
 VERSION = 1
-ARCHS = {'alexnet': AlexNet, 'caffenet': CaffeNet}
+#: The ``arch`` of every model file written now: a CaffeGraph with its
+#: deploy prototxt stored in the metadata.
+ARCH = CaffeGraph.arch
+#: ``arch`` values of older files: 'caffe' (a CaffeGraph, prototxt stored
+#: as now) and BVLC AlexNet/CaffeNet, stored without a prototxt and rebuilt
+#: from the shipped ones.
+OLD_BVLC_ARCHS = {'alexnet': AlexNet, 'caffenet': CaffeNet}
+ARCHS = (ARCH, 'caffe') + tuple(OLD_BVLC_ARCHS)
 
 
 def build_model(meta, initialW=None, source='checkpoint'):
@@ -41,9 +48,10 @@ def build_model(meta, initialW=None, source='checkpoint'):
     ``source`` names the stored prototxt in errors.
     """
     arch = meta['arch']
+    if arch in OLD_BVLC_ARCHS:
+        return OLD_BVLC_ARCHS[arch](n_classes=meta['n_classes'],
+                                    initialW=initialW)
     if arch in ARCHS:
-        return ARCHS[arch](n_classes=meta['n_classes'], initialW=initialW)
-    if arch == 'caffe':
         return CaffeGraph.from_text(meta['prototxt'], meta['n_classes'],
                                     source=source, initialW=initialW)
     raise CheckpointError('unknown architecture %r' % arch)
@@ -51,16 +59,15 @@ def build_model(meta, initialW=None, source='checkpoint'):
 
 def model_meta(model, class_names, preprocess, **extra):
     """The metadata dict :func:`save_model` stores for ``model``."""
-    meta = {'format': FORMAT, 'version': VERSION, 'arch': model.arch,
+    meta = {'format': FORMAT, 'version': VERSION, 'arch': ARCH,
             'n_classes': int(model.n_classes),
             'class_names': list(class_names),
             'layer_names': list(model.layer_names),
             'preprocess': {'size': list(preprocess.size),
                            'crop_size': preprocess.crop_size,
                            'scale': preprocess.scale,
-                           'channels': preprocess.channels}}
-    if model.arch == 'caffe':
-        meta['prototxt'] = model.definition()
+                           'channels': preprocess.channels},
+            'prototxt': model.definition()}
     if len(class_names) != model.n_classes:
         raise ValueError('%d class names for %d outputs'
                          % (len(class_names), model.n_classes))
@@ -73,7 +80,7 @@ def save_model(path, model, class_names, preprocess, **extra):
 
     Args:
         path (str): destination; a crash mid-write leaves the old file.
-        model: AlexNet, CaffeNet or CaffeGraph (on CPU or GPU).
+        model: a CaffeGraph (AlexNet, CaffeNet...; on CPU or GPU).
         class_names (list of str): one per output.
         preprocess (CaffePreprocess): how inputs were prepared.
         **extra: more JSON-serializable metadata (source file, accuracy).
@@ -142,9 +149,8 @@ def _meta_errors(meta):
     if meta.get('version') != VERSION or not _is_int(meta.get('version')):
         yield 'version %s is not %d' % (_brief(meta.get('version')), VERSION)
     arch = meta.get('arch')
-    if arch not in tuple(ARCHS) + ('caffe',):
-        yield 'arch %s is not one of %s' % (
-            _brief(arch), ', '.join(sorted(ARCHS) + ['caffe']))
+    if arch not in ARCHS:
+        yield 'arch %s is not one of %s' % (_brief(arch), ', '.join(ARCHS))
     n = meta.get('n_classes')
     if not _is_int(n) or not 1 <= n <= MAX_CLASSES:
         yield 'n_classes %s is not an integer in 1..%d' % (_brief(n),
@@ -159,7 +165,7 @@ def _meta_errors(meta):
     if not isinstance(layers, list) or \
             not all(isinstance(name, str) for name in layers):
         yield 'layer_names is not a list of names'
-    if arch == 'caffe':
+    if arch in ARCHS and arch not in OLD_BVLC_ARCHS:
         text = meta.get('prototxt')
         if not isinstance(text, str) or not 0 < len(text) <= \
                 MAX_PROTOTXT_CHARS:
@@ -259,9 +265,10 @@ def read_model_meta(path):
 
 def _declared_rows(meta, path):
     """{layer: num_output} of the Convolution and InnerProduct layers the
-    metadata declares (read without building anything): ``fc8`` for
-    AlexNet and CaffeNet, every such layer of a stored prototxt."""
-    if meta['arch'] != 'caffe':
+    metadata declares (read without building anything): every such layer
+    of the stored prototxt; ``fc8`` for older AlexNet and CaffeNet files,
+    which store none."""
+    if meta['arch'] in OLD_BVLC_ARCHS:
         return {'fc8': meta['n_classes']}
     net = upgrade_v1_net(parse_net_text(meta['prototxt'],
                                         '%s: stored prototxt' % path))

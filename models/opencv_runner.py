@@ -5,14 +5,16 @@ they may run on the fastest implementation of the same arithmetic. OpenCV's
 ``cv2.dnn`` reads Caffe nets natively and runs AlexNet's forward about 4x
 faster than Chainer on the CPU (benchmarks/bench_model.py). The weights are
 handed over as an in-memory caffemodel of the current Chainer weights, so
-both paths compute the same function (checked in tests/test_opencv_backend.py
-and tests/models/test_graph_opencv.py to 1e-5 of the largest output).
+both paths compute the same function (checked in
+tests/models/test_opencv_runner.py and test_opencv_runner_graphs.py to 1e-5
+of the largest output).
 
-A :class:`~finetune.models.CaffeGraph` (any DAG: ResNet, GoogLeNet...) is
-cut where its ``forward(x, stop=...)`` stops: the layers before the cut
-run on OpenCV and the one blob crossing the cut is the output. AlexNet and
-CaffeNet are cut by stages (:func:`truncated_definition`). BatchNorm runs
-on its stored statistics (test mode).
+A :class:`~finetune.models.CaffeGraph` (any DAG: AlexNet, ResNet,
+GoogLeNet...) is cut where its ``forward(x, stop=...)`` stops: the layers
+before the cut run on OpenCV and the one blob crossing the cut is the
+output. BatchNorm runs on its stored statistics (test mode).
+:func:`select_engine` is the one place that decides between OpenCV and
+Chainer (``--backend``, ``--trunk-backend``).
 
 OpenCV ignores LRN's ``k``; nets with ``k != 1`` stay on Chainer.
 
@@ -23,11 +25,15 @@ batch is run in chunks whose blobs fit :data:`FORWARD_BUDGET`
 import numpy as np
 from google.protobuf import text_format
 
-from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.importer import link_blobs
 from finetune.caffe.importer import weighted_links
 from finetune.caffe.writer import caffemodel_bytes
+from finetune.common.errors import FinetuneError
 
+#: The CPU engines of layers that need no gradient (``--backend``,
+#: ``--trunk-backend``): OpenCV where it computes the net exactly, else
+#: Chainer; OpenCV or an error; Chainer.
+ENGINES = ('auto', 'opencv', 'chainer')
 #: Bytes of intermediate blobs one OpenCV forward may need, as OpenCV's
 #: ``getMemoryConsumption`` counts them (every blob, without the reuse
 #: OpenCV does, so the memory really held is several times less: an
@@ -51,30 +57,6 @@ def _inputs_of(net_param):
     kept.input_shape.extend(net_param.input_shape)
     kept.input_dim.extend(net_param.input_dim)
     return kept
-
-
-def truncated_definition(net_param, layer_names, stop):
-    """Layers of a chain-shaped ``net_param`` up to the stage of
-    ``layer_names[stop-1]``.
-
-    A stage is a weighted layer and the parameter-free layers after it, as
-    in the models' ``forward(x, stop=...)``. A trailing Softmax is dropped
-    (the models return logits).
-
-    Returns:
-        tuple: (NetParameter, name of its last layer: OpenCV names outputs
-        by layer, so an in-place ReLU's output is asked for by its name).
-    """
-    stop = len(layer_names) if stop is None else stop
-    end = layer_names[stop] if stop < len(layer_names) else None
-    kept = _inputs_of(net_param)
-    output = None
-    for layer in net_param.layer:
-        if layer.name == end or layer.type == 'Softmax':
-            break
-        kept.layer.add().CopyFrom(layer)
-        output = layer.name
-    return kept, output
 
 
 def graph_definition(model, stop=None):
@@ -139,12 +121,11 @@ class OpenCVStages:
     """``model.forward(x, stop=stop)`` in test mode, computed by OpenCV.
 
     Args:
-        model: AlexNet, CaffeNet or CaffeGraph (on the CPU); its current
-            weights (and BatchNorm statistics) are copied, so build a new
-            one after they change.
-        stop: where to stop: the number of leading stages of AlexNet or
-            CaffeNet, or any cut of a CaffeGraph (an int index into
-            ``layer_names`` or a layer name); default: the whole net.
+        model: a CaffeGraph (on the CPU); its current weights (and
+            BatchNorm statistics) are copied, so build a new one after they
+            change.
+        stop: where to stop: any cut (an int index into ``layer_names`` or
+            a layer name); default: the whole net.
 
     Raises:
         ImportError: no OpenCV.
@@ -155,15 +136,8 @@ class OpenCVStages:
         dnn = opencv_dnn()
         if dnn is None:
             raise ImportError('OpenCV (opencv-python-headless) is needed')
-        if hasattr(model, 'cut_source'):
-            kept, self.output = graph_definition(model, stop)
-            self.shape = model.cut_shape(stop)
-        else:
-            definition = parse_net_text(model.definition(),
-                                        'model definition')
-            kept, self.output = truncated_definition(
-                definition, list(model.layer_names), stop)
-            self.shape = None
+        kept, self.output = graph_definition(model, stop)
+        self.shape = model.cut_shape(stop)
         proto = text_format.MessageToString(kept).encode()
         blob = caffemodel_bytes(kept, _caffe_weights(model, kept))
         self.net = dnn.readNetFromCaffe(np.frombuffer(proto, np.uint8),
@@ -190,17 +164,38 @@ class OpenCVStages:
             self.net.setInput(x[start:start + step])
             outs.append(self.net.forward(self.output))
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        if self.shape is not None:
-            out = out.reshape((len(x),) + tuple(self.shape))
-        return out
+        return out.reshape((len(x),) + tuple(self.shape))
 
 
-def fast_stages(model, stop=None):
-    """OpenCVStages for ``model`` when OpenCV can run it exactly, else None
-    (the caller keeps Chainer's path)."""
-    if opencv_dnn() is None or model.xp is not np:
+def select_engine(model, engine='auto', stop=None, option='--backend'):
+    """Decide where ``model.forward(x, stop=stop)`` runs in test mode: the
+    one place that chooses between OpenCV and Chainer.
+
+    Args:
+        model: a CaffeGraph.
+        engine (str): one of :data:`ENGINES`.
+        stop: the cut, as :class:`OpenCVStages` takes it.
+        option (str): the command-line option ``engine`` came from, named
+            in errors.
+
+    Returns:
+        OpenCVStages, or None for Chainer's path: ``engine`` 'chainer',
+        a model that is not on the CPU, or 'auto' where OpenCV is not
+        installed or cannot run the net exactly (LRN with ``k != 1``).
+
+    Raises:
+        FinetuneError: an unknown ``engine``, or 'opencv' where OpenCV
+            cannot run the net.
+    """
+    if engine not in ENGINES:
+        raise FinetuneError('%s %s: expected one of %s'
+                            % (option, engine, ', '.join(ENGINES)))
+    if engine == 'chainer' or model.xp is not np:
         return None
-    definition = parse_net_text(model.definition(), 'model definition')
-    if not supports(definition):
+    if opencv_dnn() is None or not supports(model.net_param):
+        if engine == 'opencv':
+            raise FinetuneError('%s opencv: OpenCV is not installed or '
+                                'cannot run this net exactly (LRN k != 1)'
+                                % option)
         return None
     return OpenCVStages(model, stop)

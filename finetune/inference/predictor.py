@@ -10,10 +10,8 @@ from finetune.models.model_file import load_model
 from finetune.common.errors import DataError
 from finetune.common.errors import FinetuneError
 from finetune.common.gpu import device as gpu_device
-from finetune.caffe.caffemodel import parse_net_text
 from finetune.models.opencv_runner import OpenCVStages
-from finetune.models.opencv_runner import fast_stages
-from finetune.models.opencv_runner import truncated_definition
+from finetune.models.opencv_runner import select_engine
 from finetune.inference.tta import OversamplePreprocess
 from finetune.inference.tta import crops_problem
 from finetune.inference.tta import mean_over_crops
@@ -54,12 +52,7 @@ class Predictor:
         self.fast = None
         self._cuts = None
         self._stages = {}
-        if backend != 'chainer' and self.device.xp is np:
-            self.fast = fast_stages(model)
-            if self.fast is None and backend == 'opencv':
-                raise FinetuneError('backend opencv: OpenCV is not '
-                                    'installed or cannot run this net '
-                                    'exactly (LRN k != 1)')
+        self.fast = select_engine(model, backend)
 
     def probabilities(self, batch):
         """Softmax outputs (N, n_classes) for a preprocessed batch: (N, C,
@@ -254,27 +247,19 @@ def feature_cuts(model):
     """``{blob name: cut}`` of the blobs ``model.forward(x, stop=cut)``
     can return (the input left out), in the net's order.
 
-    AlexNet and CaffeNet: the output of each stage, by the name of the
-    Caffe blob it is (``pool1``, ``pool2``, ``conv3``, ``conv4``,
-    ``pool5``, ``fc6``, ``fc7``, ``fc8``: in-place ReLU and dropout
-    included). A CaffeGraph: the one blob crossing each valid cut before a
-    weighted layer, and the output.
+    The one blob crossing each valid cut before a weighted layer, and the
+    output; AlexNet's are ``pool1``, ``pool2``, ``conv3``, ``conv4``,
+    ``pool5``, ``fc6``, ``fc7``, ``fc8`` (in-place ReLU and dropout
+    included).
     """
-    if hasattr(model, 'valid_cuts'):
-        tops = {layer.name: tuple(layer.top)
-                for layer in model.net_param.layer}
-        names = model.layer_names
-        # a blob that in-place layers (BatchNorm, Scale, ReLU) rewrite goes
-        # by its last version, as Caffe's net.blobs[name] after a forward
-        # pass: not at a cut whose next layer rewrites it
-        return {model.cut_blobs(k)[0]: k for k in model.valid_cuts()
-                if k and (k == len(names) or model.cut_blobs(k)[0]
-                          not in tops[names[k]])}
-    definition = parse_net_text(model.definition(), 'model definition')
-    tops = {layer.name: layer.top[0] for layer in definition.layer}
-    names = list(model.layer_names)
-    return {tops[truncated_definition(definition, names, k)[1]]: k
-            for k in range(1, len(names) + 1)}
+    tops = {layer.name: tuple(layer.top) for layer in model.net_param.layer}
+    names = model.layer_names
+    # a blob that in-place layers (BatchNorm, Scale, ReLU) rewrite goes by
+    # its last version, as Caffe's net.blobs[name] after a forward pass:
+    # not at a cut whose next layer rewrites it
+    return {model.cut_blobs(k)[0]: k for k in model.valid_cuts()
+            if k and (k == len(names) or model.cut_blobs(k)[0]
+                      not in tops[names[k]])}
 
 
 def as_image(image):

@@ -90,9 +90,10 @@ class TrainConfig:
         'none', "layers not trained: 'conv1-conv5', 'conv1,conv2', 'none'",
         group='pretrained network and surgery')
     replace: str = option(
-        'auto', "layers re-initialized as the new head; 'auto': fc6-fc8 on "
-        'AlexNet/CaffeNet, the last InnerProduct on other nets (the last '
-        'Convolution without one); Caffe Flickr-Style: fc8',
+        'auto', "layers re-initialized as the new head; 'auto': the "
+        "registry model's recommended head (fc6-fc8 on alexnet), else the "
+        "net's last InnerProduct (the last Convolution without one); Caffe "
+        'Flickr-Style: fc8',
         group='pretrained network and surgery')
     unfreeze: Optional[str] = option(
         None, 'deeper fine-tuning: after --warmup-epochs of head-only '

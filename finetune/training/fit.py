@@ -33,6 +33,7 @@ from finetune.inference.predictor import Predictor
 from finetune.inference.tta import crops_problem
 from finetune.models.model_file import save_model
 from finetune.weights.load import load_pretrained
+from finetune.weights.registry import converted_from
 from finetune.training import report
 from finetune.training.config import check_config
 from finetune.training.distributed import rank_device
@@ -170,8 +171,10 @@ def prepare_lists(config, channels, size):
     return prepared.train, prepared.val, prepared.class_names, prepared.mean
 
 
-def surgery_plan(config, pretrained):
-    """(head, frozen): the layer names ``--replace`` and ``--freeze`` name.
+def surgery_plan(config, pretrained, entry=None):
+    """(head, frozen): the layer names ``--replace`` and ``--freeze`` name
+    (``--replace auto``: the registry ``entry``'s recommended head when
+    there is one, e.g. AlexNet's fc6-fc8).
 
     Checked against the network before any image is scanned.
 
@@ -180,7 +183,7 @@ def surgery_plan(config, pretrained):
             frozen, or ``--cache-features`` without a frozen trunk.
     """
     try:
-        head = parse_head_spec(config.replace, pretrained)
+        head = parse_head_spec(config.replace, pretrained, entry)
     except FinetuneError as e:
         raise FinetuneError('--replace: %s' % e) from None
     try:
@@ -263,7 +266,8 @@ def feature_cache(config, split, net, entries, preprocess, mode, device,
         network = net.net
         path, built = cached_features(
             os.path.join(config.out, 'feature_cache'), split, network,
-            network.layer_names[:net.frozen], net.features, config.data,
+            network.layer_names[:net.n_frozen_layers], net.features,
+            config.data,
             entries, uncropped(config.data, entries, preprocess),
             preprocess, mode, device, config.val_batchsize,
             config.loaderjob, config.cache_crops)
@@ -361,7 +365,7 @@ def evaluate_and_report(config, net, val, names, preprocess, device):
     """
     if not val:
         return None
-    if net.frozen:
+    if net.n_frozen_layers:
         net = net.copy(mode='share')  # same weights and trunk runner
         net.from_features = False
         predictor = Predictor(net, names, preprocess, device=device,
@@ -480,7 +484,7 @@ def load_and_plan(config):
     checked, before any image is read or anything is written to --out."""
     network, meta, preprocess = load_pretrained(
         config.pretrained, config.prototxt, config.pretrained_dir)
-    head, frozen = surgery_plan(config, network)
+    head, frozen = surgery_plan(config, network, converted_from(meta))
     problem = crops_problem(preprocess) if config.tta else None
     if problem:  # needs the net's preprocessing: only after loading
         raise FinetuneError('--tta: %s' % problem)

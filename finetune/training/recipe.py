@@ -84,7 +84,7 @@ class Unfreeze(extension.Extension):
         self.trunk = list(trunk)
         self.warmup_epochs = warmup_epochs
         self.warm_cut = max(frozen_cut(net.net, list(frozen) + self.trunk),
-                            net.frozen)
+                            net.n_frozen_layers)
         self.unfrozen = None
         self.set_phase(unfrozen=warmup_epochs == 0)
 
@@ -96,7 +96,7 @@ class Unfreeze(extension.Extension):
                 layer.enable_update()
             else:
                 layer.disable_update()
-        self.net.graph_start = self.net.frozen if unfrozen else \
+        self.net.graph_start = self.net.n_frozen_layers if unfrozen else \
             self.warm_cut
         self.unfrozen = unfrozen
 

@@ -2,11 +2,11 @@
 
 Layer specs name layers of ``model.layer_names`` (the weighted layers in
 forward order): ``conv1-conv5`` (a range), ``conv1,conv2`` (a list),
-``conv1-conv3,fc6`` (both), ``none`` or ``all``. On a net built from a
-prototxt (:class:`~finetune.models.CaffeGraph`) the ends of a range may be
-any layer in prototxt order (``conv_1-eltwise_stage2_block3`` selects the
-weighted layers between them) and ``up-to:LAYER`` selects every weighted
-layer before LAYER, and LAYER itself when it has weights. ``--replace``
+``conv1-conv3,fc6`` (both), ``none`` or ``all``. The ends of a range may be
+any layer of the :class:`~finetune.models.CaffeGraph` in prototxt order
+(``conv_1-eltwise_stage2_block3`` selects the weighted layers between them)
+and ``up-to:LAYER`` selects every weighted layer before LAYER, and LAYER
+itself when it has weights. ``--replace``
 defaults to ``auto``, the layers :func:`default_head` names.
 """
 import chainer
@@ -14,6 +14,7 @@ import numpy
 
 from finetune.models.caffe_graph import CaffeBatchNorm
 from finetune.models.model_file import build_model
+from finetune.models.opencv_runner import select_engine
 from finetune.common.errors import FinetuneError
 
 
@@ -22,8 +23,8 @@ def parse_layer_spec(spec, model):
 
     Args:
         spec (str): see the module docstring.
-        model: the network (its ``layer_names``, and for a CaffeGraph its
-            ``layer_order``), or just a sequence of layer names.
+        model: the network (its ``layer_names`` and ``layer_order``), or
+            just a sequence of layer names.
 
     Raises:
         FinetuneError: an unknown layer name or a backwards range.
@@ -55,43 +56,35 @@ def parse_layer_spec(spec, model):
     return [n for n in names if n in chosen]
 
 
-#: ``--replace auto`` on the built-in AlexNet and CaffeNet chains (and on a
-#: bare sequence of layer names): Caffe's recipe, a new fc6-fc8 head.
-CHAIN_HEAD = 'fc6-fc8'
-
-
 def default_head(model):
-    """The layer spec ``--replace auto`` stands for on ``model``.
-
-    AlexNet and CaffeNet: ``fc6-fc8``. A net built from a prototxt
-    (:class:`~finetune.models.CaffeGraph`): its classifier, the last
-    InnerProduct (the last Convolution in a net without one, such as
-    SqueezeNet's ``conv10``); ``none`` when it has neither.
+    """The layer spec ``--replace auto`` stands for on ``model``: its
+    classifier, the last InnerProduct (the last Convolution in a net
+    without one, such as SqueezeNet's ``conv10``); ``none`` when it has
+    neither. (A registry entry may name another head, e.g. AlexNet's
+    ``fc6-fc8``: :mod:`finetune.weights.registry`.)
     """
-    if hasattr(model, 'classifier_name'):
-        return model.classifier_name or 'none'
-    return CHAIN_HEAD
+    return model.classifier_name or 'none'
 
 
-def parse_head_spec(spec, model):
+def parse_head_spec(spec, model, entry=None):
     """:func:`parse_layer_spec` of a ``--replace`` value, ``auto`` being
-    :func:`default_head`."""
+    the ``head`` of the registry ``entry`` the weights come from
+    (:class:`~finetune.weights.registry.PretrainedModel`, e.g. AlexNet's
+    ``fc6-fc8``) when it names one, else :func:`default_head`."""
     if (spec or '').strip() == 'auto':
-        spec = default_head(model)
+        spec = entry.head if entry is not None and entry.head != 'auto' \
+            else default_head(model)
     return parse_layer_spec(spec, model)
 
 
 def check_freeze_set(model, frozen):
     """Refuse a freeze set where a trained layer feeds a frozen one (its
     gradient would flow through frozen weights into a layer that moves,
-    which no fine-tuning recipe means). Nets without a feeds map (the
-    built-in AlexNet/CaffeNet chains) accept any set, as before.
+    which no fine-tuning recipe means).
 
     Raises:
         FinetuneError: naming both layers.
     """
-    if not hasattr(model, 'feeds'):
-        return
     frozen = set(frozen)
     feeds = model.feeds(weighted=True)
     for name in model.layer_names:
@@ -122,12 +115,10 @@ def frozen_prefix(layer_names, frozen):
 
 def frozen_cut(model, frozen):
     """The leading layers that run without a graph: :func:`frozen_prefix`,
-    lowered on a graph net to the nearest cut one blob crosses (where
-    ``forward(x, stop=k)`` can hand over to ``forward(h, start=k)``)."""
+    lowered to the nearest cut one blob crosses (where ``forward(x,
+    stop=k)`` can hand over to ``forward(h, start=k)``)."""
     prefix = frozen_prefix(model.layer_names, frozen)
-    if hasattr(model, 'valid_cuts'):
-        prefix = max(k for k in model.valid_cuts() if k <= prefix)
-    return prefix
+    return max(k for k in model.valid_cuts() if k <= prefix)
 
 
 def freeze_layers(model, names):
@@ -201,25 +192,33 @@ def _cast(x, dtype):
 class FineTuneNet(chainer.Chain):
     """The network with its frozen prefix run without a graph.
 
-    ``forward(x)`` runs ``layer_names[:frozen]`` under
+    ``forward(x)`` runs ``layer_names[:n_frozen_layers]`` under
     ``chainer.no_backprop_mode()`` (no backward, no stored activations) and
     the rest normally; outputs are logits (N, n_classes). Layers
-    ``[frozen, graph_start)`` also run without a graph (a head warm-up,
-    :class:`~finetune.training.recipe.Unfreeze`; ``graph_start`` is
-    ``frozen`` otherwise). With
+    ``[n_frozen_layers, graph_start)`` also run without a graph (a head
+    warm-up, :class:`~finetune.training.recipe.Unfreeze`; ``graph_start``
+    is ``n_frozen_layers`` otherwise). With
     ``from_features`` the input is already the frozen prefix's output
     (cached features) and only the rest runs. Inputs (float32 images or
     features) are cast to the parameters' dtype, so the same data feeds a
     float16 network.
+
+    Args:
+        net: the CaffeGraph.
+        n_frozen_layers (int): how many leading ``layer_names`` run
+            without a graph (a cut of ``net``, :func:`frozen_cut`).
+        from_features (bool): inputs are that prefix's outputs.
+        trunk_backend (str): where the prefix runs on the CPU, one of
+            :data:`finetune.models.opencv_runner.ENGINES`.
     """
 
-    def __init__(self, net, frozen, from_features=False,
+    def __init__(self, net, n_frozen_layers, from_features=False,
                  trunk_backend='auto'):
         super().__init__()
-        self.frozen = frozen
+        self.n_frozen_layers = n_frozen_layers
         self.from_features = from_features
         self.trunk_backend = trunk_backend
-        self.graph_start = frozen
+        self.graph_start = n_frozen_layers
         self._fast_trunk = None
         with self.init_scope():
             self.net = net
@@ -238,7 +237,8 @@ class FineTuneNet(chainer.Chain):
             return chainer.Variable(h.astype(self.dtype, copy=False),
                                     requires_grad=False)
         with chainer.no_backprop_mode():
-            h = self.net.forward(_cast(x, self.dtype), stop=self.frozen)
+            h = self.net.forward(_cast(x, self.dtype),
+                                 stop=self.n_frozen_layers)
         # a leaf that needs no gradient: the first trained layer then skips
         # computing one for its input
         return chainer.Variable(h.array, requires_grad=False)
@@ -246,15 +246,12 @@ class FineTuneNet(chainer.Chain):
     def _trunk_runner(self):
         """The OpenCV runner of the frozen prefix, built on first use (after
         any snapshot has been loaded); None for Chainer's path."""
-        if self.trunk_backend == 'chainer' or self.xp is not numpy:
+        if self.xp is not numpy:
             return None
         if self._fast_trunk is None:
-            from finetune.models.opencv_runner import fast_stages
-            self._fast_trunk = fast_stages(self.net, self.frozen) or False
-            if not self._fast_trunk and self.trunk_backend == 'opencv':
-                raise FinetuneError('--trunk-backend opencv: OpenCV is not '
-                                    'installed or cannot run this net '
-                                    'exactly (LRN k != 1)')
+            self._fast_trunk = select_engine(
+                self.net, self.trunk_backend, self.n_frozen_layers,
+                option='--trunk-backend') or False
         return self._fast_trunk or None
 
     @property
@@ -263,9 +260,9 @@ class FineTuneNet(chainer.Chain):
         return next(self.net.params()).dtype
 
     def forward(self, x):
-        h = self.features(x) if self.frozen and not self.from_features \
-            else _cast(x, self.dtype)
-        start = self.frozen
+        h = self.features(x) if self.n_frozen_layers and \
+            not self.from_features else _cast(x, self.dtype)
+        start = self.n_frozen_layers
         if self.graph_start > start:
             with chainer.no_backprop_mode():
                 h = self.net.forward(h, start=start, stop=self.graph_start)

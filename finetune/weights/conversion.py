@@ -110,7 +110,8 @@ def resolve_source(source, pretrained_dir=None):
 
 
 def detect_alexnet(net, source):
-    """Return AlexNet or CaffeNet for a caffemodel in BVLC's layout."""
+    """Return the constructor (AlexNet or CaffeNet) of a caffemodel in
+    BVLC's layout."""
     names = [layer.name for layer in net.layers]
     if not {'conv1', 'fc8', 'pool1', 'norm1'} <= set(names):
         raise CaffeModelError(
@@ -174,8 +175,9 @@ def default_preprocess(model, options, entry=None):
     """Caffe's preprocessing for ``model`` as :class:`CaffePreprocess`.
 
     A registry entry gives its own (:meth:`PretrainedModel.preprocess`).
-    AlexNet/CaffeNet: resize 256x256, ImageNet mean image, crop 227. Any
-    other net: resize to its declared input size, no mean, no crop.
+    A caffemodel without a prototxt (BVLC AlexNet/CaffeNet, recognised by
+    its layers): resize 256x256, ImageNet mean image, crop 227. Any other
+    net: resize to its declared input size, no mean, no crop.
     ``options.resize`` (H, W) larger than the input instead resizes to
     that and takes random (training) or center (evaluation) crops of the
     input's side, as Caffe's ``transform_param { crop_size }`` does.
@@ -194,7 +196,7 @@ def default_preprocess(model, options, entry=None):
         size, crop = base.size, base.crop_size
         mean = base.mean if mean is None else mean
         scale = base.scale if scale is None else scale
-    elif model.arch in ('alexnet', 'caffenet'):
+    elif options.prototxt is None:  # BVLC AlexNet/CaffeNet
         channels, height, width = 3, 227, 227
         size, crop = (256, 256), 227
         mean = imagenet_mean() if mean is None else mean

@@ -17,7 +17,7 @@ from finetune.weights.cache import converted_path
 from finetune.weights.conversion import ConversionOptions
 from finetune.weights.conversion import ensure_converted
 from finetune.weights.registry import PretrainedModel
-from finetune.weights.registry import REGISTRY
+from finetune.weights.registry import converted_from
 
 
 @dataclasses.dataclass
@@ -75,9 +75,8 @@ def pretrained(name_or_path, prototxt=None, pretrained_dir=None):
     """
     net, meta, preprocess = load_pretrained(name_or_path, prototxt,
                                             pretrained_dir)
-    registry_name = (meta.get('conversion') or {}).get('registry')
     return PretrainedNet(net, preprocess, list(meta['class_names']),
-                         REGISTRY.get(registry_name), meta)
+                         converted_from(meta), meta)
 
 
 def load_pretrained(pretrained, prototxt=None, pretrained_dir=None):

@@ -53,7 +53,5 @@ def write_random_caffemodel(prototxt, path, seed=0, v1=False, model=None,
 def write_random_alexnet(path, seed=0, v1=True, first_layer_scale=0.01):
     """A BVLC-layout AlexNet caffemodel (V1 by default) with random weights;
     returns the weights (see :func:`write_random_caffemodel`)."""
-    from finetune.models import AlexNet
-    skeleton = AlexNet(initialW=chainer.initializers.Zero())
-    return write_random_caffemodel(ALEXNET_DEPLOY, path, seed, v1, skeleton,
-                                   first_layer_scale)
+    return write_random_caffemodel(ALEXNET_DEPLOY, path, seed, v1,
+                                   first_layer_scale=first_layer_scale)

@@ -136,6 +136,8 @@ REGISTRY = {m.name: m for m in (
         name='alexnet', filename='bvlc_alexnet.caffemodel',
         sha1='9116a64c0fbe4459d18f4bb6b56d647b63920377',
         url='http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel',
+        # Caffe's recipe: a new fc6-fc8 head
+        head='fc6-fc8',
         licence='BVLC model licence: unrestricted use'),
     PretrainedModel(
         name='flickr_style', filename='finetune_flickr_style.caffemodel',
@@ -179,6 +181,12 @@ def registry_entry_for(path):
         if entry.filename == base:
             return entry
     return None
+
+
+def converted_from(meta):
+    """The entry a model file's metadata says it was converted from (its
+    ``conversion`` record), or None."""
+    return REGISTRY.get((meta.get('conversion') or {}).get('registry'))
 
 
 def class_names_of(entry):

@@ -11,7 +11,7 @@ import numpy as np
 import finetune
 from finetune.models.model_file import load_model
 from finetune.weights.conversion import convert_caffemodel
-from finetune.models import AlexNet
+from finetune.models.alexnet import LAYER_NAMES
 from finetune.data.resources import imagenet_class_names
 from finetune.weights.registry import pretrained_model
 
@@ -22,10 +22,10 @@ from tests.conftest import run_module as run
 def test_convert_writes_weights_with_metadata(alexnet_npz,
                                               alexnet_caffemodels):
     model, meta, preprocess = load_model(alexnet_npz)
-    assert meta['arch'] == 'alexnet'
+    assert meta['arch'] == 'caffe_graph'
     assert meta['class_names'] == imagenet_class_names()
     assert meta['class_names'][281] == 'tabby, tabby cat'
-    assert meta['layer_names'] == list(AlexNet.layer_names)
+    assert meta['layer_names'] == list(LAYER_NAMES)
     assert preprocess.crop_size == 227 and preprocess.size == (256, 256)
     assert preprocess.mean.shape == (3, 256, 256)
     w = alexnet_caffemodels['weights']
@@ -87,7 +87,9 @@ def test_caffenet_layout_is_detected(tmp_path):
     write_caffemodel(caffemodel, read_prototxt_param(str(deploy)), weights)
     out = convert_caffemodel(caffemodel, str(tmp_path / 'caffenet.npz'))
     model, meta, _ = load_model(out)
-    assert meta['arch'] == 'caffenet' and meta['n_classes'] == 20
+    assert meta['arch'] == 'caffe_graph' and meta['n_classes'] == 20
+    # the pooling before its normalization: CaffeNet's layout
+    assert model.layer_order[:4] == ('conv1', 'relu1', 'pool1', 'norm1')
     assert meta['class_names'][:2] == ['class0', 'class1']
 
 

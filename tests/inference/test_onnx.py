@@ -201,7 +201,7 @@ def test_metadata_describes_preprocessing(tiny_file, tmp_path):
     assert json.loads(props['class_names']) == TINY_CLASSES
     meta = read_metadata(path)
     assert meta['class_names'] == TINY_CLASSES
-    assert meta['arch'] == 'caffe'
+    assert meta['arch'] == 'caffe_graph'
     assert meta['size'] == (40, 40)
     assert meta['crop_size'] == 36
     assert meta['scale'] == 0.125
@@ -232,7 +232,7 @@ def test_alexnet_matches_chainer(alexnet_files):
     assert len(ops(exported, 'MaxPool')) == 3
     meta = read_metadata(exported)
     assert meta['class_names'] == ['c%d' % i for i in range(7)]
-    assert meta['crop_size'] == 227 and meta['arch'] == 'alexnet'
+    assert meta['crop_size'] == 227 and meta['arch'] == 'caffe_graph'
 
 
 def test_unsupported_opset_is_a_clear_error(tiny_model):

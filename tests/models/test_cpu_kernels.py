@@ -23,7 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from finetune.caffe.importer import import_caffemodel
-from finetune.models import AlexNet
+from finetune.models.alexnet import LAYER_NAMES
 from finetune.models import CaffeGraph
 from finetune.models import cpu_kernels as K
 from finetune.models.caffe_graph import CaffeBatchNorm
@@ -481,7 +481,7 @@ def test_alexnet_uses_the_kernels_and_matches_chainers_training_step():
     assert out['kinds'].count('LocalResponseNormalization') == 2
     assert 'Convolution2DFunction' not in out['kinds']
     assert out['nonzero']
-    assert sorted(out['errors']) == sorted(AlexNet.layer_names)
+    assert sorted(out['errors']) == sorted(LAYER_NAMES)
     for name, error in out['errors'].items():
         assert error < 1e-9, (name, error)
 

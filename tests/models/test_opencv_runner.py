@@ -5,15 +5,15 @@ import pytest
 
 import finetune
 from tests.conftest import backend_probabilities
+from tests.conftest import data_path
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.models.model_file import save_model
 from finetune.models import AlexNet
 from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
-from finetune.models.alexnet import deploy_prototxt
 from finetune.models.opencv_runner import OpenCVStages
-from finetune.models.opencv_runner import fast_stages
-from finetune.models.opencv_runner import truncated_definition
+from finetune.models.opencv_runner import graph_definition
+from finetune.models.opencv_runner import select_engine
 from finetune.training.surgery import FineTuneNet
 from finetune.data.transforms import CaffePreprocess
 
@@ -27,13 +27,25 @@ def chainer_forward(model, x, stop=None):
         return model.forward(x, stop=stop).array
 
 
-def test_generated_deploy_is_bvlc_alexnet(alexnet_deploy):
-    def layers(text):
-        return [(l.name, l.type, list(l.bottom), list(l.top),
-                 str(l.convolution_param), str(l.pooling_param),
-                 str(l.lrn_param), str(l.inner_product_param))
-                for l in parse_net_text(text).layer]
-    assert layers(deploy_prototxt()) == layers(open(alexnet_deploy).read())
+def layers(text):
+    return [(l.name, l.type, list(l.bottom), list(l.top),
+             str(l.convolution_param), str(l.pooling_param),
+             str(l.lrn_param), str(l.inner_product_param),
+             str(l.dropout_param)) for l in parse_net_text(text).layer]
+
+
+def test_alexnet_definition_is_bvlc_alexnet(alexnet_deploy):
+    assert layers(AlexNet().definition()) == \
+        layers(open(alexnet_deploy).read())
+
+
+def test_caffenet_definition_is_the_flickr_style_net_with_fc8():
+    """BVLC CaffeNet: Caffe's Flickr-Style deploy net (an independent
+    copy in the test data) with fc8_flickr named fc8."""
+    flickr = open(data_path('caffe', 'flickr_style_deploy.prototxt')).read()
+    assert layers(CaffeNet(n_classes=20).definition()) == \
+        layers(flickr.replace('fc8_flickr', 'fc8'))
+    assert 'num_output: 1000' in CaffeNet().definition()
 
 
 @pytest.mark.parametrize('cls', [AlexNet, CaffeNet])
@@ -67,8 +79,7 @@ def test_lenet_stages_match_chainer(lenet_files):
 
 
 def test_truncation_keeps_whole_stages():
-    net = parse_net_text(deploy_prototxt())
-    kept, output = truncated_definition(net, list(AlexNet.layer_names), 2)
+    kept, output = graph_definition(AlexNet(), 2)
     assert [l.name for l in kept.layer] == [
         'data', 'conv1', 'relu1', 'norm1', 'pool1', 'conv2', 'relu2',
         'norm2', 'pool2']
@@ -85,10 +96,22 @@ layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1"
 layer { name: "fc" type: "InnerProduct" bottom: "norm1" top: "fc"
         inner_product_param { num_output: 2 } }'''
     model = CaffeGraph.from_text(text)
-    assert fast_stages(model) is None
+    assert select_engine(model) is None
     net = FineTuneNet(model, 1, trunk_backend='opencv')
-    with pytest.raises(finetune.FinetuneError, match='LRN k'):
+    with pytest.raises(finetune.FinetuneError,
+                       match='^--trunk-backend opencv: .*LRN k'):
         net.features(np.zeros((1, 3, 9, 9), np.float32))
+    # inference decides in the same place, with the same message
+    from finetune.inference.predictor import Predictor
+    with pytest.raises(finetune.FinetuneError,
+                       match='^--backend opencv: .*LRN k'):
+        Predictor(model, ['a', 'b'], CaffePreprocess(
+            (9, 9), None, None, channels=3), backend='opencv')
+    assert Predictor(model, ['a', 'b'], CaffePreprocess(
+        (9, 9), None, None, channels=3), backend='auto').engine == \
+        'chainer (CPU)'
+    with pytest.raises(finetune.FinetuneError, match='--backend fast: '):
+        select_engine(model, 'fast')
 
 
 def test_predictor_backends_agree(tmp_path):

@@ -13,7 +13,7 @@ from finetune.data.transforms import CaffePreprocess
 from finetune.models import CaffeGraph
 from finetune.models.model_file import save_model
 from finetune.models.opencv_runner import OpenCVStages
-from finetune.models.opencv_runner import fast_stages
+from finetune.models.opencv_runner import select_engine
 from finetune.models.opencv_runner import graph_definition
 from finetune.training.surgery import FineTuneNet
 
@@ -90,7 +90,7 @@ def test_squeeze_output_is_flattened_like_chainer(small_nets):
     """SqueezeNet's output is pooled (N, K, 1, 1): both give (N, K)."""
     model = loaded(small_nets['squeeze_small'])
     x = np.random.RandomState(2).normal(0, 1, (2, 3, 32, 32)).astype('f')
-    full = fast_stages(model)
+    full = select_engine(model)
     assert full(x).shape == (2, 5)
     assert relative_error(full(x), chainer_forward(model, x)) < 1e-5
 

@@ -15,11 +15,13 @@ from finetune.models import CaffeGraph
 from finetune.models import CaffeNet
 from finetune.models.model_file import load_model
 from finetune.models.model_file import read_model_meta
+from finetune.training.fit import load_and_plan
 from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
 from finetune.training.surgery import parse_head_spec
 from finetune.training.surgery import parse_layer_spec
 from finetune.training.surgery import replace_head
+from finetune.weights.registry import pretrained_model
 from tests.conftest import write_style_folder
 
 
@@ -135,12 +137,30 @@ def test_replace_auto_is_the_last_inner_product(name, head, small_nets):
     assert parse_head_spec('auto', net) == head
 
 
-def test_replace_auto_on_alexnet_is_fc6_to_fc8():
+def test_replace_auto_on_alexnet_is_the_registry_head_fc6_to_fc8(
+        alexnet_npz):
+    """AlexNet and CaffeNet are CaffeGraphs whose classifier is fc8; the
+    registry's alexnet entry recommends Caffe's fc6-fc8 head, which
+    ``auto`` means for its weights (also given as the converted file)."""
     assert finetune.TrainConfig(data='photos').replace == 'auto'
+    entry = pretrained_model('alexnet')
     for arch in (AlexNet, CaffeNet):
         net = arch(initialW=chainer.initializers.Zero())
-        assert parse_head_spec('auto', net) == ['fc6', 'fc7', 'fc8']
-    assert parse_head_spec('fc8', net) == ['fc8']
+        assert parse_head_spec('auto', net, entry) == ['fc6', 'fc7', 'fc8']
+        assert parse_head_spec('auto', net) == ['fc8']
+    assert parse_head_spec('fc8', net, entry) == ['fc8']
+    plan = load_and_plan(finetune.TrainConfig(data='photos',
+                                              pretrained=alexnet_npz))
+    assert plan.head == ['fc6', 'fc7', 'fc8']
+
+
+def test_alexnet_freeze_sets_are_checked_like_any_net():
+    net = AlexNet(initialW=chainer.initializers.Zero())
+    check_freeze_set(net, parse_layer_spec('conv1-conv5', net))
+    with pytest.raises(finetune.FinetuneError,
+                       match='conv1 is trained but feeds the frozen conv2'):
+        check_freeze_set(net, ['conv2', 'conv3'])
+    assert frozen_cut(net, parse_layer_spec('conv1-conv5', net)) == 5
 
 
 def test_the_default_head_of_lenet_is_its_last_inner_product(digits,
