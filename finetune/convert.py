@@ -16,11 +16,8 @@ import argparse
 import sys
 
 from finetune.common.cli import add_class_names_argument
-from finetune.weights.conversion import ConversionOptions
-from finetune.weights.conversion import ensure_converted
-from finetune.weights.conversion import parse_mean
-from finetune.weights.conversion import parse_size
 from finetune.common.cli import command
+from finetune.common.cli import image_size
 from finetune.common.cli import positive_float
 
 
@@ -46,7 +43,7 @@ def build_parser():
                                help='input multiplier after the mean '
                                '(default 1)')
     preprocessing.add_argument(
-        '--resize', type=parse_size, metavar='H,W',
+        '--resize', type=image_size, metavar='H,W',
         help="resize images to H,W and take crops of the net's input size "
         '(random ones in training); default: resize to the input, no crop '
         '(AlexNet: 256,256 and 227 crops)')
@@ -58,6 +55,10 @@ def build_parser():
 @command
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # imported after parsing: --help and a bad flag stay light (no chainer)
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import ensure_converted
+    from finetune.weights.conversion import parse_mean
     options = ConversionOptions(prototxt=args.prototxt, labels=args.class_names,
                                 mean=parse_mean(args.mean), scale=args.scale,
                                 resize=args.resize)

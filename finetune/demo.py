@@ -19,16 +19,11 @@ import argparse
 import sys
 import os
 
-import numpy as np
-from PIL import Image
-
 from finetune.common.allocator import keep_freed_memory
 from finetune.common.cli import Range
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
-from finetune.weights.conversion import ConversionOptions
-from finetune.weights.conversion import ensure_converted
 from finetune.weights.registry import pretrained_model
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(
@@ -47,6 +42,8 @@ def write_digit_folders(out_dir, train_fraction=1.0, seed=0):
     ``train_fraction`` keeps a random part of each class (the demo uses
     a small fraction to show what pretraining buys with little data).
     """
+    import numpy as np
+    from PIL import Image
     from sklearn.datasets import load_digits
     digits = load_digits()
     rng = np.random.RandomState(seed)
@@ -67,6 +64,8 @@ def write_digit_folders(out_dir, train_fraction=1.0, seed=0):
 
 def convert_lenet(out_dir):
     """The real LeNet caffemodel as a finetune .npz (inputs scaled 1/256)."""
+    from finetune.weights.conversion import ConversionOptions
+    from finetune.weights.conversion import ensure_converted
     os.makedirs(out_dir, exist_ok=True)
     path, _ = ensure_converted(
         os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'),

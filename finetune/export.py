@@ -11,11 +11,11 @@ import argparse
 import sys
 
 from finetune.common.cli import Range
+from finetune.common.cli import add_batchsize_argument
+from finetune.common.cli import add_model_argument
 from finetune.common.cli import command
-from finetune.inference.onnx import MAX_OPSET
-from finetune.inference.onnx import MIN_OPSET
-from finetune.inference.onnx import describe_export
-from finetune.inference.onnx import export_onnx
+from finetune.inference import MAX_OPSET
+from finetune.inference import MIN_OPSET
 
 
 def batch_size(text):
@@ -35,15 +35,13 @@ def batch_size(text):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='python -m finetune.export', description=__doc__.split('\n')[0])
-    parser.add_argument('--model', required=True,
-                        help='finetune model file (.npz)')
+    add_model_argument(parser)
     parser.add_argument('-o', '--out', '--onnx', dest='out', required=True,
                         help='output .onnx file')
     graph = parser.add_argument_group('graph')
-    graph.add_argument('-B', '--batchsize', '--batch', dest='batchsize',
-                       type=batch_size, default=1,
-                       help="batch size of the graph, or 'dynamic' for any "
-                       '(default 1)')
+    add_batchsize_argument(graph, default=1, kind=batch_size,
+                           help_text="batch size of the graph, or 'dynamic' "
+                           'for any')
     graph.add_argument('--opset', type=Range(int, MIN_OPSET, MAX_OPSET),
                        default=None,
                        help='ONNX opset, %d to %d (default %d)'
@@ -54,6 +52,9 @@ def build_parser():
 @command
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # imported after parsing: --help and a bad flag stay light (no chainer)
+    from finetune.inference.onnx import describe_export
+    from finetune.inference.onnx import export_onnx
     onnx_model = export_onnx(args.model, args.out, args.batchsize,
                              args.opset)
     print(describe_export(onnx_model, args.out))

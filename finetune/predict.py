@@ -22,20 +22,20 @@ import argparse
 import sys
 
 from finetune.common.allocator import keep_freed_memory
+from finetune.common.cli import add_batchsize_argument
 from finetune.common.cli import add_device_argument
+from finetune.common.cli import add_model_argument
 from finetune.common.cli import add_tta_argument
 from finetune.common.cli import command
 from finetune.common.cli import non_negative_int
 from finetune.common.cli import positive_int
-from finetune.inference.batch import label_images
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='python -m finetune.predict', description=__doc__.split('\n')[0])
     parser.add_argument('images', nargs='+', help='image files or folders')
-    parser.add_argument('--model', required=True,
-                        help='.npz from finetune.train or finetune.convert')
+    add_model_argument(parser)
     parser.add_argument('-o', '--out', help='write CSV predictions here')
     parser.add_argument('--top', type=positive_int, default=5,
                         help='classes shown per image (default: %(default)s)')
@@ -52,9 +52,7 @@ def build_parser():
                       help='images made durable at a time (default: '
                       '%(default)s)')
     loading = parser.add_argument_group('data loading')
-    loading.add_argument('-B', '--batchsize', '--batch', dest='batchsize',
-                         type=positive_int, default=64,
-                         help='images per batch (default: %(default)s)')
+    add_batchsize_argument(loading, default=64)
     loading.add_argument('-j', '--loaderjob', type=non_negative_int,
                          default=2, help='image-loading processes (0: in '
                          'this process; default: %(default)s)')
@@ -71,6 +69,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     keep_freed_memory()
+    # imported after parsing: --help and a bad flag stay light (no chainer)
+    from finetune.inference.batch import label_images
     return label_images(args.model, args.images, args.out, args.batchsize,
                         args.loaderjob, args.top, args.device, args.backend,
                         args.features, args.resume, args.chunk,

@@ -226,5 +226,5 @@ def test_train_refuses_a_label_file_inside_out_before_writing(tmp_path,
     result = run_module('finetune.train', '--data', data, '--pretrained',
                         pretrained, '-o', str(out), '--replace', 'ip2',
                         '--label-file', str(label_file))
-    assert_refused(result, '--label-file', 'inside --out')
+    assert_refused(result, '--image-list', 'inside --out')
     assert os.listdir(out) == ['list.txt']

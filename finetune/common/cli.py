@@ -1,6 +1,6 @@
 """What every command-line tool shares: one-line errors (exit status 2),
 argument types and the options that mean the same thing in every command
-(``-d/--device``, ``--class-names``)."""
+(``-d/--device``, ``--model``, ``-B/--batchsize``, ``--class-names``)."""
 import argparse
 import functools
 import math
@@ -230,3 +230,37 @@ def add_class_names_argument(parser, help_text='file of class names, one '
     stay as aliases."""
     parser.add_argument('--class-names', '--labels', '--label-names',
                         dest='class_names', metavar='FILE', help=help_text)
+
+
+#: the flags of the batch size in every command (``--batch`` an alias)
+BATCHSIZE_FLAGS = ('-B', '--batchsize', '--batch')
+
+
+def add_batchsize_argument(parser, default, help_text='images per batch',
+                           kind=positive_int):
+    """``-B/--batchsize N`` (``--batch`` an alias), parsed by ``kind``."""
+    parser.add_argument(*BATCHSIZE_FLAGS, dest='batchsize', type=kind,
+                        default=default, metavar='N',
+                        help='%s (default: %%(default)s)' % help_text)
+
+
+def add_model_argument(parser, help_text='model file (.npz) from '
+                       'finetune.train or finetune.convert'):
+    """``--model FILE``, required: the model file a command reads."""
+    parser.add_argument('--model', required=True, metavar='FILE',
+                        help=help_text)
+
+
+def image_size(text):
+    """``--resize``-style value: 'H,W' or one number for both, as a tuple
+    of two ints >= 1 (pixels)."""
+    try:
+        sides = [int(v) for v in text.split(',')]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise argparse.ArgumentTypeError(
+            'expected H,W or one size in pixels, got %r' % text)
+    return tuple(sides)

@@ -4,13 +4,13 @@ The steps, tied together by :func:`prepare_dataset`:
 
 1. list the images and their labels, from a folder with one sub-folder per
    class (:func:`scan_image_folder`) or from a Caffe-style ``path label``
-   file (:func:`read_label_file`);
+   file (:func:`read_image_list`);
 2. open and fully decode every image once, dropping the unusable ones and
    saying why (:func:`verify_images`, :func:`write_problem_report`);
 3. split into train and validation sets, class by class
    (:func:`stratified_split`);
 4. write ``train.txt``, ``val.txt`` and ``labels.txt``
-   (:func:`write_label_file`, :func:`write_class_names`);
+   (:func:`write_image_list`, :func:`write_class_names`);
 5. average the training images into a mean image, one image in memory at a
    time (:func:`compute_mean_image`, :func:`save_mean`).
 
@@ -212,7 +212,7 @@ def read_class_names(path):
     return names
 
 
-def read_label_file(path, root, allow_empty=False):
+def read_image_list(path, root, allow_empty=False):
     """Read a Caffe-style image list: one ``relative/path.jpg label`` a line.
 
     The label is a non-negative integer after the last run of whitespace,
@@ -279,7 +279,7 @@ def read_label_file(path, root, allow_empty=False):
     return entries, class_names
 
 
-def write_label_file(path, entries):
+def write_image_list(path, entries):
     """Write entries as ``path label`` lines (atomically), in the given order.
 
     Raises:
@@ -496,9 +496,9 @@ class PreparedDataset:
     problems: list
 
 
-def list_dataset(data_dir, label_file=None, outputs=None):
-    """``(entries, class_names)`` of ``label_file`` (see
-    :func:`read_label_file`), or of the class folders of ``data_dir`` (see
+def list_dataset(data_dir, image_list=None, outputs=None):
+    """``(entries, class_names)`` of ``image_list`` (see
+    :func:`read_image_list`), or of the class folders of ``data_dir`` (see
     :func:`scan_image_folder`); reads no image.
 
     Args:
@@ -509,20 +509,20 @@ def list_dataset(data_dir, label_file=None, outputs=None):
     Raises:
         DataError: the label file or folder cannot be used.
     """
-    if label_file is not None:
-        real = os.path.realpath(label_file)
+    if image_list is not None:
+        real = os.path.realpath(image_list)
         for option_name, path in (outputs or {}).items():
             if images.is_within(real, os.path.realpath(path)):
                 raise DataError(
-                    '--label-file %s: inside %s %s, which the run rewrites '
+                    '--image-list %s: inside %s %s, which the run rewrites '
                     '(train.txt, val.txt, labels.txt); copy it elsewhere'
-                    % (label_file, option_name, path))
-        return read_label_file(label_file, data_dir)
+                    % (image_list, option_name, path))
+        return read_image_list(image_list, data_dir)
     return scan_image_folder(data_dir, outputs)
 
 
 def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
-                    label_file=None, compute_mean=True, channels=3,
+                    image_list=None, compute_mean=True, channels=3,
                     size=(256, 256), jobs=1):
     """List, verify and split a data folder; write the lists and mean.
 
@@ -534,12 +534,12 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
 
     Args:
         data_dir (str): the image folder (one sub-folder per class unless
-            ``label_file`` is given).
+            ``image_list`` is given).
         out_dir (str): created if missing; refused inside ``data_dir``
-            (the next scan would read it), and a ``label_file`` inside it.
+            (the next scan would read it), and an ``image_list`` inside it.
         val_split (float): fraction of each class for validation, in [0, 1).
         seed (int): seed of the split.
-        label_file (str or None): a ``path label`` file listing the images
+        image_list (str or None): a ``path label`` file listing the images
             instead of the class folders.
         compute_mean (bool): compute and save the mean image.
         channels (int): 3 (BGR) or 1 (gray).
@@ -553,11 +553,11 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         DataError: the folder or label file cannot be used, or no image
             can be read.
     """
-    entries, class_names = list_dataset(data_dir, label_file,
+    entries, class_names = list_dataset(data_dir, image_list,
                                         {'--out': out_dir})
     good, problems = verify_images(data_dir, entries, jobs=jobs,
                                    channels=channels)
-    if label_file is None:
+    if image_list is None:
         problems += unlisted_files(data_dir, class_names)
         if good:
             good, class_names = drop_unreadable_classes(data_dir, good,
@@ -566,7 +566,7 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         for label in sorted(set(range(len(class_names))) -
                             {label for _, label in good}):
             logger.warning('%s: class %d (%s) has no readable image; it is '
-                           'not trained', label_file, label,
+                           'not trained', image_list, label,
                            class_names[label])
     os.makedirs(out_dir, exist_ok=True)
     problems_path = os.path.join(out_dir, PROBLEMS_FILE)
@@ -575,8 +575,8 @@ def prepare_dataset(data_dir, out_dir, val_split=0.1, seed=0,
         raise DataError('%s: none of the %d images can be read; see %s'
                         % (data_dir, len(entries), problems_path))
     train, val = stratified_split(good, val_split, seed)
-    write_label_file(os.path.join(out_dir, TRAIN_FILE), train)
-    write_label_file(os.path.join(out_dir, VAL_FILE), val)
+    write_image_list(os.path.join(out_dir, TRAIN_FILE), train)
+    write_image_list(os.path.join(out_dir, VAL_FILE), val)
     write_class_names(os.path.join(out_dir, CLASS_NAMES_FILE), class_names)
     mean = None
     if compute_mean:

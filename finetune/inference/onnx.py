@@ -38,6 +38,8 @@ import numpy as np
 from finetune.models.cpu_kernels import chainer_functions
 from finetune.models.model_file import load_model
 from finetune.common.errors import FinetuneError
+from finetune.inference import MAX_OPSET
+from finetune.inference import MIN_OPSET
 from finetune.common.fileio import atomic_write
 from finetune.common.fileio import refuse_overwriting_inputs
 
@@ -46,8 +48,6 @@ INSTALL_HINT = ("ONNX export needs the onnx package: pip install "
                 "'finetune[onnx]' (or pip install '%s')" % ONNX_REQUIREMENT)
 INPUT_NAME = 'data'
 OUTPUT_NAMES = ('logits', 'prob')
-MIN_OPSET = 7  # onnx_chainer's tested range
-MAX_OPSET = 11
 
 
 class ExportError(FinetuneError):

@@ -64,9 +64,10 @@ class TrainConfig:
     """
     data: str = option(None, 'folder with one sub-folder of images per class',
                        path=True, group='data', required=True)
-    label_file: Optional[str] = option(
-        None, "'path label' lines instead of sub-folders (paths relative to "
-        '--data)', path=True, group='data')
+    image_list: Optional[str] = option(
+        None, "file of 'path label' lines listing the images instead of "
+        'sub-folders (paths relative to --data)', '--label-file', path=True,
+        group='data', metavar='FILE')
     val_split: float = option(
         0.1, 'fraction of each class held out for validation, in [0, 1); 0: '
         'no validation', values=fraction, group='data')
@@ -138,7 +139,8 @@ class TrainConfig:
     lr_find: bool = option(False, 'run a learning-rate range test, plot it, '
                            'and stop', group='schedule')
     batchsize: int = option(32, 'training images per batch (per process)',
-                            '-B', values=positive_int, group='data loading')
+                            '-B', '--batch', values=positive_int,
+                            group='data loading')
     val_batchsize: int = option(64, 'validation images per batch',
                                 values=positive_int, group='data loading')
     loaderjob: int = option(2, 'image-loading processes (0: in the main '

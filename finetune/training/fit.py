@@ -142,11 +142,11 @@ def resumes_from_lists(config):
 
 def check_data(config):
     """Refuse a missing, empty or one-class ``--data`` folder (or a bad
-    ``--label-file``) that the run would scan, before ``--out`` is touched
+    ``--image-list``) that the run would scan, before ``--out`` is touched
     (listing the folder twice costs little next to verifying every
     image)."""
     if not resumes_from_lists(config):
-        folder.list_dataset(config.data, config.label_file,
+        folder.list_dataset(config.data, config.image_list,
                             {'--out': config.out})
 
 
@@ -155,8 +155,8 @@ def prepare_lists(config, channels, size):
     resuming, else built from ``--data``."""
     train_txt = os.path.join(config.out, folder.TRAIN_FILE)
     if resumes_from_lists(config):
-        train, names = folder.read_label_file(train_txt, config.data)
-        val, _ = folder.read_label_file(
+        train, names = folder.read_image_list(train_txt, config.data)
+        val, _ = folder.read_image_list(
             os.path.join(config.out, folder.VAL_FILE), config.data,
             allow_empty=True)
         mean_path = os.path.join(config.out, folder.MEAN_FILE)
@@ -165,7 +165,7 @@ def prepare_lists(config, channels, size):
         return train, val, names, mean
     prepared = folder.prepare_dataset(
         config.data, config.out, val_split=config.val_split,
-        seed=config.seed, label_file=config.label_file,
+        seed=config.seed, image_list=config.image_list,
         compute_mean=config.mean == 'dataset', channels=channels, size=size,
         jobs=max(1, config.loaderjob))
     return prepared.train, prepared.val, prepared.class_names, prepared.mean

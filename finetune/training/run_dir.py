@@ -27,7 +27,7 @@ LOCK_FILE = '.lock'
 #: TrainConfig fields that make a run what it is (changing any of them
 #: makes the snapshots another run's); schedule, speed and output options
 #: may change between a run and its resumption.
-IDENTITY_FIELDS = ('label_file', 'val_split', 'mean', 'pretrained',
+IDENTITY_FIELDS = ('image_list', 'val_split', 'mean', 'pretrained',
                    'prototxt', 'freeze', 'replace', 'seed', 'dtype')
 
 
@@ -132,9 +132,13 @@ def _stored_identity(directory):
     try:
         with open(os.path.join(directory, IDENTITY_FILE),
                   encoding='utf-8') as f:
-            return json.load(f)
+            stored = json.load(f)
     except (OSError, ValueError):
         return None
+    if isinstance(stored, dict) and 'label_file' in stored:
+        # runs before --image-list was its name
+        stored.setdefault('image_list', stored.pop('label_file'))
+    return stored
 
 
 def resume_snapshot(resume, out):

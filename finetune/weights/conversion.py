@@ -13,7 +13,6 @@ starting together): an exclusive lock on the caffemodel itself (opened
 read-only, so no lock file is left anywhere) lets one convert while the
 others wait and then reuse its result.
 """
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -436,13 +435,3 @@ def parse_mean(text):
         raise CaffeModelError("--mean %r: expected 'imagenet', 'none', an "
                               ".npy file or numbers like 104,117,123"
                               % text) from None
-
-
-def parse_size(text):
-    """``--resize``: 'H,W' or one number for both."""
-    sides = [int(v) for v in text.split(',')]
-    if len(sides) == 1:
-        sides *= 2
-    if len(sides) != 2 or min(sides) < 1:
-        raise argparse.ArgumentTypeError('expected H,W, got %r' % text)
-    return tuple(sides)

@@ -2,6 +2,8 @@
 thing has one name, help text and type in every command, and the older
 spellings of a renamed option still parse to the same value."""
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -53,7 +55,7 @@ def test_the_class_name_file_has_one_name_everywhere():
         # the old spellings are not another option in any command
         owners = [(name, a.dest) for name, parser in parsers().items()
                   for a in parser._actions if flag in a.option_strings]
-        assert all(dest in ('class_names', 'label_file')
+        assert all(dest in ('class_names', 'image_list')
                    for _, dest in owners), owners
 
 
@@ -83,3 +85,46 @@ def test_an_option_name_means_one_thing_across_commands():
     clashes = {flag: dests for flag, dests in owners.items()
                if len(dests) > 1}
     assert clashes == {}
+
+
+@pytest.mark.parametrize('dest,commands', [
+    ('batchsize', {'export', 'predict', 'train'}),
+    ('model', {'export', 'predict'})])
+def test_batch_size_and_model_flags_are_spelt_alike(dest, commands):
+    """``-B/--batchsize/--batch`` and ``--model`` are the same flags
+    wherever they appear (their value types differ on purpose: export
+    also takes 'dynamic')."""
+    uses = [(name, a) for name, a in options_by_dest()[dest]]
+    assert {name for name, _ in uses} == commands
+    assert len({tuple(a.option_strings) for _, a in uses}) == 1, uses
+
+
+def test_every_spelling_of_the_batch_size_parses_in_predict():
+    parser = importlib.import_module('finetune.predict').build_parser()
+    for flag in ('-B', '--batchsize', '--batch'):
+        args = parser.parse_args(['--model', 'm.npz', flag, '7', 'x.jpg'])
+        assert args.batchsize == 7
+
+
+HELP_PROBE = '''
+import runpy, sys
+sys.argv = [%(name)r, '--help']
+try:
+    runpy.run_module(%(module)r, run_name='__main__')
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+print('imported:', ' '.join(sorted(m for m in ('chainer', 'cupy', 'cv2', 'onnx')
+                      if m in sys.modules)))
+'''
+
+
+@pytest.mark.parametrize('name', COMMANDS + ('train',))
+def test_help_imports_neither_chainer_nor_opencv(name):
+    """Every command is lazy: ``--help`` (and argument errors) come before
+    the heavy imports, as they do for ``train``."""
+    probe = HELP_PROBE % {'name': name, 'module': 'finetune.' + name}
+    done = subprocess.run([sys.executable, '-c', probe],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'usage:' in done.stdout
+    assert done.stdout.rstrip().splitlines()[-1] == 'imported:', done.stdout

@@ -99,11 +99,11 @@ def test_scan_of_a_missing_folder_is_a_data_error(tmp_path):
 def test_label_file_round_trip_with_class_names(tmp_path):
     entries = [('b/with space.jpg', 1), ('a/x.jpg', 0), ('c/y.png', 2)]
     label_path = str(tmp_path / 'lists' / 'train.txt')
-    data.write_label_file(label_path, entries)
+    data.write_image_list(label_path, entries)
     data.write_class_names(str(tmp_path / 'lists' / 'labels.txt'),
                            ['cat', 'dog', 'fish'])
 
-    read_entries, class_names = data.read_label_file(label_path,
+    read_entries, class_names = data.read_image_list(label_path,
                                                      str(tmp_path))
 
     assert read_entries == entries
@@ -115,7 +115,7 @@ def test_label_file_without_labels_txt_names_classes_by_number(tmp_path):
     label_path = str(tmp_path / 'list.txt')
     with open(label_path, 'w') as f:
         f.write('a.jpg 0\n\n  b.jpg   3  \n')
-    entries, class_names = data.read_label_file(label_path, str(tmp_path))
+    entries, class_names = data.read_image_list(label_path, str(tmp_path))
     assert entries == [('a.jpg', 0), ('b.jpg', 3)]
     assert class_names == ['0', '1', '2', '3']
 
@@ -127,7 +127,7 @@ def test_malformed_label_line_names_file_and_line(tmp_path, bad_line):
     with open(label_path, 'w') as f:
         f.write('a.jpg 0\nb.jpg 1\n%s\n' % bad_line)
     with pytest.raises(DataError) as error:
-        data.read_label_file(label_path, str(tmp_path))
+        data.read_image_list(label_path, str(tmp_path))
     message = str(error.value)
     assert message.startswith('%s:3:' % label_path)
     assert bad_line in message
@@ -140,7 +140,7 @@ def test_labels_txt_with_too_few_names_is_an_error(tmp_path):
         f.write('a.jpg 0\nb.jpg 2\n')
     data.write_class_names(str(tmp_path / 'labels.txt'), ['x', 'y'])
     with pytest.raises(DataError, match='labels.txt: names 2 classes'):
-        data.read_label_file(label_path, str(tmp_path))
+        data.read_image_list(label_path, str(tmp_path))
 
 
 # --- stratified split -------------------------------------------------------
@@ -351,9 +351,9 @@ def test_prepare_dataset_end_to_end(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ['labels.txt', 'mean.npy', 'mean.png',
                                        'problems.csv', 'train.txt',
                                        'val.txt']
-    train, class_names = data.read_label_file(
+    train, class_names = data.read_image_list(
         os.path.join(out, 'train.txt'), root)
-    val, _ = data.read_label_file(os.path.join(out, 'val.txt'), root)
+    val, _ = data.read_image_list(os.path.join(out, 'val.txt'), root)
     assert (train, val, class_names) == (result.train, result.val,
                                          result.class_names)
     with open(os.path.join(out, 'problems.csv'), newline='') as f:
@@ -374,11 +374,11 @@ def test_prepare_dataset_from_label_file_without_mean(tmp_path):
     root = str(tmp_path / 'images')
     entries = make_folder(root, {'x': 4, 'y': 4})
     label_path = str(tmp_path / 'my_list.txt')
-    data.write_label_file(label_path, entries)
+    data.write_image_list(label_path, entries)
     out = str(tmp_path / 'out')
 
     result = data.prepare_dataset(root, out, val_split=0.0,
-                                  label_file=label_path, compute_mean=False)
+                                  image_list=label_path, compute_mean=False)
 
     assert result.mean is None
     assert result.problems == []

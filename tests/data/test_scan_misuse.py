@@ -99,7 +99,7 @@ def test_a_label_file_listing_a_fifo_or_a_device_skips_it(tmp_path):
     listing.write_text('a/1.jpg 0\na/pipe.jpg 0\n/dev/zero 1\nb/2.jpg 1\n')
     out = tmp_path / 'out'
     prepared = data.prepare_dataset(root, str(out), val_split=0,
-                                    label_file=str(listing),
+                                    image_list=str(listing),
                                     compute_mean=False)
     assert prepared.train == [('a/1.jpg', 0), ('b/2.jpg', 1)]
     assert read_problems(out) == [['a/pipe.jpg', images.NOT_REGULAR],
@@ -131,7 +131,7 @@ def test_file_names_with_line_separators_are_left_out_and_lists_read_back(
                                     compute_mean=False)
     assert prepared.train == [('a/1.jpg', 0), ('b/2.jpg', 1)]
     # what --resume reads back is what was written
-    assert data.read_label_file(str(out / data.TRAIN_FILE), root) == (
+    assert data.read_image_list(str(out / data.TRAIN_FILE), root) == (
         prepared.train, ['a', 'b'])
 
 
@@ -189,7 +189,7 @@ def test_a_label_file_class_of_only_unreadable_images_is_said(tmp_path,
     listing = tmp_path / 'list.txt'
     listing.write_text('a/1.jpg 0\nb/2.jpg 1\na/x.jpg 2\n')
     prepared = data.prepare_dataset(root, str(tmp_path / 'out'),
-                                    val_split=0, label_file=str(listing),
+                                    val_split=0, image_list=str(listing),
                                     compute_mean=False)
     assert prepared.class_names == ['0', '1', '2']  # the file's numbering
     assert any('class 2 (2) has no readable image' in r.getMessage()
@@ -224,14 +224,14 @@ def test_a_label_file_inside_the_output_folder_is_refused(tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'list.txt').write_text('a/1.jpg 0\nb/2.jpg 1\n')
-    with pytest.raises(DataError, match='--label-file .*inside --out'):
-        data.prepare_dataset(root, str(out), label_file=str(
+    with pytest.raises(DataError, match='--image-list .*inside --out'):
+        data.prepare_dataset(root, str(out), image_list=str(
             out / 'list.txt'), compute_mean=False)
     assert sorted(os.listdir(out)) == ['list.txt']
     # outside --out it is read
     os.rename(out / 'list.txt', tmp_path / 'list.txt')
     prepared = data.prepare_dataset(root, str(out), val_split=0,
-                                    label_file=str(tmp_path / 'list.txt'),
+                                    image_list=str(tmp_path / 'list.txt'),
                                     compute_mean=False)
     assert prepared.train == [('a/1.jpg', 0), ('b/2.jpg', 1)]
 

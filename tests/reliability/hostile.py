@@ -414,7 +414,7 @@ def misuse_cases(corpus):
                                   shutil.copy(path('noval_run', 'train.txt'),
                                               os.path.join(folder, 'out',
                                                            'list.txt'))),
-            last=r'--label-file'),
+            last=r'--image-list'),
         Case('20.5 convert X.npz into its own folder (the same name)', module(
             'convert', 'weights.npz', '--prototxt', path('lenet',
                                                          'lenet.prototxt'),

@@ -42,7 +42,7 @@ BAD_VALUES = {
     'lr_find': ['yes', 1],
     'overwrite': [0],
     'cache_features': ['false'],
-    'label_file': [1],
+    'image_list': [1],
 }
 #: float fields whose NaN and -Inf were refused before (a failed comparison)
 CHECKED_BEFORE = ('val_split', 'lr', 'time_limit')
@@ -82,11 +82,11 @@ def test_the_command_line_refuses_the_same_values(field, value):
 
 def test_paths_may_be_pathlike_and_become_str(tmp_path):
     config = TrainConfig(data=tmp_path / 'photos',
-                         label_file=tmp_path / 'list.txt',
+                         image_list=tmp_path / 'list.txt',
                          pretrained=pathlib.Path('m.npz'),
                          pretrained_dir=tmp_path, prototxt=tmp_path / 'd.pt',
                          out=tmp_path / 'out', resume=tmp_path / 's.npz')
-    for name in ('data', 'label_file', 'pretrained', 'pretrained_dir',
+    for name in ('data', 'image_list', 'pretrained', 'pretrained_dir',
                  'prototxt', 'out', 'resume'):
         assert type(getattr(config, name)) is str, name
     assert config.data == str(tmp_path / 'photos')

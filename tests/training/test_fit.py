@@ -339,7 +339,7 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
     from finetune.weights.conversion import convert_caffemodel
     from finetune.demo import LENET_DIR
     from finetune.data.feature_cache import crop_windows
-    from finetune.data.folder import read_label_file
+    from finetune.data.folder import read_image_list
     data, _ = digits
     lenet = str(tmp_path / 'lenet32.npz')
     convert_caffemodel(
@@ -354,7 +354,7 @@ def test_cached_crop_features_are_the_trunk_on_those_crops(digits,
     cache_dir = out / 'feature_cache'
     train_file = [f for f in os.listdir(cache_dir) if f.startswith('train')]
     cached = np.load(str(cache_dir / train_file[0]), mmap_mode='r')
-    entries, _ = read_label_file(str(out / 'train.txt'), data)
+    entries, _ = read_image_list(str(out / 'train.txt'), data)
     model, _, prep = load_model(lenet)
     assert (prep.size, prep.crop_size) == ((32, 32), 28)
     assert cached.shape == (len(entries), 4, 50, 4, 4)

@@ -23,7 +23,7 @@ import finetune
 from finetune.weights.conversion import ConversionOptions
 from finetune.weights.conversion import convert_caffemodel
 from finetune.data.feature_cache import crop_windows
-from finetune.data.folder import read_label_file
+from finetune.data.folder import read_image_list
 from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
 from finetune.training.extensions import SeededUpdater
@@ -122,7 +122,7 @@ def arrays(npz_path):
 
 def entries(out, photos, split='train'):
     """(paths, labels) of the run's train.txt or val.txt."""
-    listed, _ = read_label_file(os.path.join(str(out), '%s.txt' % split),
+    listed, _ = read_image_list(os.path.join(str(out), '%s.txt' % split),
                                 str(photos))
     return ([os.path.join(str(photos), p) for p, _ in listed],
             np.array([label for _, label in listed]))

@@ -126,3 +126,27 @@ def test_lr_find_keeps_another_runs_lists(digits, tmp_path):
         open(out / name, 'rb').read() for name in lists]
     resumed = train(str(other), pretrained, out, '-E', '2', '-r', 'auto')
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_a_run_identity_written_before_the_image_list_rename_resumes(
+        tmp_path):
+    """run.json files of earlier versions call --image-list 'label_file':
+    the same run still resumes, another image list is still refused."""
+    import json
+    import pytest
+    from finetune.common.errors import FinetuneError
+    from finetune.training.config import TrainConfig
+    from finetune.training.run_dir import check_run_dir
+    from finetune.training.run_dir import run_identity
+    out = tmp_path / 'out'
+    out.mkdir()
+    config = TrainConfig(data=str(tmp_path), out=str(out), resume='auto',
+                         image_list=str(tmp_path / 'list.txt'))
+    old = run_identity(config)
+    old['label_file'] = old.pop('image_list')
+    (out / 'run.json').write_text(json.dumps(old))
+    check_run_dir(config)  # the same run: no error
+    other = TrainConfig(data=str(tmp_path), out=str(out), resume='auto',
+                        image_list=str(tmp_path / 'other.txt'))
+    with pytest.raises(FinetuneError, match='--image-list was'):
+        check_run_dir(other)
