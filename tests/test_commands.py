@@ -11,7 +11,7 @@ import pytest
 from finetune import convert, export, fetch, gather, predict
 from finetune.training import config as train_config
 from finetune.training.config import TrainConfig
-from tests.conftest import run_module
+from tests.support.processes import run_module
 
 PARSERS = {'train': train_config.build_parser(), 'predict':
            predict.build_parser(), 'convert': convert.build_parser(),

@@ -10,7 +10,7 @@ from finetune.common.errors import DataError
 from finetune.data.datasets import ImagePathDataset
 from finetune.data.datasets import LabeledImageDataset
 from finetune.data.transforms import CaffePreprocess
-from tests.data.test_folder import make_folder
+from tests.support.photos import make_folder
 
 
 @pytest.fixture

@@ -28,13 +28,13 @@ from finetune.weights.conversion import convert_caffemodel  # NOQA: E402
 from finetune.inference.onnx import export_onnx  # NOQA: E402
 from finetune.inference.onnx import read_metadata  # NOQA: E402
 from finetune.models.model_file import load_model  # NOQA: E402
-from tests.inference.test_onnx import LRN  # NOQA: E402
-from tests.training.test_graph_pipeline import NETS  # NOQA: E402
-from tests.training.test_graph_pipeline import SHAPES  # NOQA: E402
-from tests.training.test_graph_pipeline import config  # NOQA: E402
-from tests.training.test_graph_pipeline import entries  # NOQA: E402
-from tests.training.test_graph_pipeline import graph_nets  # NOQA: E402,F401
-from tests.training.test_graph_pipeline import photos  # NOQA: E402,F401
+from tests.support.onnx_ops import LRN  # NOQA: E402
+from tests.support.graph_nets import NETS  # NOQA: E402
+from tests.support.graph_nets import SHAPES  # NOQA: E402
+from tests.support.graph_nets import config  # NOQA: E402
+from tests.support.graph_nets import entries  # NOQA: E402
+from tests.support.graph_nets import graph_nets  # NOQA: E402,F401
+from tests.support.graph_nets import photos  # NOQA: E402,F401
 
 
 class BatchNormalization(OpRun):

@@ -19,9 +19,9 @@ from finetune.models import CaffeGraph
 from finetune.weights import registry
 from finetune.models.model_file import load_model
 from finetune.weights.download import fetch_model
-from tests.conftest import run_module
-from tests.conftest import write_style_folder
-from tests.http_server import Response
+from tests.support.processes import run_module
+from tests.support.photos import write_style_folder
+from tests.support.http_server import Response
 
 
 def test_every_entry_names_files_that_exist_or_a_package():

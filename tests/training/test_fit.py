@@ -24,27 +24,11 @@ from finetune.training.config import build_parser
 from finetune.training.config import config_from_args
 from finetune.training.fit import fit
 from finetune.training.extensions import latest_snapshot
+from tests.support.training import params
+from tests.support.training import run_train
+from tests.support.training import train_args
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
-
-
-def train_args(data, pretrained, out, *extra):
-    return ['--data', data, '--pretrained', pretrained, '--out', str(out),
-            '--batchsize', '16', '--val-split', '0.3', '--lr', '0.01',
-            '--loaderjob', '0', '--log-interval', '5'] + list(extra)
-
-
-def run_train(*argv):
-    """fit() with the TrainConfig that these command-line flags make;
-    returns the final validation metrics."""
-    return fit(config_from_args(build_parser().parse_args(list(argv)))
-               ).metrics
-
-
-def params(npz_path):
-    model, _, _ = load_model(npz_path)
-    return {name: [p.array.copy() for p in model[name].params()]
-            for name in model.layer_names}
 
 
 def test_layer_specs():
