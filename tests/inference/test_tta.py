@@ -137,7 +137,7 @@ def test_predict_tta_writes_the_mean_over_the_ten_crops(lenet_cropped,
 
 def test_train_tta_evaluates_with_the_ten_crops(lenet_cropped, digits,
                                                 tmp_path):
-    from finetune.data.folder import read_label_file
+    from finetune.data.folder import read_image_list
     from tests.support.training import run_train
     from tests.support.training import train_args
     data, _ = digits
@@ -145,7 +145,7 @@ def test_train_tta_evaluates_with_the_ten_crops(lenet_cropped, digits,
     metrics = run_train(*train_args(
         data, lenet_cropped, out, '--epochs', '1', '--replace', 'ip2',
         '--freeze', 'conv1-conv2', '--tta'))
-    val, _ = read_label_file(str(out / 'val.txt'), data)
+    val, _ = read_image_list(str(out / 'val.txt'), data)
     paths = [os.path.join(data, path) for path, _ in val]
     labels = np.array([label for _, label in val])
     tta, centre = reference_probabilities(str(out / 'model_final.npz'),
