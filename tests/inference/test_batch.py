@@ -15,32 +15,53 @@ from tests.support.paths import data_path
 from tests.support.processes import run_module as run
 
 
+def opencv_probabilities(caffemodel, x):
+    """Softmax of OpenCV's own run of the BVLC deploy net on ``caffemodel``
+    for inputs ``x`` (N, 3, 227, 227): the independent reference."""
+    import cv2
+    from finetune.weights.random_model import ALEXNET_DEPLOY
+    net = cv2.dnn.readNetFromCaffe(ALEXNET_DEPLOY, caffemodel)
+    net.setInput(np.ascontiguousarray(x, np.float32))
+    logits = net.forward('fc8').reshape(len(x), -1).astype(np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def test_predict_prints_top5_with_imagenet_names(alexnet_npz,
                                                  alexnet_caffemodels):
+    """The printed lines are the top 5 of OpenCV's run of the caffemodel
+    the model file was converted from, named by Caffe's synset order."""
     result = run('finetune.predict', '--model', alexnet_npz,
                  data_path('cat.jpg'), '--loaderjob', '0')
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].endswith('cat.jpg') and len(lines) == 6
-    # the printed classes are the model's top 5, in order
-    predictor = finetune.load(alexnet_npz)
-    _, probs = predictor.predict([data_path('cat.jpg')])
-    best = np.argsort(-probs[0])[:5]
+    x = finetune.load(alexnet_npz).preprocess(data_path('cat.jpg'))
+    probs = opencv_probabilities(alexnet_caffemodels['v1'], x[np.newaxis])[0]
+    best = np.argsort(-probs)[:5]
+    names = imagenet_class_names()
+    assert names[281] == 'tabby, tabby cat'  # Caffe's synset order
     for line, index in zip(lines[1:], best):
         prob, name = line.split(None, 1)
-        assert name == imagenet_class_names()[index]
-        assert float(prob) == pytest.approx(probs[0, index], abs=1e-4)
+        assert name == names[index]
+        assert float(prob) == pytest.approx(probs[index], abs=1e-4)
 
 
 def test_predict_matches_direct_import(alexnet_npz, alexnet_caffemodels):
-    predictor = finetune.load(alexnet_npz)
+    """Both backends of the converted file agree with OpenCV on the
+    original caffemodel and with a direct import into the BVLC net."""
     direct = AlexNet()
     import_caffemodel(direct, alexnet_caffemodels['v2'])
-    x = predictor.preprocess(data_path('fish-bike.jpg'))[np.newaxis]
-    with chainer.using_config('train', False):
-        expected = chainer.functions.softmax(direct(x)).array
-    _, probs = predictor.predict([data_path('fish-bike.jpg')])
-    assert np.abs(probs - expected).max() < 1e-6
+    for backend in ('opencv', 'chainer'):
+        predictor = finetune.load(alexnet_npz, backend=backend)
+        x = predictor.preprocess(data_path('fish-bike.jpg'))[np.newaxis]
+        with chainer.using_config('train', False):
+            expected = chainer.functions.softmax(direct(x)).array
+        _, probs = predictor.predict([data_path('fish-bike.jpg')])
+        assert np.abs(probs - expected).max() < 1e-6
+        np.testing.assert_allclose(
+            probs, opencv_probabilities(alexnet_caffemodels['v2'], x),
+            atol=1e-5)
 
 
 def test_predict_batch_job_writes_csv_and_skips_corrupt(tmp_path,

@@ -103,8 +103,18 @@ def check_graph(onnx_model, model, prototxt):
         assert eps == pytest.approx(link.eps), name
     scales = types.get('Scale', [])
     biased = [n for n in scales if model[n].b is not None]
-    assert len(nodes(onnx_model, 'Mul')) >= len(scales)
-    assert len(nodes(onnx_model, 'Add')) >= \
+    # a Mul by a Constant is Caffe's ceil-rounded average pooling (right
+    # after its AveragePool); every other Mul is a Scale layer, and every
+    # Add a Scale bias or an Eltwise SUM: exactly as many as the prototxt
+    constants = {out for n in nodes(onnx_model, 'Constant')
+                 for out in n.output}
+    producer = {out: n.op_type for n in onnx_model.graph.node
+                for out in n.output}
+    by_constant = [n for n in nodes(onnx_model, 'Mul')
+                   if constants.intersection(n.input)]
+    assert all(producer[n.input[0]] == 'AveragePool' for n in by_constant)
+    assert len(nodes(onnx_model, 'Mul')) - len(by_constant) == len(scales)
+    assert len(nodes(onnx_model, 'Add')) == \
         len(biased) + len(types.get('Eltwise', []))
     assert len(nodes(onnx_model, 'Concat')) == len(types.get('Concat', []))
 
