@@ -143,15 +143,24 @@ def train_config(data, pretrained, out, batch, loaderjob, extra, freeze,
 
 
 def hooks_optimizer(run, config):
-    """The optimizer as before finetune.training.solver: MomentumSGD, Chainer's
-    WeightDecay hook and a hook scaling the step by Caffe's lr_mult (the
-    reference of tests/test_solver.py)."""
-    sys.path.insert(0, C.ROOT)
-    from tests.training.test_solver import reference_optimizer
+    """The optimizer as before finetune.training.solver, from Chainer's own
+    pieces: MomentumSGD with a per-parameter rate (Caffe's lr_mult: the
+    head's multiplier, 2 on biases) and Chainer's WeightDecay hook on the
+    weights."""
+    import chainer
     net = run.network
-    optimizer = reference_optimizer(
-        net, config.lr, config.momentum, config.weight_decay, run.head,
-        config.head_lr_mult, 2.0, target=run.model)
+    optimizer = chainer.optimizers.MomentumSGD(lr=config.lr,
+                                               momentum=config.momentum)
+    optimizer.setup(run.model)
+    for name in net.layer_names:
+        for param_name, param in net[name].namedparams():
+            is_bias = param_name.endswith('/b')
+            param.update_rule.hyperparam.lr = config.lr * (
+                config.head_lr_mult if name in run.head else 1) * (
+                2.0 if is_bias else 1)
+            if not is_bias:
+                param.update_rule.add_hook(
+                    chainer.optimizer_hooks.WeightDecay(config.weight_decay))
     for name in run.frozen:
         net[name].disable_update()
     return optimizer

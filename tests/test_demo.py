@@ -9,7 +9,7 @@ import pytest
 
 from finetune.demo import FLOWERS_DIR
 from finetune.demo import run_flowers_demo
-from tests.conftest import open_nsfw_files
+from tests.support.models import open_nsfw_files
 
 
 @pytest.fixture

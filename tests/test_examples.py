@@ -11,7 +11,7 @@ import finetune
 from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.weights.random_model import ALEXNET_DEPLOY
 from finetune.caffe.writer import caffemodel_bytes
-from tests.conftest import write_style_folder
+from tests.support.photos import write_style_folder
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), '..', 'examples')
 

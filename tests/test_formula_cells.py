@@ -6,9 +6,10 @@ import os
 
 from finetune.common.fileio import read_csv_cell
 from finetune.sources.url_images import gather_from_list, read_entries
-from tests.conftest import run_module
-from tests.http_server import Response
-from tests.sources.test_url_images import CAT, DOG
+from tests.support.processes import run_module
+from tests.support.http_server import Response
+from tests.support.photos import CAT
+from tests.support.photos import DOG
 
 #: no '/', so they can be class folders too
 FOLDER_NAMES = ["=cmd|' calc'!A0", '+x']

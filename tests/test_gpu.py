@@ -16,8 +16,8 @@ import pytest
 from finetune.models.model_file import load_model
 from finetune.common.gpu import usable_device_count
 
-pytestmark = pytest.mark.skipif(
-    usable_device_count() == 0, reason='needs CuPy and a CUDA device')
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    usable_device_count() == 0, reason='needs CuPy and a CUDA device')]
 
 
 def train_cli(data, pretrained, out, *extra):

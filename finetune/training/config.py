@@ -160,8 +160,9 @@ class TrainConfig:
     out: str = option('result', 'output folder', '-o',
                       path=True, group='output and snapshots')
     resume: Optional[str] = option(
-        None, "snapshot file, or 'auto' for the latest in --out", '-r',
-        path=True, group='output and snapshots')
+        None, "snapshot file, or 'auto' (also a bare --resume, as predict "
+        "takes it) for the latest in --out", '-r', path=True,
+        group='output and snapshots', nargs='?', const='auto')
     overwrite: bool = option(
         False, 'start anew in an --out that holds an earlier run\'s '
         'snapshots (they are deleted)', group='output and snapshots')

@@ -6,7 +6,7 @@ import chainer
 import numpy as np
 import pytest
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 from finetune.caffe import schema
 from finetune.caffe import wire
 from finetune.caffe.caffemodel import read_caffemodel

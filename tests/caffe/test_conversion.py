@@ -16,7 +16,7 @@ from finetune.data.resources import imagenet_class_names
 from finetune.weights.registry import pretrained_model
 
 
-from tests.conftest import run_module as run
+from tests.support.processes import run_module as run
 
 
 def test_convert_writes_weights_with_metadata(alexnet_npz,

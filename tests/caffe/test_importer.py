@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.caffemodel import read_prototxt_param

@@ -1,5 +1,9 @@
 """finetune.common.gpu without a GPU: pip CUDA libraries are loaded by path, and
-``--gpu`` fails with one line instead of a CuPy traceback."""
+``--gpu`` fails with one line instead of a CuPy traceback.
+
+None of these is GPU evidence: CuPy here is absent or a fake one (the tests
+that use a fake say so in their names). The GPU tests are tests/test_gpu.py,
+marked ``gpu`` (``pytest -m gpu`` on a GPU machine)."""
 import ctypes.util
 import os
 import shutil
@@ -134,7 +138,7 @@ needs_no_toolkit = pytest.mark.skipif(
 
 
 @needs_no_toolkit
-def test_import_finetune_preloads_pip_cuda_libraries(tmp_path):
+def test_import_finetune_preloads_pip_cuda_libraries_for_a_fake_cupy(tmp_path):
     fake_cupy(tmp_path)
     lib = pip_layout(tmp_path, 'cublas', 'libcublasLt.so.12',
                      real_library('z'))
@@ -146,7 +150,7 @@ def test_import_finetune_preloads_pip_cuda_libraries(tmp_path):
 
 
 @needs_no_toolkit
-def test_importing_chainer_first_is_named_in_the_error(tmp_path):
+def test_a_fake_cupy_imported_by_chainer_first_is_named_in_the_error(tmp_path):
     fake_cupy(tmp_path)
     pip_layout(tmp_path, 'cublas', 'libcublasLt.so.12', real_library('z'))
     out = run_python('''
@@ -184,7 +188,7 @@ def fake_device_count(monkeypatch, count):
     monkeypatch.setattr(cuda, 'cupy', cupy, raising=False)
 
 
-def test_gpu_beyond_the_device_count_is_one_line_error(monkeypatch):
+def test_a_fake_one_device_cupy_refuses_gpu_1_in_one_line(monkeypatch):
     fake_device_count(monkeypatch, 1)
     with pytest.raises(FinetuneError,
                        match=r'^--gpu 1 \(rank 1: GPU 1\): this machine has '
@@ -192,7 +196,7 @@ def test_gpu_beyond_the_device_count_is_one_line_error(monkeypatch):
         gpu.device(1, '--gpu 1 (rank 1: GPU 1)')
 
 
-def test_gpu_without_driver_is_one_line_error(monkeypatch):
+def test_a_fake_cupy_without_a_driver_is_one_line_error(monkeypatch):
     fake_device_count(monkeypatch, RuntimeError(
         'cudaErrorInsufficientDriver: CUDA driver version is\ninsufficient'))
     with pytest.raises(FinetuneError) as error:

@@ -5,12 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from finetune.common.errors import DataError
 from finetune.data.datasets import ImagePathDataset
 from finetune.data.datasets import LabeledImageDataset
 from finetune.data.transforms import CaffePreprocess
-from tests.data.test_folder import make_folder
+from tests.support.photos import make_folder
 
 
 @pytest.fixture
@@ -19,6 +20,16 @@ def small_dataset(tmp_path):
     entries = make_folder(root, {'a': 3, 'b': 3}, size=(48, 40))
     preprocess = CaffePreprocess(size=(32, 32), crop_size=24)
     return root, entries, preprocess
+
+
+def caffe_input(path, size, crop, mean_bgr):
+    """Caffe's test-time input written out step by step with PIL: RGB
+    decoded, resized bilinearly to ``size`` (W, H), to BGR float, mean pixel
+    subtracted, the centre ``crop`` square, as (3, crop, crop)."""
+    rgb = Image.open(path).convert('RGB').resize(size, Image.BILINEAR)
+    bgr = np.asarray(rgb, np.float32)[:, :, ::-1] - np.float32(mean_bgr)
+    top, left = (size[1] - crop) // 2, (size[0] - crop) // 2
+    return bgr[top:top + crop, left:left + crop].transpose(2, 0, 1)
 
 
 def test_dataset_returns_preprocessed_images_and_labels(small_dataset):
@@ -32,8 +43,9 @@ def test_dataset_returns_preprocessed_images_and_labels(small_dataset):
         assert image.shape == (3, 24, 24)
         assert read_label.dtype == np.int32
         assert read_label == label
-        np.testing.assert_array_equal(
-            image, preprocess(os.path.join(root, path)))
+        np.testing.assert_allclose(
+            image, caffe_input(os.path.join(root, path), (32, 32), 24,
+                               (104, 117, 123)), atol=1e-4)
     batch = dataset[1:3]
     assert [int(label) for _, label in batch] == [0, 0]
 

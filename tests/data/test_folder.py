@@ -10,39 +10,15 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
+from tests.support.photos import make_folder
+from tests.support.photos import write_image
 from PIL import Image
 
 from finetune.data import folder as data
 from finetune.common.errors import DataError
 
 PHOTO = data_path('fish-bike.jpg')
-
-
-def noise_image(seed, size=(40, 30), mode='RGB'):
-    """A random RGB image of ``size`` (W, H) converted to ``mode``."""
-    rng = np.random.RandomState(seed)
-    pixels = rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels, 'RGB').convert(mode)
-
-
-def write_image(path, seed=0, size=(40, 30), mode='RGB', **save_args):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    noise_image(seed, size, mode).save(path, **save_args)
-    return path
-
-
-def make_folder(root, counts, size=(40, 30)):
-    """One sub-folder of JPEGs per class; returns the expected entries."""
-    entries = []
-    seed = 0
-    for label, (name, count) in enumerate(sorted(counts.items())):
-        for k in range(count):
-            relative = '%s/img%02d.jpg' % (name, k)
-            write_image(os.path.join(root, relative), seed, size)
-            entries.append((relative, label))
-            seed += 1
-    return entries
 
 
 def corrupt_png_bytes():

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from finetune.common.errors import DataError
 from finetune.data import folder as data
 from finetune.data import images
-from tests.data.test_folder import write_image
+from tests.support.photos import write_image
 
 
 def two_classes(root):

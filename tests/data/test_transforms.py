@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 from finetune.common.errors import DataError
 from finetune.data.resources import imagenet_mean
 from finetune.data.transforms import CaffePreprocess

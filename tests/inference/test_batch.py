@@ -11,36 +11,57 @@ import finetune
 from finetune.caffe.importer import import_caffemodel
 from finetune.data.resources import imagenet_class_names
 from finetune.models import AlexNet
-from tests.conftest import data_path
-from tests.conftest import run_module as run
+from tests.support.paths import data_path
+from tests.support.processes import run_module as run
+
+
+def opencv_probabilities(caffemodel, x):
+    """Softmax of OpenCV's own run of the BVLC deploy net on ``caffemodel``
+    for inputs ``x`` (N, 3, 227, 227): the independent reference."""
+    import cv2
+    from finetune.weights.random_model import ALEXNET_DEPLOY
+    net = cv2.dnn.readNetFromCaffe(ALEXNET_DEPLOY, caffemodel)
+    net.setInput(np.ascontiguousarray(x, np.float32))
+    logits = net.forward('fc8').reshape(len(x), -1).astype(np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
 
 
 def test_predict_prints_top5_with_imagenet_names(alexnet_npz,
                                                  alexnet_caffemodels):
+    """The printed lines are the top 5 of OpenCV's run of the caffemodel
+    the model file was converted from, named by Caffe's synset order."""
     result = run('finetune.predict', '--model', alexnet_npz,
                  data_path('cat.jpg'), '--loaderjob', '0')
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].endswith('cat.jpg') and len(lines) == 6
-    # the printed classes are the model's top 5, in order
-    predictor = finetune.load(alexnet_npz)
-    _, probs = predictor.predict([data_path('cat.jpg')])
-    best = np.argsort(-probs[0])[:5]
+    x = finetune.load(alexnet_npz).preprocess(data_path('cat.jpg'))
+    probs = opencv_probabilities(alexnet_caffemodels['v1'], x[np.newaxis])[0]
+    best = np.argsort(-probs)[:5]
+    names = imagenet_class_names()
+    assert names[281] == 'tabby, tabby cat'  # Caffe's synset order
     for line, index in zip(lines[1:], best):
         prob, name = line.split(None, 1)
-        assert name == imagenet_class_names()[index]
-        assert float(prob) == pytest.approx(probs[0, index], abs=1e-4)
+        assert name == names[index]
+        assert float(prob) == pytest.approx(probs[index], abs=1e-4)
 
 
 def test_predict_matches_direct_import(alexnet_npz, alexnet_caffemodels):
-    predictor = finetune.load(alexnet_npz)
+    """Both backends of the converted file agree with OpenCV on the
+    original caffemodel and with a direct import into the BVLC net."""
     direct = AlexNet()
     import_caffemodel(direct, alexnet_caffemodels['v2'])
-    x = predictor.preprocess(data_path('fish-bike.jpg'))[np.newaxis]
-    with chainer.using_config('train', False):
-        expected = chainer.functions.softmax(direct(x)).array
-    _, probs = predictor.predict([data_path('fish-bike.jpg')])
-    assert np.abs(probs - expected).max() < 1e-6
+    for backend in ('opencv', 'chainer'):
+        predictor = finetune.load(alexnet_npz, backend=backend)
+        x = predictor.preprocess(data_path('fish-bike.jpg'))[np.newaxis]
+        with chainer.using_config('train', False):
+            expected = chainer.functions.softmax(direct(x)).array
+        _, probs = predictor.predict([data_path('fish-bike.jpg')])
+        assert np.abs(probs - expected).max() < 1e-6
+        np.testing.assert_allclose(
+            probs, opencv_probabilities(alexnet_caffemodels['v2'], x),
+            atol=1e-5)
 
 
 def test_predict_batch_job_writes_csv_and_skips_corrupt(tmp_path,
@@ -154,76 +175,17 @@ from finetune.common.errors import FinetuneError
 from finetune.common.fileio import read_csv_cell
 from finetune.inference.batch import label_images
 from finetune.inference.journal import journal_path
-
-#: Names a spreadsheet would run as formulas, and one that is not UTF-8.
-HOSTILE_NAMES = ['=cmd.png', '+sum.png', '-neg.png', '@at.png',
-                 "'quoted.png"]
-
-
-@pytest.fixture(scope='module')
-def lenet_npz(lenet_files, tmp_path_factory):
-    from finetune.weights.conversion import ConversionOptions
-    from finetune.weights.conversion import convert_caffemodel
-    return convert_caffemodel(
-        lenet_files['caffemodel'],
-        str(tmp_path_factory.mktemp('lenet') / 'lenet.npz'),
-        ConversionOptions(prototxt=lenet_files['prototxt'],
-                          labels=lenet_files['labels'], scale=1 / 256))
-
-
-@pytest.fixture(scope='module')
-def photos(lenet_files, tmp_path_factory):
-    """30 digit images in two folders, a broken one, formula-like names
-    and a name that is not UTF-8 (b'bad\\xff.png')."""
-    root = tmp_path_factory.mktemp('job') / 'photos'
-    samples = sorted(os.listdir(lenet_files['samples']))
-    for copy in range(2):
-        shutil.copytree(lenet_files['samples'], root / ('set%d' % copy))
-    extra = root / 'extra'
-    extra.mkdir()
-    for i, name in enumerate(HOSTILE_NAMES):
-        shutil.copy(os.path.join(lenet_files['samples'], samples[i]),
-                    extra / name)
-    (extra / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
-    undecodable = os.path.join(os.fsencode(extra), b'bad\xff.png')
-    shutil.copy(os.path.join(lenet_files['samples'], samples[5]),
-                undecodable)
-    for i in range(3):
-        shutil.copy(os.path.join(lenet_files['samples'], samples[i]),
-                    extra / ('more%d.png' % i))
-    return str(root)
-
-
-def job_inputs(photos):
-    """(folder to run in, inputs): the formula-like names given relative
-    to the folder, so that their cells start with = + - @ '; 35 images."""
-    return (os.path.join(photos, 'extra'),
-            HOSTILE_NAMES + ['.', '../set0', '../set1'])
-
-
-def predict_command(model, photos, out, *extra):
-    return [sys.executable, '-m', 'finetune.predict', '--model', model,
-            '-o', str(out), '-B', '2', '--chunk', '2', '-j', '0', *extra,
-            '--', *job_inputs(photos)[1]]
-
+from tests.support.predict_jobs import job_inputs
+from tests.support.predict_jobs import lenet_npz  # noqa: F401 (fixture)
+from tests.support.predict_jobs import photos  # noqa: F401 (fixture)
+from tests.support.predict_jobs import predict_command
+from tests.support.predict_jobs import reference  # noqa: F401 (fixture)
 
 def label_job(model, photos, out):
     """label_images in-process on the inputs of :func:`job_inputs`."""
     where, inputs = job_inputs(photos)
     with contextlib.chdir(where):
         return label_images(model, inputs, out, 2, 0, chunk_rows=2)
-
-
-@pytest.fixture(scope='module')
-def reference(lenet_npz, photos, tmp_path_factory):
-    """An uninterrupted run with --features ip1: (csv bytes, npy array)."""
-    out = tmp_path_factory.mktemp('reference') / 'preds.csv'
-    result = subprocess.run(predict_command(lenet_npz, photos, out,
-                                            '--features', 'ip1'),
-                            capture_output=True, text=True,
-                            cwd=job_inputs(photos)[0])
-    assert result.returncode == 0, result.stderr
-    return out.read_bytes(), np.load(str(out)[:-4] + '.npy')
 
 
 def test_job_csv_escapes_formulas_and_undecodable_names(reference, photos):

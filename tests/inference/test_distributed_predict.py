@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from finetune.inference.journal import journal_path
-from tests.inference.test_batch import job_inputs
-from tests.inference.test_batch import lenet_npz  # noqa: F401 (fixture)
-from tests.inference.test_batch import photos  # noqa: F401 (fixture)
-from tests.inference.test_batch import predict_command
-from tests.inference.test_batch import reference  # noqa: F401 (fixture)
-from tests.training.test_distributed import mpi_available
-from tests.training.test_distributed import mpi_command
-from tests.training.test_preemption import rank_processes
+from tests.support.predict_jobs import job_inputs
+from tests.support.predict_jobs import lenet_npz  # noqa: F401 (fixture)
+from tests.support.predict_jobs import photos  # noqa: F401 (fixture)
+from tests.support.predict_jobs import predict_command
+from tests.support.predict_jobs import reference  # noqa: F401 (fixture)
+from tests.support.mpi import mpi_available
+from tests.support.mpi import mpi_command
+from tests.support.mpi import rank_processes
 
 pytestmark = pytest.mark.skipif(
     not mpi_available(), reason='needs OpenMPI (apt-get install openmpi-bin '

@@ -31,6 +31,7 @@ from finetune.models import AlexNet  # NOQA: E402
 from finetune.models import CaffeGraph  # NOQA: E402
 from finetune.models.functions import pooled_size  # NOQA: E402
 from finetune.data.transforms import CaffePreprocess  # NOQA: E402
+from tests.support.onnx_ops import LRN  # NOQA: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,21 +65,6 @@ layer { name: "fc3" type: "InnerProduct" bottom: "pool2" top: "fc3"
 layer { name: "prob" type: "Softmax" bottom: "fc3" top: "prob" }
 '''
 TINY_CLASSES = ['zero', 'one', 'two', 'three', 'four']
-
-
-class LRN(OpRun):
-    """ONNX LRN as specified: a window of ``size`` channels around each."""
-
-    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
-        channels = x.shape[1]
-        before = (size - 1) // 2
-        after = int(math.ceil((size - 1) / 2))
-        square_sum = np.zeros_like(x)
-        for c in range(channels):
-            window = x[:, max(0, c - before):min(channels, c + after + 1)]
-            square_sum[:, c] = np.sum(window ** 2, axis=1)
-        y = x / (bias + alpha / size * square_sum) ** beta
-        return (y.astype(x.dtype),)
 
 
 def run_onnx(model_or_path, x):

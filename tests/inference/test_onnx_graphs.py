@@ -28,13 +28,13 @@ from finetune.weights.conversion import convert_caffemodel  # NOQA: E402
 from finetune.inference.onnx import export_onnx  # NOQA: E402
 from finetune.inference.onnx import read_metadata  # NOQA: E402
 from finetune.models.model_file import load_model  # NOQA: E402
-from tests.inference.test_onnx import LRN  # NOQA: E402
-from tests.training.test_graph_pipeline import NETS  # NOQA: E402
-from tests.training.test_graph_pipeline import SHAPES  # NOQA: E402
-from tests.training.test_graph_pipeline import config  # NOQA: E402
-from tests.training.test_graph_pipeline import entries  # NOQA: E402
-from tests.training.test_graph_pipeline import graph_nets  # NOQA: E402,F401
-from tests.training.test_graph_pipeline import photos  # NOQA: E402,F401
+from tests.support.onnx_ops import LRN  # NOQA: E402
+from tests.support.graph_nets import NETS  # NOQA: E402
+from tests.support.graph_nets import SHAPES  # NOQA: E402
+from tests.support.graph_nets import config  # NOQA: E402
+from tests.support.graph_nets import entries  # NOQA: E402
+from tests.support.graph_nets import graph_nets  # NOQA: E402,F401
+from tests.support.graph_nets import photos  # NOQA: E402,F401
 
 
 class BatchNormalization(OpRun):
@@ -103,8 +103,18 @@ def check_graph(onnx_model, model, prototxt):
         assert eps == pytest.approx(link.eps), name
     scales = types.get('Scale', [])
     biased = [n for n in scales if model[n].b is not None]
-    assert len(nodes(onnx_model, 'Mul')) >= len(scales)
-    assert len(nodes(onnx_model, 'Add')) >= \
+    # a Mul by a Constant is Caffe's ceil-rounded average pooling (right
+    # after its AveragePool); every other Mul is a Scale layer, and every
+    # Add a Scale bias or an Eltwise SUM: exactly as many as the prototxt
+    constants = {out for n in nodes(onnx_model, 'Constant')
+                 for out in n.output}
+    producer = {out: n.op_type for n in onnx_model.graph.node
+                for out in n.output}
+    by_constant = [n for n in nodes(onnx_model, 'Mul')
+                   if constants.intersection(n.input)]
+    assert all(producer[n.input[0]] == 'AveragePool' for n in by_constant)
+    assert len(nodes(onnx_model, 'Mul')) - len(by_constant) == len(scales)
+    assert len(nodes(onnx_model, 'Add')) == \
         len(biased) + len(types.get('Eltwise', []))
     assert len(nodes(onnx_model, 'Concat')) == len(types.get('Concat', []))
 

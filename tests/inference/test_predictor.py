@@ -5,7 +5,7 @@ from PIL import Image
 
 import finetune
 from finetune.common.errors import DataError
-from tests.conftest import data_path
+from tests.support.paths import data_path
 
 
 def test_predict_takes_one_path_image_or_array_and_refuses_empty(
@@ -38,7 +38,7 @@ def test_predict_takes_one_path_image_or_array_and_refuses_empty(
 @pytest.mark.parametrize('cut', ['empty', 'half', 'text'])
 def test_broken_model_files_are_one_line(alexnet_npz, tmp_path, cut):
     from finetune.common.errors import CheckpointError
-    from tests.conftest import run_module
+    from tests.support.processes import run_module
     data = open(alexnet_npz, 'rb').read()
     broken = tmp_path / 'model.npz'
     broken.write_bytes({'empty': b'', 'half': data[:len(data) // 2],

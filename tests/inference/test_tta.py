@@ -138,8 +138,8 @@ def test_predict_tta_writes_the_mean_over_the_ten_crops(lenet_cropped,
 def test_train_tta_evaluates_with_the_ten_crops(lenet_cropped, digits,
                                                 tmp_path):
     from finetune.data.folder import read_image_list
-    from tests.training.test_fit import run_train
-    from tests.training.test_fit import train_args
+    from tests.support.training import run_train
+    from tests.support.training import train_args
     data, _ = digits
     out = tmp_path / 'out'
     metrics = run_train(*train_args(

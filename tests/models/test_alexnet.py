@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 from finetune.caffe.caffemodel import read_prototxt_param
 from finetune.caffe.importer import import_caffemodel
 from finetune.caffe.writer import random_weights

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from chainer import gradient_check
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 from finetune.caffe.importer import import_caffemodel
 from finetune.weights.random_model import write_random_caffemodel
 from finetune.common.errors import CaffeModelError

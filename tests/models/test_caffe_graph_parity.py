@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import data_path
+from tests.support.paths import data_path
 from finetune.caffe.caffemodel import read_caffemodel
 from finetune.caffe.importer import import_caffemodel
 from finetune.weights.random_model import write_random_caffemodel

@@ -15,18 +15,9 @@ import pytest
 
 import finetune
 from finetune.common.errors import CheckpointError
-from tests.conftest import data_path
-from tests.conftest import run_module
-
-
-class RunsCommand:
-    """Unpickling it runs ``touch <marker>`` (what an attacker would do)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, ('touch %s' % self.marker,)
+from tests.support.paths import data_path
+from tests.support.processes import RunsCommand
+from tests.support.processes import run_module
 
 
 def members(path):

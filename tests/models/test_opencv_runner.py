@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import finetune
-from tests.conftest import backend_probabilities
-from tests.conftest import data_path
+from tests.support.models import backend_probabilities
+from tests.support.paths import data_path
 from finetune.caffe.caffemodel import parse_net_text
 from finetune.models.model_file import save_model
 from finetune.models import AlexNet

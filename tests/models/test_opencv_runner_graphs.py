@@ -5,8 +5,8 @@ import chainer
 import numpy as np
 import pytest
 
-from tests.conftest import backend_probabilities
-from tests.conftest import data_path
+from tests.support.models import backend_probabilities
+from tests.support.paths import data_path
 from finetune.caffe.importer import import_caffemodel
 from finetune.common.errors import CaffeModelError
 from finetune.data.transforms import CaffePreprocess

@@ -19,9 +19,9 @@ from finetune.models import CaffeGraph
 from finetune.weights import registry
 from finetune.models.model_file import load_model
 from finetune.weights.download import fetch_model
-from tests.conftest import run_module
-from tests.conftest import write_style_folder
-from tests.http_server import Response
+from tests.support.processes import run_module
+from tests.support.photos import write_style_folder
+from tests.support.http_server import Response
 
 
 def test_every_entry_names_files_that_exist_or_a_package():
@@ -30,6 +30,30 @@ def test_every_entry_names_files_that_exist_or_a_package():
             assert os.path.isfile(entry.prototxt_path()), entry.name
         if isinstance(entry.class_names, str):
             assert len(registry.class_names_of(entry)) >= 2, entry.name
+
+
+def test_the_open_nsfw_entry_is_the_real_packaged_net(open_nsfw):
+    """The registry finds the files the nsfw package installed; the
+    caffemodel is Yahoo's published one (its SHA-1, from the open_nsfw
+    release, written out here), and the entry's head, freeze point and
+    class names fit its deploy prototxt."""
+    import hashlib
+    import re
+    entry = registry.pretrained_model('open_nsfw')
+    assert entry.prototxt_path() == open_nsfw['prototxt']
+    assert entry.local_path() == open_nsfw['caffemodel']
+    with open(open_nsfw['caffemodel'], 'rb') as f:
+        digest = hashlib.sha1(f.read()).hexdigest()
+    assert digest == '59c13a47b24d510649609f025e98caee6b3d37ea'
+    assert entry.sha1 == digest
+    text = open(open_nsfw['prototxt']).read()
+    layers = re.findall(r'name:\s*"([^"]+)"', text)
+    # the head is the last weighted layer, the freeze point feeds it
+    assert entry.head == 'fc_nsfw' and entry.head in layers
+    assert entry.freeze == 'up-to:pool' and 'pool' in layers
+    assert re.search(r'bottom:\s*"pool"\s*top:\s*"fc_nsfw"', text)
+    outputs = re.search(r'"fc_nsfw".*?num_output:\s*(\d+)', text, re.S)
+    assert len(registry.class_names_of(entry)) == int(outputs.group(1)) == 2
 
 
 def test_flickr_style_fetch_convert_finetune_predict(tmp_path, server,

@@ -16,7 +16,7 @@ import time
 
 from finetune.models.model_file import read_model_meta
 from finetune.training.extensions import latest_snapshot
-from tests.http_server import Response
+from tests.support.http_server import Response
 from tests.reliability.hostile import hostile_cases
 from tests.reliability.hostile import misuse_cases
 from tests.reliability.inputs import JPEG

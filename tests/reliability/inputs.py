@@ -14,7 +14,7 @@ from PIL import Image
 from finetune.demo import LENET_DIR
 from finetune.demo import convert_lenet
 from finetune.demo import write_digit_folders
-from tests.http_server import Response
+from tests.support.http_server import Response
 from tests.reliability.judge import TIMEOUT
 from tests.reliability.judge import module
 

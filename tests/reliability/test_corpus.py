@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from tests.http_server import LocalHTTPServer
+from tests.support.http_server import LocalHTTPServer
 from tests.reliability.cases import build_cases
 from tests.reliability.hostile import write_hostile_files
 from tests.reliability.hostile import write_misuse_files

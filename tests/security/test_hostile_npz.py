@@ -26,7 +26,7 @@ from finetune.common.fileio import write_npz
 from finetune.data.loader import SeededOrderSampler
 from finetune.models.model_file import load_model
 from finetune.training.snapshot import load_snapshot
-from tests.models.test_model_file_hostile import RunsCommand
+from tests.support.processes import RunsCommand
 
 SETTINGS = settings(derandomize=True, max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

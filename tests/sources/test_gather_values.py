@@ -7,8 +7,8 @@ import pytest
 from finetune.common.errors import DataError, DownloadError
 from finetune.sources.url_images import Entry, gather, safe_label
 from finetune.weights.download import fetch_model
-from tests.http_server import Response
-from tests.sources.test_url_images import CAT
+from tests.support.http_server import Response
+from tests.support.photos import CAT
 
 
 @pytest.mark.parametrize('name,value', [

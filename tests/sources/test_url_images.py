@@ -19,21 +19,16 @@ from finetune.common.errors import DataError
 from finetune.data.folder import read_class_names
 from finetune.sources.url_images import Entry, gather, read_entries, read_placeholder_hashes
 
-from tests.http_server import Response
+from tests.support.http_server import Response
+from tests.support.photos import CAT
+from tests.support.photos import DOG
+from tests.support.photos import image_bytes
 
-from tests.conftest import ASSETS
-from tests.conftest import data_path
+from tests.support.paths import ASSETS
+from tests.support.paths import data_path
 
 DATA = ASSETS
 FAST = {'timeout': 0.3, 'retries': 1, 'backoff': 0.01, 'jobs': 4, 'progress': False}
-
-
-def image_bytes(seed, format, size=(64, 48)):
-    """Real, distinct image bytes: random pixels encoded as JPEG or PNG."""
-    pixels = np.random.RandomState(seed).randint(0, 256, size[::-1] + (3,), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=format)
-    return buffer.getvalue()
 
 
 def stored_name(data, extension):
@@ -53,8 +48,6 @@ def report_reasons(path):
     return {row['url']: (row['status'], row['reason'], row['path']) for row in rows}
 
 
-CAT = image_bytes(1, 'JPEG')
-DOG = image_bytes(2, 'PNG')
 DOG2 = image_bytes(3, 'JPEG')
 FLAKY = image_bytes(4, 'JPEG')
 PLACEHOLDER = image_bytes(5, 'PNG', size=(40, 30))

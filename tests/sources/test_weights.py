@@ -14,8 +14,8 @@ from finetune.sources.http import TransferError, download_file, fetch_bytes
 from finetune.common.errors import DownloadError
 from finetune.common.errors import FinetuneError
 
-from tests.conftest import data_path
-from tests.http_server import Response
+from tests.support.paths import data_path
+from tests.support.http_server import Response
 
 WEIGHTS = os.urandom(300_000)
 WEIGHTS_SHA1 = hashlib.sha1(WEIGHTS).hexdigest()

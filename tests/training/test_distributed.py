@@ -1,50 +1,18 @@
 """Data-parallel training with ChainerMN over MPI, 2 processes on CPU."""
 import json
 import os
-import shutil
-import subprocess
 import sys
 
 import pytest
 
-MPIEXEC = shutil.which('mpiexec')
-
-
-def mpi_available():
-    if not MPIEXEC:
-        return False
-    probe = subprocess.run([sys.executable, '-c', 'import mpi4py.MPI'],
-                           capture_output=True)
-    return probe.returncode == 0
-
+from tests.support.mpi import mpi_available
+from tests.support.mpi import mpi_command
+from tests.support.mpi import mpi_train_args as train_args
+from tests.support.mpi import run_mpi as run
 
 pytestmark = pytest.mark.skipif(
     not mpi_available(), reason='needs OpenMPI (apt-get install openmpi-bin '
     'libopenmpi-dev) and mpi4py')
-
-
-def mpi_command(n):
-    command = [MPIEXEC, '-n', str(n), '--oversubscribe']
-    if os.geteuid() == 0:
-        command.append('--allow-run-as-root')
-    return command
-
-
-def train_args(digits, out, epochs, batchsize):
-    data, pretrained = digits
-    return ['-m', 'finetune.train', '--data', data, '--pretrained',
-            pretrained, '--out', str(out), '--epochs', str(epochs),
-            '--batchsize', str(batchsize), '--val-split', '0.3',
-            '--freeze', 'conv1-conv2', '--replace', 'ip1-ip2',
-            '--loaderjob', '0', '--log-interval', '0',
-            '--snapshot-interval', '5']
-
-
-def run(command):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1',
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1')
-    return subprocess.run(command, capture_output=True, text=True, env=env,
-                          timeout=600)
 
 
 def final_accuracy(out):

@@ -24,27 +24,11 @@ from finetune.training.config import build_parser
 from finetune.training.config import config_from_args
 from finetune.training.fit import fit
 from finetune.training.extensions import latest_snapshot
+from tests.support.training import params
+from tests.support.training import run_train
+from tests.support.training import train_args
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
-
-
-def train_args(data, pretrained, out, *extra):
-    return ['--data', data, '--pretrained', pretrained, '--out', str(out),
-            '--batchsize', '16', '--val-split', '0.3', '--lr', '0.01',
-            '--loaderjob', '0', '--log-interval', '5'] + list(extra)
-
-
-def run_train(*argv):
-    """fit() with the TrainConfig that these command-line flags make;
-    returns the final validation metrics."""
-    return fit(config_from_args(build_parser().parse_args(list(argv)))
-               ).metrics
-
-
-def params(npz_path):
-    model, _, _ = load_model(npz_path)
-    return {name: [p.array.copy() for p in model[name].params()]
-            for name in model.layer_names}
 
 
 def test_layer_specs():
@@ -461,8 +445,9 @@ def test_interrupt_stops_loader_workers(digits, tmp_path, sig):
 
 
 def test_evaluation_accuracy_counts_images_not_batches():
-    """5 images, batches of 4: the short last batch must weigh 1/5, not
-    1/2 (Chainer averages batch means unless given weights)."""
+    """5 images of 7 classes, batches of 4: the short last batch must weigh
+    1/5, not 1/2 (Chainer averages batch means unless given weights), for
+    top-1 and for top-5 alike."""
     from chainer.training.extensions import Evaluator
     from finetune.training.extensions import Classifier
 
@@ -470,13 +455,15 @@ def test_evaluation_accuracy_counts_images_not_batches():
         def forward(self, x):
             return chainer.functions.identity(x)
 
-    x = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]]
-    t = np.array([0, 1, 2, 0, 2], np.int32)  # the last one is wrong
+    # every image ranks the classes 6, 5, ..., 0; the targets' ranks are
+    # 0, 4, 6, 5, 1: top-1 right once, top-5 right three times
+    x = np.tile(np.arange(7, dtype=np.float32), (5, 1))
+    t = np.array([6, 2, 0, 1, 5], np.int32)
     iterator = chainer.iterators.SerialIterator(
         chainer.datasets.TupleDataset(x, t), 4, repeat=False, shuffle=False)
     result = Evaluator(iterator, Classifier(Logits()))()
-    assert result['main/accuracy'] == pytest.approx(4 / 5)
-    assert result['main/top5'] == pytest.approx(1.0)
+    assert result['main/accuracy'] == pytest.approx(1 / 5)
+    assert result['main/top5'] == pytest.approx(3 / 5)
 
 
 def test_float16_trains_resumes_exactly_and_saves_float32(digits, tmp_path):

@@ -129,7 +129,7 @@ def test_opencv_runs_a_large_batch_in_chunks_with_the_same_result(
 
 WORKERS_CHILD = textwrap.dedent('''
     from finetune.data.loader import make_iterator
-    from tests.training.memory_probe import PrivateMemory
+    from tests.support.memory_probe import PrivateMemory
 
     if __name__ == '__main__':
         iterator = make_iterator(PrivateMemory(8), 2, 1, repeat=False,

@@ -15,12 +15,13 @@ import pytest
 
 from finetune.common.cli import PREEMPTED_STATUS
 from finetune.training.extensions import latest_snapshot
-from tests.training.test_distributed import mpi_available
-from tests.training.test_distributed import mpi_command
-from tests.training.test_distributed import run as run_mpi
-from tests.training.test_distributed import train_args as mpi_train_args
-from tests.training.test_fit import params
-from tests.training.test_fit import train_args
+from tests.support.mpi import mpi_available
+from tests.support.mpi import rank_processes
+from tests.support.mpi import mpi_command
+from tests.support.mpi import run_mpi
+from tests.support.mpi import mpi_train_args
+from tests.support.training import params
+from tests.support.training import train_args
 
 
 def train_command(data, pretrained, out, *extra):
@@ -120,21 +121,6 @@ def test_ctrl_c_names_the_command_that_continues_and_it_does(
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert same_weights(straight, out)
-
-
-def rank_processes(launcher, n, timeout=60):
-    """The pids of the ``n`` Python ranks ``launcher`` (mpiexec) started."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        children = []
-        for task in os.listdir('/proc/%d/task' % launcher.pid):
-            with open('/proc/%d/task/%s/children'
-                      % (launcher.pid, task)) as f:
-                children += [int(pid) for pid in f.read().split()]
-        if len(children) == n:
-            return children
-        time.sleep(0.05)
-    raise AssertionError('mpiexec did not start %d ranks' % n)
 
 
 @pytest.mark.skipif(not mpi_available(), reason='needs OpenMPI and mpi4py')

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from finetune.training.extensions import SNAPSHOT_PREFIX
-from tests.training.test_fit import params
-from tests.training.test_fit import run_train
-from tests.training.test_fit import train_args
+from tests.support.training import params
+from tests.support.training import run_train
+from tests.support.training import train_args
 
 RECIPE = ('--replace', 'ip2', '--unfreeze', 'conv2', '--warmup-epochs', '1',
           '--trunk-lr-mult', '0.1', '--lr-schedule', 'cosine',

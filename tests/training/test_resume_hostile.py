@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import run_module
-from tests.models.test_model_file_hostile import RunsCommand
-from tests.training.test_run_dir import folder_state
-from tests.training.test_run_dir import one_error_line
+from tests.support.processes import run_module
+from tests.support.processes import RunsCommand
+from tests.support.processes import folder_state
+from tests.support.processes import one_error_line
 
 MODEL = 'updater/model:main/predictor/net/'
 OPTIMIZER = 'updater/optimizer:main/predictor/net/'

@@ -5,7 +5,9 @@ import shutil
 
 
 from finetune.training.run_dir import exclusive_run
-from tests.conftest import run_module
+from tests.support.processes import folder_state
+from tests.support.processes import one_error_line
+from tests.support.processes import run_module
 
 
 def train(data, pretrained, out, *extra):
@@ -13,25 +15,6 @@ def train(data, pretrained, out, *extra):
                       pretrained, '-o', str(out), '--replace', 'ip2',
                       '--freeze', 'conv1-conv2', '-E', '1', '-B', '16',
                       '-j', '0', '--log-interval', '0', *extra)
-
-
-def folder_state(folder):
-    """{path: (size, mtime_ns, bytes)} of the files under ``folder``."""
-    state = {}
-    for directory, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, 'rb') as f:
-                state[path] = (os.stat(path).st_size,
-                               os.stat(path).st_mtime_ns, f.read())
-    return state
-
-
-def one_error_line(result):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr[-2000:]
-    return lines[0]
 
 
 def test_reused_out_with_other_data_is_refused(digits, tmp_path):

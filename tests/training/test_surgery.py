@@ -22,7 +22,7 @@ from finetune.training.surgery import parse_head_spec
 from finetune.training.surgery import parse_layer_spec
 from finetune.training.surgery import replace_head
 from finetune.weights.registry import pretrained_model
-from tests.conftest import write_style_folder
+from tests.support.photos import write_style_folder
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 import finetune
 import finetune.caffe
-from tests.conftest import data_path
+from tests.support.paths import data_path
 
 #: Every module of the format readers/writers, found on disk.
 CAFFE_MODULES = sorted(m.name for m in pkgutil.iter_modules(
