@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.paths import data_path
 from tests.support.photos import make_folder
+from tests.support.photos import noise_image
 from tests.support.photos import write_image
 from PIL import Image
 

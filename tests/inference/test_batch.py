@@ -175,6 +175,7 @@ from finetune.common.errors import FinetuneError
 from finetune.common.fileio import read_csv_cell
 from finetune.inference.batch import label_images
 from finetune.inference.journal import journal_path
+from tests.support.predict_jobs import HOSTILE_NAMES
 from tests.support.predict_jobs import job_inputs
 from tests.support.predict_jobs import lenet_npz  # noqa: F401 (fixture)
 from tests.support.predict_jobs import photos  # noqa: F401 (fixture)
