@@ -21,14 +21,7 @@ from chainer.training.extensions import snapshot_writers
 
 from finetune.common.cli import Preempted
 from finetune.common.fileio import write_npz
-from finetune.inference.predictor import top_k
-
-
-def top_k_accuracy(y, t, k=5):
-    """Fraction of rows whose label is among the k largest logits."""
-    scores = y.array if isinstance(y, chainer.Variable) else y
-    best = top_k(scores, k)
-    return (best == t[:, None]).any(axis=1).mean(dtype=scores.dtype)
+from finetune.inference.predictor import top_k_accuracy
 
 
 class Classifier(chainer.Chain):
@@ -55,7 +48,7 @@ class Classifier(chainer.Chain):
         n = len(t)
         chainer.report({'loss': (loss.array, n),
                         'accuracy': (F.accuracy(y, t).array, n),
-                        'top5': (top_k_accuracy(y.array, t), n)}, self)
+                        'top5': (top_k_accuracy(y.array, t, 5), n)}, self)
         return loss
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from finetune.common.fileio import atomic_write
 from finetune.common.fileio import write_csv
-from finetune.inference.predictor import top_k
+from finetune.inference.predictor import top_k_accuracy
 
 #: Probabilities are clipped to this before the log, so loss <= ~27.6.
 MIN_PROB = 1e-12
@@ -138,25 +138,6 @@ def highest_loss_examples(probs, labels, paths, class_names, k=20):
              'loss': float(loss[i])} for i in order]
 
 
-def topk_accuracy(probs, labels, k):
-    """Fraction of rows whose true class is among the k most probable.
-
-    Args:
-        probs (numpy.ndarray): (N, C). Ties rank the lower class index first,
-            as ``argmax`` does, so ``k=1`` is plain accuracy.
-        labels (numpy.ndarray): (N,).
-        k (int): clipped to C.
-
-    Returns:
-        float: in [0, 1]; NaN when N is 0.
-    """
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-        return float('nan')
-    best = top_k(np.asarray(probs), k)
-    return float(np.mean((best == labels[:, None]).any(axis=1)))
-
-
 def write_evaluation_report(out_dir, probs, labels, paths, class_names,
                             k_pairs=10, k_examples=20):
     """Write the five report files into ``out_dir`` and summarize them.
@@ -203,7 +184,8 @@ def write_evaluation_report(out_dir, probs, labels, paths, class_names,
     return {'n_examples': int(len(labels)),
             'n_classes': int(n_classes),
             'top1_accuracy': float(np.mean(predictions == labels)),
-            'top5_accuracy': topk_accuracy(probs, labels, k),
+            'top5_accuracy': float(top_k_accuracy(
+                np.asarray(probs), np.asarray(labels), k)),
             'top5_k': k,
             'mean_class_accuracy': float(np.mean(accuracy[has_images])),
             'confused_pairs': pairs,
