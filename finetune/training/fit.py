@@ -64,7 +64,7 @@ from finetune.training.surgery import freeze_layers
 from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
 from finetune.training.surgery import parse_head_spec
-from finetune.training.surgery import parse_layer_spec
+from finetune.training.layer_spec import parse_layer_spec
 from finetune.training.surgery import replace_head
 from finetune.training.surgery import set_param_dtype
 
@@ -82,8 +82,12 @@ class FitResult:
         model_best (str or None): path of ``model_best.npz`` (None without
             validation images).
         metrics (dict or None): the final validation report's summary
-            (``accuracy``, ``top5``, ``n_images``...; None without
-            validation images).
+            (:func:`finetune.training.report.write_evaluation_report`):
+            ``n_examples``, ``n_classes``, ``top1_accuracy``,
+            ``top5_accuracy`` (top-``top5_k``, k clipped to the classes),
+            ``mean_class_accuracy`` (fractions in [0, 1]),
+            ``confused_pairs``, ``out_dir``, ``files``; None without
+            validation images.
         seconds (dict): wall-clock seconds of each stage: ``scan`` (listing
             and checking the images), ``features`` (the loaders, and the
             feature cache when one is built), ``training`` (the trainer,

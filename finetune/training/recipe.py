@@ -21,7 +21,7 @@ from chainer.training import extension
 
 from finetune.common.errors import FinetuneError
 from finetune.training.surgery import frozen_cut
-from finetune.training.surgery import parse_layer_spec
+from finetune.training.layer_spec import parse_layer_spec
 
 
 def frozen_before(network, layer):
