@@ -26,6 +26,7 @@ from finetune.data.feature_cache import CachedCropConverter
 from finetune.data.feature_cache import CachedFeatureDataset
 from finetune.data.feature_cache import cached_features
 from finetune.data.loader import make_iterator
+from finetune.common.allocator import keep_freed_memory
 from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.batch import predict_paths
@@ -547,18 +548,32 @@ def run_folder(config):
 
 
 def fit(config):
-    """Run (or resume) one fine-tuning job.
+    """Run (or resume) one fine-tuning job, or with ``config.lr_find`` the
+    learning-rate range test (:func:`find_lr`) instead, as
+    ``python -m finetune.train`` does with the same options.
+
+    Freed memory is kept in the process from here on
+    (:func:`~finetune.common.allocator.keep_freed_memory`, as the command
+    does: batches are allocated and freed at every step).
 
     Args:
         config (TrainConfig): every option of the run.
 
     Returns:
-        FitResult on rank 0; None on the other ranks of an mpiexec run.
+        FitResult on rank 0; None on the other ranks of an mpiexec run;
+        LRFindResult with ``lr_find``.
 
     Raises:
         FinetuneError: bad input (one line naming the file or option).
     """
     check_config(config)  # fields set after the TrainConfig was made
+    keep_freed_memory()
+    if config.dtype == 'float16' and config.device < 0:
+        print('note: --dtype float16 on the CPU is slow (NumPy has no '
+              'float16 matrix multiply); it is meant for GPUs',
+              file=sys.stderr)
+    if config.lr_find:
+        return find_lr(config)
     ranks = ranks_for(config.communicator)
     training_device(config.device, ranks)  # a --device that cannot work
     if config.loaderjob > 0:  # its preload, before the image check's pool
