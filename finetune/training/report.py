@@ -14,6 +14,8 @@ import numpy as np
 
 from finetune.common.fileio import atomic_write
 from finetune.common.fileio import write_csv
+from finetune.inference.batch import predict_paths
+from finetune.inference.predictor import Predictor
 from finetune.inference.predictor import top_k_accuracy
 
 #: Probabilities are clipped to this before the log, so loss <= ~27.6.
@@ -324,3 +326,34 @@ def _shorten(text, limit):
         return text
     head = (limit - 1) // 2
     return text[:head] + '\u2026' + text[len(text) - (limit - 1 - head):]
+
+
+def evaluate_and_report(config, net, val, names, preprocess, device):
+    """Probabilities on the validation set -> the evaluation report.
+
+    ``net`` is the training FineTuneNet: with a frozen prefix, the images
+    go through its own trunk runner (the OpenCV net built for the cache or
+    the training steps; building a second one for the whole net held the
+    weights twice more) and the head on Chainer. Images that can no longer
+    be read are left out of the report.
+    """
+    if not val:
+        return None
+    if net.n_frozen_layers:
+        net = net.copy(mode='share')  # same weights and trunk runner
+        net.from_features = False
+        predictor = Predictor(net, names, preprocess, device=device,
+                              backend='chainer', tta=config.tta)
+    else:
+        predictor = Predictor(net.net, names, preprocess, device=device,
+                              backend=config.trunk_backend, tta=config.tta)
+    rows = predict_paths(predictor, [os.path.join(config.data, p)
+                                     for p, _ in val],
+                         config.val_batchsize, config.loaderjob,
+                         progress=False)
+    kept = [(path, label, probs) for (path, label), (_, probs, _)
+            in zip(val, rows) if probs is not None]
+    return write_evaluation_report(
+        config.out, np.stack([probs for _, _, probs in kept]),
+        np.array([label for _, label, _ in kept]),
+        [path for path, _, _ in kept], names)

@@ -226,3 +226,19 @@ class FineTuneNet(chainer.Chain):
             h = chainer.Variable(h.array, requires_grad=False)
             start = self.graph_start
         return self.net.forward(h, start=start)
+
+
+def build_networks(pretrained, meta, head, frozen, n_classes, config):
+    """(train_net, eval_net): FineTuneNets sharing one network after
+    surgery. The training net reads cached features with
+    ``--cache-features``; a frozen trunk is always evaluated on cached
+    centre-crop features (``eval_net`` reads features), else ``eval_net``
+    is ``train_net``."""
+    net = replace_head(pretrained, meta, head, n_classes)
+    prefix = frozen_cut(net, frozen)
+    train_net = FineTuneNet(net, prefix, from_features=config.cache_features,
+                            trunk_backend=config.trunk_backend)
+    if not prefix:
+        return train_net, train_net
+    return train_net, FineTuneNet(net, prefix, from_features=True,
+                                  trunk_backend=config.trunk_backend)
