@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_loader.py --quick    # < 1 min
 
 Makes a temporary folder of JPEGs of realistic sizes (500x375 and 1024x768,
-cut and scaled from the photos in tests/data, with mild noise so they
+cut and scaled from the photos in tests/assets, with mild noise so they
 compress like photos), then measures images/s of one process for
 
 * decoding alone, with and without PIL draft mode (``read_image(path,
@@ -19,8 +19,9 @@ compress like photos), then measures images/s of one process for
 
 and compares them with the Chainer train-step rates at batch 32 (frozen
 trunk on Chainer, frozen trunk on the default 'auto' backend (OpenCV dnn)
-where this finetune has it, and full) measured in the same run, printing how many workers a
-consumer at rate R needs (R / per-worker rate), GPU-class rates included.
+where this finetune has it, and full) measured in the same run, printing
+how many workers a consumer at rate R needs (R / per-worker rate),
+GPU-class rates included.
 """
 import argparse
 import os

@@ -15,7 +15,6 @@ plots, snapshots (resume with ``--resume auto``), ``model_best.npz``,
 """
 import sys
 
-from finetune.common.allocator import keep_freed_memory
 from finetune.common.cli import command
 from finetune.training.config import build_parser
 from finetune.training.config import config_from_args
@@ -25,16 +24,8 @@ from finetune.training.config import config_from_args
 def main(argv=None):
     args = build_parser(description=__doc__.split('\n')[0]).parse_args(argv)
     config = config_from_args(args)
-    keep_freed_memory()
-    if config.dtype == 'float16' and config.device < 0:
-        print('note: --dtype float16 on the CPU is slow (NumPy has no '
-              'float16 matrix multiply); it is meant for GPUs',
-              file=sys.stderr)
-    from finetune.training.fit import find_lr, fit
-    if config.lr_find:
-        find_lr(config)
-    else:
-        fit(config)
+    from finetune.training.fit import fit
+    fit(config)
 
 
 if __name__ == '__main__':

@@ -117,6 +117,32 @@ def test_a_shared_number_option_refuses_the_same_values_everywhere(
     assert not os.listdir(str(tmp_path))
 
 
+def test_train_help_shows_the_registry_and_every_layer_spec_form():
+    """--help lists every registry name and recommended head, and each
+    layer-spec form it shows selects on BVLC AlexNet what it says."""
+    import re
+    from finetune.models import AlexNet
+    from finetune.training.layer_spec import LAYER_SPEC_FORMS
+    from finetune.training.layer_spec import parse_layer_spec
+    from finetune.weights.registry import REGISTRY
+    text = ' '.join(PARSERS['train'].format_help().split())
+    pretrained = re.search(r'--pretrained PRETRAINED registry name \((.*?)\)',
+                           text).group(1)
+    assert pretrained.split(', ') == sorted(REGISTRY)
+    assert 'fc6-fc8 on alexnet' in text and 'fc_nsfw on open_nsfw' in text
+    freeze = re.search(r'--freeze FREEZE (.*?) \(default: none\)',
+                       text).group(1).replace('up- to:', 'up-to:')
+    shown = re.findall(r"'([^']+)' \(", freeze)
+    assert shown == [spec for spec, _ in LAYER_SPEC_FORMS]
+    convs = ['conv1', 'conv2', 'conv3', 'conv4', 'conv5']
+    expected = {'conv1-conv5': convs, 'conv1,conv2': convs[:2],
+                'conv1-conv3,fc6': convs[:3] + ['fc6'],
+                'up-to:pool5': convs,
+                'all': convs + ['fc6', 'fc7', 'fc8'], 'none': []}
+    net = AlexNet()
+    assert {spec: parse_layer_spec(spec, net) for spec in shown} == expected
+
+
 def test_help_groups_options_by_stage():
     text = PARSERS['train'].format_help()
     for group in train_config.GROUPS:

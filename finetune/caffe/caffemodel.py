@@ -2,7 +2,7 @@
 
 Both V2 (``layer``, ``BlobShape``) and legacy V1 (``layers``, 4-D
 ``num/channels/height/width`` blobs) files are read into the same
-:class:`CaffeNet` of :class:`CaffeLayer` records with V2 type names.
+:class:`NetDefinition` of :class:`CaffeLayer` records with V2 type names.
 """
 import dataclasses
 import math
@@ -79,7 +79,7 @@ class CaffeLayer:
 
 
 @dataclasses.dataclass
-class CaffeNet:
+class NetDefinition:
     """A parsed net: its name, declared inputs (name -> shape) and layers."""
     name: str
     inputs: dict
@@ -199,7 +199,7 @@ def read_prototxt_param(path):
 
 
 def read_prototxt(path):
-    """Read a text network definition (V1 or V2) into a :class:`CaffeNet`."""
+    """Read a text network definition (V1 or V2) into a :class:`NetDefinition`."""
     return prototxt_net(read_prototxt_param(path))
 
 
@@ -232,10 +232,10 @@ def upgrade_v1_net(net):
 
 
 def prototxt_net(net):
-    """Turn a ``NetParameter`` message into a :class:`CaffeNet`."""
+    """Turn a ``NetParameter`` message into a :class:`NetDefinition`."""
     layers = [_layer_record(m, v1=False) for m in net.layer]
     layers += [_layer_record(m, v1=True) for m in net.layers]
-    return CaffeNet(net.name, _declared_inputs(net), layers)
+    return NetDefinition(net.name, _declared_inputs(net), layers)
 
 
 def _blob_array(buf, begin, end):
@@ -321,7 +321,7 @@ def _looks_like_text(head):
 
 
 def read_caffemodel(path):
-    """Read a binary caffemodel (V1 or V2) into a :class:`CaffeNet`.
+    """Read a binary caffemodel (V1 or V2) into a :class:`NetDefinition`.
 
     The file is memory-mapped and each weight blob is a read-only float32
     view of it (float64 ``double_data`` blobs are converted), so reading a
@@ -372,4 +372,4 @@ def _parse_net(buf, size):
                                        counts=counts))
         elif number == 1:
             name = bytes(buf[value[0]:value[1]]).decode('utf-8', 'replace')
-    return CaffeNet(name, {}, layers)
+    return NetDefinition(name, {}, layers)

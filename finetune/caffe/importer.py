@@ -193,7 +193,7 @@ def import_caffemodel(model, caffemodel, source=None):
             weighted children (:func:`weighted_links`) are matched by
             name. BatchNorm statistics are divided by the stored scale
             factor on the way in, as Caffe's test phase does.
-        caffemodel (str or CaffeNet): path to a V1 or V2 caffemodel, or
+        caffemodel (str or NetDefinition): path to a V1 or V2 caffemodel, or
             one already read with :func:`read_caffemodel`.
         source (str): name used in messages when ``caffemodel`` is a net.
 

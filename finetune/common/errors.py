@@ -7,12 +7,17 @@ with status 2 instead of showing a traceback.
 """
 
 
-def one_line(error):
+def one_line(error, first_line_only=False):
     """An exception as one line of text: its message with whitespace runs
-    collapsed, else its type's name; ``''`` for None."""
+    collapsed (only its first line with ``first_line_only``, for messages
+    that go on with a dump, as onnx's checker writes), else its type's
+    name; ``''`` for None."""
     if error is None:
         return ''
-    return ' '.join(str(error).split()) or type(error).__name__
+    text = str(error).strip()
+    if first_line_only:
+        text = text.splitlines()[0] if text else ''
+    return ' '.join(text.split()) or type(error).__name__
 
 
 class FinetuneError(Exception):

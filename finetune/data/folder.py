@@ -32,7 +32,7 @@ from finetune.common.fileio import atomic_write
 from finetune.common.fileio import printable
 from finetune.common.fileio import write_csv
 from finetune.data import images
-from finetune.data.images import check_image
+from finetune.data.transforms import check_image
 from finetune.data.images import is_hidden
 from finetune.data.transforms import CaffePreprocess, from_array
 

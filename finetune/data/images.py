@@ -194,30 +194,3 @@ def _unlisted_file_problem(path, name):
     except OSError:
         pass
     return None
-
-
-def check_image(path, channels=3):
-    """Why the image at ``path`` cannot be used, or ``None`` if it can.
-
-    Opens and fully decodes the file (truncated files are errors), then
-    converts it the way :class:`~finetune.data.transforms.CaffePreprocess`
-    does.
-
-    Returns:
-        str or None: a code of :data:`PROBLEMS` (``undecodable`` with
-        PIL's message after ``': '``).
-    """
-    from finetune.common.errors import DataError
-    from finetune.data.transforms import CaffePreprocess
-    problem = file_problem(path)
-    if problem:
-        return problem
-    try:
-        with open_decoded(path) as img:
-            CaffePreprocess(size=(4, 4), crop_size=None, mean=None,
-                            channels=channels).image_array(img)
-    except DataError as e:  # a problem code already: a mode not supported
-        return str(e)
-    except Exception as e:  # PIL raises many types for corrupt data
-        return problem_of_exception(e)
-    return None

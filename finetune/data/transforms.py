@@ -21,6 +21,7 @@ from PIL import ImageOps
 
 from finetune.common.errors import DataError
 from finetune.data.images import file_problem
+from finetune.data.images import open_decoded
 from finetune.data.images import problem_of_exception
 from finetune.data.images import unsupported_mode
 
@@ -228,3 +229,28 @@ class CaffePreprocess:
         """(C, H, W) of the arrays this transform returns."""
         side = self.crop_size
         return (self.channels,) + ((side, side) if side else self.size)
+
+
+def check_image(path, channels=3):
+    """Why the image at ``path`` cannot be used, or ``None`` if it can.
+
+    Opens and fully decodes the file (truncated files are errors), then
+    converts it the way :class:`CaffePreprocess` does.
+
+    Returns:
+        str or None: a code of :data:`finetune.data.images.PROBLEMS`
+        (``undecodable`` with
+        PIL's message after ``': '``).
+    """
+    problem = file_problem(path)
+    if problem:
+        return problem
+    try:
+        with open_decoded(path) as img:
+            CaffePreprocess(size=(4, 4), crop_size=None, mean=None,
+                            channels=channels).image_array(img)
+    except DataError as e:  # a problem code already: a mode not supported
+        return str(e)
+    except Exception as e:  # PIL raises many types for corrupt data
+        return problem_of_exception(e)
+    return None

@@ -38,6 +38,7 @@ import numpy as np
 from finetune.models.cpu_kernels import chainer_functions
 from finetune.models.model_file import load_model
 from finetune.common.errors import FinetuneError
+from finetune.common.errors import one_line
 from finetune.inference import MAX_OPSET
 from finetune.inference import MIN_OPSET
 from finetune.common.fileio import atomic_write
@@ -225,14 +226,9 @@ def to_onnx(model, input_shape, batch_size=1, opset=None, metadata=None):
                 onnx.checker.ValidationError) as e:
             raise ExportError('cannot export %s to ONNX: %s'
                               % (getattr(model, 'arch', 'model'),
-                                 _first_line(e))) from None
+                                 one_line(e, first_line_only=True))) from None
     _finish(onnx, onnx_model, metadata or {})
     return onnx_model
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _check_args(batch_size, opset):
@@ -293,7 +289,7 @@ def _finish(onnx, onnx_model, metadata):
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as e:
         raise ExportError('exported ONNX graph is invalid: %s'
-                          % _first_line(e)) from None
+                          % one_line(e, first_line_only=True)) from None
 
 
 def export_onnx(model_path, onnx_path, batch_size=1, opset=None):

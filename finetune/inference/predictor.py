@@ -296,6 +296,26 @@ def top_k(probs, k):
     return order[:, :min(k, probs.shape[1])]
 
 
+def top_k_accuracy(scores, labels, k):
+    """Fraction of rows whose label is among the k highest scores.
+
+    Args:
+        scores (numpy.ndarray or cupy.ndarray): (N, C) float logits or
+            probabilities. Ties rank the lower class index first, as
+            ``argmax`` does, so ``k=1`` is plain accuracy.
+        labels (array of the same module): (N,) int class indices.
+        k (int): clipped to C.
+
+    Returns:
+        0-d array of ``scores``' dtype and module, in [0, 1]; NaN when N
+        is 0.
+    """
+    if len(labels) == 0:
+        return scores.dtype.type('nan')
+    best = top_k(scores, k)
+    return (best == labels[:, None]).any(axis=1).mean(dtype=scores.dtype)
+
+
 def softmax(logits):
     """Row-wise softmax of float logits (N, C), computed stably."""
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -24,6 +24,8 @@ from finetune.common.cli import positive_float
 from finetune.common.cli import positive_int
 from finetune.common.cli import refusal
 from finetune.common.errors import FinetuneError
+from finetune.training.layer_spec import layer_spec_help
+from finetune.weights.registry import REGISTRY
 
 GROUPS = ('data', 'pretrained network and surgery', 'solver', 'schedule',
           'data loading', 'device and scale-out', 'output and snapshots',
@@ -76,8 +78,8 @@ class TrainConfig:
         "AlexNet), the training set's ('dataset'), or 'none'", group='data',
         choices=['pretrained', 'dataset', 'none'])
     pretrained: str = option(
-        'alexnet', 'registry name (alexnet, flickr_style, open_nsfw), '
-        '.caffemodel or converted .npz', path=True,
+        'alexnet', 'registry name (%s), .caffemodel or converted .npz'
+        % ', '.join(sorted(REGISTRY)), path=True,
         group='pretrained network and surgery')
     pretrained_dir: Optional[str] = option(
         None, 'where python -m finetune.fetch put registry weights '
@@ -88,13 +90,14 @@ class TrainConfig:
         None, 'deploy prototxt for a caffemodel that is not in the registry '
         'and not AlexNet', path=True, group='pretrained network and surgery')
     freeze: str = option(
-        'none', "layers not trained: 'conv1-conv5', 'conv1,conv2', 'none'",
+        'none', 'layers not trained, a layer spec: ' + layer_spec_help(),
         group='pretrained network and surgery')
     replace: str = option(
-        'auto', "layers re-initialized as the new head; 'auto': the "
-        "registry model's recommended head (fc6-fc8 on alexnet), else the "
-        "net's last InnerProduct (the last Convolution without one); Caffe "
-        'Flickr-Style: fc8',
+        'auto', "layers re-initialized as the new head, a layer spec or "
+        "'auto': the registry model's recommended head (%s), else the "
+        "net's last InnerProduct (the last Convolution without one)"
+        % ', '.join('%s on %s' % (entry.head, name) for name, entry
+                    in sorted(REGISTRY.items()) if entry.head != 'auto'),
         group='pretrained network and surgery')
     unfreeze: Optional[str] = option(
         None, 'deeper fine-tuning: after --warmup-epochs of head-only '

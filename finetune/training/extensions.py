@@ -17,18 +17,13 @@ import chainer.functions as F
 import numpy as np
 from chainer.dataset import concat_examples
 from chainer.training import extension
+from chainer.training import extensions
 from chainer.training.extensions import snapshot_writers
 
 from finetune.common.cli import Preempted
 from finetune.common.fileio import write_npz
-from finetune.inference.predictor import top_k
-
-
-def top_k_accuracy(y, t, k=5):
-    """Fraction of rows whose label is among the k largest logits."""
-    scores = y.array if isinstance(y, chainer.Variable) else y
-    best = top_k(scores, k)
-    return (best == t[:, None]).any(axis=1).mean(dtype=scores.dtype)
+from finetune.inference.predictor import top_k_accuracy
+from finetune.training.schedule import add_lr_schedule
 
 
 class Classifier(chainer.Chain):
@@ -55,7 +50,7 @@ class Classifier(chainer.Chain):
         n = len(t)
         chainer.report({'loss': (loss.array, n),
                         'accuracy': (F.accuracy(y, t).array, n),
-                        'top5': (top_k_accuracy(y.array, t), n)}, self)
+                        'top5': (top_k_accuracy(y.array, t, 5), n)}, self)
         return loss
 
 
@@ -185,6 +180,16 @@ class SnapshotWriter(snapshot_writers.Writer):
         self._post_save()  # removes the snapshots beyond --keep-snapshots
 
 
+def trainer_snapshot(n_retains=None):
+    """Chainer's trainer snapshot extension writing
+    ``snapshot_iter_<iteration>`` through :class:`SnapshotWriter`, keeping
+    the last ``n_retains`` (None: all)."""
+    return extensions.snapshot(
+        writer=SnapshotWriter(),
+        filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
+        n_retains=n_retains)
+
+
 def latest_snapshot(directory):
     """Path of the snapshot with the highest iteration, or ``None``."""
     best = None
@@ -248,3 +253,43 @@ class StopOnSigterm(extension.Extension):
             'continue with the same command and --resume auto' % (
                 iteration, os.path.join(self.out, '%s%d' % (
                     SNAPSHOT_PREFIX, iteration))))
+
+
+def add_training_extensions(trainer, config, inputs, device, ranks,
+                            save_best, unfreeze=None):
+    """The run's extension set: evaluation, LR schedule and the
+    ``--unfreeze`` warm-up (``unfreeze``, a
+    :class:`~finetune.training.recipe.Unfreeze`) on every rank; logs, plots,
+    progress bar, snapshots and the best model (``save_best(accuracy)``) on
+    rank 0 only."""
+    epoch = (1, 'epoch')
+    log_trigger = EpochOrIntervalTrigger(config.log_interval)
+    if inputs.val_iter is not None:
+        trainer.extend(ranks.evaluator(extensions.Evaluator(
+            inputs.val_iter, inputs.eval_model,
+            converter=inputs.eval_converter, device=device)), trigger=epoch)
+    add_lr_schedule(trainer, config)
+    if unfreeze is not None:
+        trainer.extend(unfreeze, name='unfreeze')
+    trainer.extend(extensions.FailOnNonNumber())
+    if not ranks.is_root:
+        return
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+    trainer.extend(extensions.LogReport(trigger=log_trigger))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'iteration', 'main/loss', 'main/accuracy',
+         'validation/main/loss', 'validation/main/accuracy',
+         'validation/main/top5', 'lr', 'elapsed_time']), trigger=log_trigger)
+    trainer.extend(extensions.ProgressBar(update_interval=1))
+    if extensions.PlotReport.available():
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'epoch',
+            file_name='loss.png'), trigger=epoch)
+        trainer.extend(extensions.PlotReport(
+            ['main/accuracy', 'validation/main/accuracy',
+             'validation/main/top5'], 'epoch', file_name='accuracy.png'),
+            trigger=epoch)
+    trainer.extend(trainer_snapshot(config.keep_snapshots),
+                   trigger=EpochOrIntervalTrigger(config.snapshot_interval))
+    if inputs.val_iter is not None:
+        trainer.extend(SaveBestModel(save_best))

@@ -1,11 +1,19 @@
-"""Fine-tuning as one function: ``finetune.fit(TrainConfig(...))``.
+"""Fine-tuning as one function: ``finetune.fit(TrainConfig(...))``, the
+root that calls each stage in turn.
 
 Read top to bottom like Chainer's ``examples/imagenet`` ``main()``:
-:func:`fit` loads the pretrained net, prepares the data lists, performs
-the surgery, builds the model, optimizer, iterators and trainer, runs it
-and writes the final model and evaluation report. Every step is a plain
-function of plain arguments; where Chainer needs an order (dtype before
-``optimizer.setup``, ``disable_update`` after it) one function does both.
+:func:`fit` loads the pretrained net (:mod:`finetune.weights`), plans the
+surgery (:func:`~finetune.training.recipe.surgery_plan`), holds ``--out``
+and prepares the lists (:mod:`~finetune.training.run_dir`), builds the
+networks (:func:`~finetune.training.surgery.build_networks`), model,
+optimizer (:func:`~finetune.training.solver.make_optimizer`), iterators
+(:mod:`~finetune.training.inputs`: images or cached features) and trainer
+with its extensions (:mod:`~finetune.training.extensions`), runs it and
+writes the final model and evaluation report
+(:func:`~finetune.training.report.evaluate_and_report`). Every step is a
+plain function of plain arguments; where Chainer needs an order (dtype
+before ``optimizer.setup``, ``disable_update`` after it) one function does
+both.
 """
 import contextlib
 import dataclasses
@@ -16,57 +24,44 @@ from typing import Optional
 
 import chainer
 import numpy as np
-from chainer.training import extensions
 
+from finetune.common.allocator import keep_freed_memory
 from finetune.common.errors import FinetuneError
 from finetune.common.fileio import naming_write_errors
-from finetune.data import folder
-from finetune.data.datasets import LabeledImageDataset
-from finetune.data.feature_cache import CachedCropConverter
-from finetune.data.feature_cache import CachedFeatureDataset
-from finetune.data.feature_cache import cached_features
-from finetune.data.loader import make_iterator
 from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
-from finetune.inference.batch import predict_paths
-from finetune.inference.predictor import Predictor
 from finetune.inference.tta import crops_problem
 from finetune.models.model_file import save_model
-from finetune.weights.load import load_pretrained
-from finetune.weights.registry import converted_from
+from finetune.training import recipe
 from finetune.training import report
 from finetune.training.config import check_config
 from finetune.training.distributed import rank_device
 from finetune.training.distributed import ranks_for
 from finetune.training.extensions import Classifier
-from finetune.training.extensions import EpochOrIntervalTrigger
 from finetune.training.extensions import EpochsOrTimeLimit
-from finetune.training.extensions import RandomCropConverter
-from finetune.training.extensions import SNAPSHOT_PREFIX
-from finetune.training.extensions import SaveBestModel
 from finetune.training.extensions import SeededUpdater
-from finetune.training.extensions import SnapshotWriter
 from finetune.training.extensions import StopOnSigterm
+from finetune.training.extensions import add_training_extensions
 from finetune.training.extensions import latest_snapshot
+from finetune.training.extensions import trainer_snapshot
+from finetune.training.inputs import RunInputs
+from finetune.training.inputs import make_inputs
 from finetune.training.lr_find import lr_range_test
-from finetune.training import recipe
-from finetune.training.schedule import add_lr_schedule
+from finetune.training.lr_find import plot_lr_find
+from finetune.training.recipe import surgery_plan
+from finetune.training.report import evaluate_and_report
+from finetune.training.run_dir import check_data
 from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
+from finetune.training.run_dir import prepare_lists
 from finetune.training.run_dir import prepare_run_dir
 from finetune.training.run_dir import resume_snapshot
 from finetune.training.snapshot import load_snapshot
-from finetune.training.lr_find import plot_lr_find
-from finetune.training.solver import CaffeSGD
-from finetune.training.solver import set_caffe_lr_policy
-from finetune.training.surgery import FineTuneNet
-from finetune.training.surgery import freeze_layers
-from finetune.training.surgery import check_freeze_set
-from finetune.training.surgery import frozen_cut
-from finetune.training.surgery import parse_head_spec
-from finetune.training.surgery import parse_layer_spec
-from finetune.training.surgery import replace_head
+from finetune.training.solver import make_optimizer
+from finetune.training.surgery import build_networks
 from finetune.training.surgery import set_param_dtype
+from finetune.weights.load import load_pretrained
+from finetune.weights.registry import converted_from
 
 MODEL_BEST = 'model_best.npz'
 MODEL_FINAL = 'model_final.npz'
@@ -82,8 +77,12 @@ class FitResult:
         model_best (str or None): path of ``model_best.npz`` (None without
             validation images).
         metrics (dict or None): the final validation report's summary
-            (``accuracy``, ``top5``, ``n_images``...; None without
-            validation images).
+            (:func:`finetune.training.report.write_evaluation_report`):
+            ``n_examples``, ``n_classes``, ``top1_accuracy``,
+            ``top5_accuracy`` (top-``top5_k``, k clipped to the classes),
+            ``mean_class_accuracy`` (fractions in [0, 1]),
+            ``confused_pairs``, ``out_dir``, ``files``; None without
+            validation images.
         seconds (dict): wall-clock seconds of each stage: ``scan`` (listing
             and checking the images), ``features`` (the loaders, and the
             feature cache when one is built), ``training`` (the trainer,
@@ -97,32 +96,6 @@ class FitResult:
     seconds: dict
 
 
-@dataclasses.dataclass
-class RunInputs:
-    """The iterators and what consumes them (built by :func:`make_inputs`).
-
-    Attributes:
-        train_iter: training iterator (images or cached features).
-        converter: batch -> arrays on the device (random crops, or one of
-            the cached crops).
-        val_iter: validation iterator, None without validation images.
-        eval_model: the Classifier evaluated each epoch (the head alone on
-            cached centre-crop features when the trunk is frozen).
-        eval_converter: the evaluator's batch converter.
-    """
-    train_iter: object
-    converter: object
-    val_iter: object
-    eval_model: object
-    eval_converter: object
-
-    def finalize(self):
-        """Stop the loader processes."""
-        for iterator in (self.train_iter, self.val_iter):
-            if iterator is not None:
-                iterator.finalize()
-
-
 def choose_preprocess(preprocess, mean, prepared_mean):
     """The pretrained net's preprocessing with the ``--mean`` choice."""
     if mean == 'pretrained':
@@ -133,93 +106,6 @@ def choose_preprocess(preprocess, mean, prepared_mean):
                            preprocess.channels)
 
 
-def resumes_from_lists(config):
-    """Whether the run reads its lists from ``--out`` (a resumption of a
-    run that wrote them) rather than scanning ``--data``."""
-    return bool(config.resume) and os.path.exists(
-        os.path.join(config.out, folder.TRAIN_FILE))
-
-
-def check_data(config):
-    """Refuse a missing, empty or one-class ``--data`` folder (or a bad
-    ``--image-list``) that the run would scan, before ``--out`` is touched
-    (listing the folder twice costs little next to verifying every
-    image)."""
-    if not resumes_from_lists(config):
-        folder.list_dataset(config.data, config.image_list,
-                            {'--out': config.out})
-
-
-def prepare_lists(config, channels, size):
-    """(train, val, class_names, mean): the lists in ``--out`` when
-    resuming, else built from ``--data``."""
-    train_txt = os.path.join(config.out, folder.TRAIN_FILE)
-    if resumes_from_lists(config):
-        train, names = folder.read_image_list(train_txt, config.data)
-        val, _ = folder.read_image_list(
-            os.path.join(config.out, folder.VAL_FILE), config.data,
-            allow_empty=True)
-        mean_path = os.path.join(config.out, folder.MEAN_FILE)
-        mean = folder.load_mean(mean_path) if os.path.exists(
-            mean_path) else None
-        return train, val, names, mean
-    prepared = folder.prepare_dataset(
-        config.data, config.out, val_split=config.val_split,
-        seed=config.seed, image_list=config.image_list,
-        compute_mean=config.mean == 'dataset', channels=channels, size=size,
-        jobs=max(1, config.loaderjob))
-    return prepared.train, prepared.val, prepared.class_names, prepared.mean
-
-
-def surgery_plan(config, pretrained, entry=None):
-    """(head, frozen): the layer names ``--replace`` and ``--freeze`` name
-    (``--replace auto``: the registry ``entry``'s recommended head when
-    there is one, e.g. AlexNet's fc6-fc8).
-
-    Checked against the network before any image is scanned.
-
-    Raises:
-        FinetuneError: an unknown layer, or a layer both replaced and
-            frozen, or ``--cache-features`` without a frozen trunk.
-    """
-    try:
-        head = parse_head_spec(config.replace, pretrained, entry)
-    except FinetuneError as e:
-        raise FinetuneError('--replace: %s' % e) from None
-    try:
-        frozen = recipe.frozen_before(pretrained, config.unfreeze) \
-            if config.unfreeze else parse_layer_spec(config.freeze,
-                                                     pretrained)
-    except FinetuneError as e:
-        raise FinetuneError(str(e) if config.unfreeze else
-                            '--freeze: %s' % e) from None
-    overlap = set(head) & set(frozen)
-    if overlap:
-        raise FinetuneError('layers both replaced and frozen: %s'
-                            % ', '.join(sorted(overlap)))
-    check_freeze_set(pretrained, frozen)
-    if config.cache_features and not frozen_cut(pretrained, frozen):
-        raise FinetuneError('--cache-features needs frozen leading '
-                            'layers, e.g. --freeze conv1-conv5')
-    return head, frozen
-
-
-def build_networks(pretrained, meta, head, frozen, n_classes, config):
-    """(train_net, eval_net): FineTuneNets sharing one network after
-    surgery. The training net reads cached features with
-    ``--cache-features``; a frozen trunk is always evaluated on cached
-    centre-crop features (``eval_net`` reads features), else ``eval_net``
-    is ``train_net``."""
-    net = replace_head(pretrained, meta, head, n_classes)
-    prefix = frozen_cut(net, frozen)
-    train_net = FineTuneNet(net, prefix, from_features=config.cache_features,
-                            trunk_backend=config.trunk_backend)
-    if not prefix:
-        return train_net, train_net
-    return train_net, FineTuneNet(net, prefix, from_features=True,
-                                  trunk_backend=config.trunk_backend)
-
-
 def make_model(net, dtype, device):
     """Classifier over ``net``, its parameters cast to ``dtype`` and sent
     to ``device``."""
@@ -228,161 +114,6 @@ def make_model(net, dtype, device):
     model.to_device(device)
     device.use()
     return model
-
-
-def make_optimizer(model, config, head, frozen, ranks):
-    """CaffeSGD set up on ``model`` with Caffe's multipliers and the frozen
-    layers' updates disabled; with ``--dtype float16`` it keeps float32
-    master weights and scales the loss dynamically."""
-    solver = CaffeSGD(lr=config.lr, momentum=config.momentum)
-    if config.dtype == 'float16':
-        solver.use_fp32_update()
-        solver.loss_scaling()
-    optimizer = ranks.optimizer(solver)
-    optimizer.setup(model)
-    network = model.predictor.net
-    set_caffe_lr_policy(network, head, config.weight_decay,
-                        config.head_lr_mult)
-    freeze_layers(network, frozen)
-    recipe.scale_trunk_rates(network, recipe.trunk_layers(
-        network, head, frozen) if config.unfreeze else [],
-        config.trunk_lr_mult)
-    return optimizer
-
-
-def uncropped(root, entries, preprocess):
-    """Images resized but not cropped (crops are drawn per step)."""
-    p = preprocess
-    return LabeledImageDataset(root, entries, CaffePreprocess(
-        p.size, None, p.mean, p.scale, p.channels))
-
-
-def feature_cache(config, split, net, entries, preprocess, mode, device,
-                  ranks):
-    """Path of the frozen-prefix features of ``entries`` (rank 0 builds
-    it; the others wait and read the same file)."""
-    path = None
-    if ranks.is_root:
-        network = net.net
-        path, built = cached_features(
-            os.path.join(config.out, 'feature_cache'), split, network,
-            network.layer_names[:net.n_frozen_layers], net.features,
-            config.data,
-            entries, uncropped(config.data, entries, preprocess),
-            preprocess, mode, device, config.val_batchsize,
-            config.loaderjob, config.cache_crops)
-        print('%s features: %s %s' % (split, 'cached in' if built
-                                      else 'reusing', path), file=sys.stderr)
-    return ranks.bcast(path)
-
-
-def make_inputs(config, model, eval_model, train_list, val_list,
-                preprocess, device, ranks):
-    """The training and validation iterators (see :class:`RunInputs`)."""
-    net = model.predictor
-    if config.cache_features:
-        dataset = CachedFeatureDataset(
-            feature_cache(config, 'train', net, train_list, preprocess,
-                          'random', device, ranks),
-            [label for _, label in train_list])
-        train_iter = make_iterator(ranks.scatter(dataset, config.seed),
-                                   config.batchsize, 0, seed=config.seed)
-        converter = CachedCropConverter(config.seed)
-    else:
-        train_iter = make_iterator(ranks.scatter(uncropped(
-            config.data, train_list, preprocess), config.seed),
-            config.batchsize, config.loaderjob, seed=config.seed)
-        converter = RandomCropConverter(preprocess, config.seed)
-    if not val_list:
-        return RunInputs(train_iter, converter, None, None, None)
-    if eval_model is model:
-        dataset = LabeledImageDataset(config.data, val_list, preprocess)
-        val_iter = make_iterator(ranks.scatter(dataset, config.seed),
-                                 config.val_batchsize, config.loaderjob,
-                                 repeat=False, shuffle=False)
-        return RunInputs(train_iter, converter, val_iter, model,
-                         chainer.dataset.concat_examples)
-    dataset = CachedFeatureDataset(
-        feature_cache(config, 'val', net, val_list, preprocess, 'center',
-                      device, ranks),
-        [label for _, label in val_list])
-    val_iter = make_iterator(ranks.scatter(dataset, config.seed),
-                             config.val_batchsize, 0, repeat=False,
-                             shuffle=False)
-    return RunInputs(train_iter, converter, val_iter, eval_model,
-                     CachedCropConverter(0, train=False))
-
-
-def add_extensions(trainer, config, inputs, device, ranks, save_best,
-                   unfreeze=None):
-    """Evaluation, LR schedule and the ``--unfreeze`` warm-up
-    (``unfreeze``, a :class:`~finetune.training.recipe.Unfreeze`) on every
-    rank; logs, plots, progress bar and snapshots on rank 0 only."""
-    epoch = (1, 'epoch')
-    log_trigger = EpochOrIntervalTrigger(config.log_interval)
-    if inputs.val_iter is not None:
-        trainer.extend(ranks.evaluator(extensions.Evaluator(
-            inputs.val_iter, inputs.eval_model,
-            converter=inputs.eval_converter, device=device)), trigger=epoch)
-    add_lr_schedule(trainer, config)
-    if unfreeze is not None:
-        trainer.extend(unfreeze, name='unfreeze')
-    trainer.extend(extensions.FailOnNonNumber())
-    if not ranks.is_root:
-        return
-    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
-    trainer.extend(extensions.LogReport(trigger=log_trigger))
-    trainer.extend(extensions.PrintReport(
-        ['epoch', 'iteration', 'main/loss', 'main/accuracy',
-         'validation/main/loss', 'validation/main/accuracy',
-         'validation/main/top5', 'lr', 'elapsed_time']), trigger=log_trigger)
-    trainer.extend(extensions.ProgressBar(update_interval=1))
-    if extensions.PlotReport.available():
-        trainer.extend(extensions.PlotReport(
-            ['main/loss', 'validation/main/loss'], 'epoch',
-            file_name='loss.png'), trigger=epoch)
-        trainer.extend(extensions.PlotReport(
-            ['main/accuracy', 'validation/main/accuracy',
-             'validation/main/top5'], 'epoch', file_name='accuracy.png'),
-            trigger=epoch)
-    trainer.extend(extensions.snapshot(
-        writer=SnapshotWriter(),
-        filename=SNAPSHOT_PREFIX + '{.updater.iteration}',
-        n_retains=config.keep_snapshots),
-        trigger=EpochOrIntervalTrigger(config.snapshot_interval))
-    if inputs.val_iter is not None:
-        trainer.extend(SaveBestModel(save_best))
-
-
-def evaluate_and_report(config, net, val, names, preprocess, device):
-    """Probabilities on the validation set -> the evaluation report.
-
-    ``net`` is the training FineTuneNet: with a frozen prefix, the images
-    go through its own trunk runner (the OpenCV net built for the cache or
-    the training steps; building a second one for the whole net held the
-    weights twice more) and the head on Chainer. Images that can no longer
-    be read are left out of the report.
-    """
-    if not val:
-        return None
-    if net.n_frozen_layers:
-        net = net.copy(mode='share')  # same weights and trunk runner
-        net.from_features = False
-        predictor = Predictor(net, names, preprocess, device=device,
-                              backend='chainer', tta=config.tta)
-    else:
-        predictor = Predictor(net.net, names, preprocess, device=device,
-                              backend=config.trunk_backend, tta=config.tta)
-    rows = predict_paths(predictor, [os.path.join(config.data, p)
-                                     for p, _ in val],
-                         config.val_batchsize, config.loaderjob,
-                         progress=False)
-    kept = [(path, label, probs) for (path, label), (_, probs, _)
-            in zip(val, rows) if probs is not None]
-    return report.write_evaluation_report(
-        config.out, np.stack([probs for _, _, probs in kept]),
-        np.array([label for _, label, _ in kept]),
-        [path for path, _, _ in kept], names)
 
 
 def run_trainer(trainer, resume, ranks, updater, out):
@@ -398,9 +129,7 @@ def run_trainer(trainer, resume, ranks, updater, out):
             snapshots there are).
     """
     resume = resume_snapshot(resume, out) if resume else None
-    preemption = StopOnSigterm(ranks, extensions.snapshot(
-        writer=SnapshotWriter(),
-        filename=SNAPSHOT_PREFIX + '{.updater.iteration}'), out)
+    preemption = StopOnSigterm(ranks, trainer_snapshot(), out)
     trainer.extend(preemption, name='stop_on_sigterm')
     if resume:
         if ranks.is_root:
@@ -422,11 +151,6 @@ def run_trainer(trainer, resume, ranks, updater, out):
             '--lr (python -m finetune.train ... --lr-find suggests one); %s'
             % (updater.iteration, 'the last snapshot before it is %s' % last
                if last else 'no snapshot was taken before it')) from None
-
-
-def training_device(device, ranks):
-    """Chainer device of this rank (``device`` + the rank's local index)."""
-    return rank_device(device, ranks)
 
 
 @dataclasses.dataclass
@@ -497,7 +221,7 @@ def assemble(config, ranks, pretrained=None, validation=True):
     iterators: a :class:`Run` (its iterators hold loader processes:
     ``run.inputs.finalize()`` when done)."""
     np.random.seed(config.seed)
-    device = training_device(config.device, ranks)
+    device = rank_device(config.device, ranks)
     plan = pretrained or load_and_plan(config)
     pretrained, meta, pretrained_prep = plan.network, plan.meta, \
         plan.preprocess
@@ -532,7 +256,7 @@ def assemble(config, ranks, pretrained=None, validation=True):
 @contextlib.contextmanager
 def run_folder(config):
     """Hold ``--out`` for this run: the refusals first (:func:`check_run_dir`,
-    :func:`check_data`: a refused run leaves ``--out`` as it was), then the
+    :func:`~finetune.training.run_dir.check_data`: a refused run leaves ``--out`` as it was), then the
     lock (:func:`exclusive_run`) and the run's identity written
     (:func:`prepare_run_dir`) before any list is."""
     check_run_dir(config)
@@ -543,20 +267,34 @@ def run_folder(config):
 
 
 def fit(config):
-    """Run (or resume) one fine-tuning job.
+    """Run (or resume) one fine-tuning job, or with ``config.lr_find`` the
+    learning-rate range test (:func:`find_lr`) instead, as
+    ``python -m finetune.train`` does with the same options.
+
+    Freed memory is kept in the process from here on
+    (:func:`~finetune.common.allocator.keep_freed_memory`, as the command
+    does: batches are allocated and freed at every step).
 
     Args:
         config (TrainConfig): every option of the run.
 
     Returns:
-        FitResult on rank 0; None on the other ranks of an mpiexec run.
+        FitResult on rank 0; None on the other ranks of an mpiexec run;
+        LRFindResult with ``lr_find``.
 
     Raises:
         FinetuneError: bad input (one line naming the file or option).
     """
     check_config(config)  # fields set after the TrainConfig was made
+    keep_freed_memory()
+    if config.dtype == 'float16' and config.device < 0:
+        print('note: --dtype float16 on the CPU is slow (NumPy has no '
+              'float16 matrix multiply); it is meant for GPUs',
+              file=sys.stderr)
+    if config.lr_find:
+        return find_lr(config)
     ranks = ranks_for(config.communicator)
-    training_device(config.device, ranks)  # a --device that cannot work
+    rank_device(config.device, ranks)  # a --device that cannot work
     if config.loaderjob > 0:  # its preload, before the image check's pool
         use_forkserver()
     pretrained = load_and_plan(config)
@@ -586,8 +324,9 @@ def _fit(config, ranks, pretrained):
         run.model.predictor, run.frozen, recipe.trunk_layers(
             network, run.head, run.frozen), config.warmup_epochs) \
         if config.unfreeze else None
-    add_extensions(trainer, config, run.inputs, run.device, ranks,
-                   lambda acc: save(best, val_accuracy=acc), unfreeze)
+    add_training_extensions(trainer, config, run.inputs, run.device, ranks,
+                            lambda acc: save(best, val_accuracy=acc),
+                            unfreeze)
     start = time.perf_counter()
     try:
         run_trainer(trainer, config.resume, ranks, updater, config.out)
@@ -629,7 +368,7 @@ def find_lr(config, n_steps=100, lr_min=1e-6, lr_max=1.0):
     if config.communicator:
         raise FinetuneError('--lr-find runs in one process: drop '
                             '--communicator')
-    training_device(config.device, ranks_for(None))
+    rank_device(config.device, ranks_for(None))
     pretrained = load_and_plan(config)
     with run_folder(config):  # its lists are the run's, as in training
         return _find_lr(config, pretrained, n_steps, lr_min, lr_max)

@@ -20,8 +20,10 @@ prototxts say ``use_global_stats: true``); its Scale layer trains.
 from chainer.training import extension
 
 from finetune.common.errors import FinetuneError
+from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
-from finetune.training.surgery import parse_layer_spec
+from finetune.training.surgery import parse_head_spec
+from finetune.training.layer_spec import parse_layer_spec
 
 
 def frozen_before(network, layer):
@@ -107,3 +109,36 @@ class Unfreeze(extension.Extension):
         if not self.unfrozen and \
                 trainer.updater.epoch >= self.warmup_epochs:
             self.set_phase(unfrozen=True)
+
+
+def surgery_plan(config, pretrained, entry=None):
+    """(head, frozen): the layer names ``--replace`` and ``--freeze`` name
+    (``--replace auto``: the registry ``entry``'s recommended head when
+    there is one, e.g. AlexNet's fc6-fc8).
+
+    Checked against the network before any image is scanned.
+
+    Raises:
+        FinetuneError: an unknown layer, or a layer both replaced and
+            frozen, or ``--cache-features`` without a frozen trunk.
+    """
+    try:
+        head = parse_head_spec(config.replace, pretrained, entry)
+    except FinetuneError as e:
+        raise FinetuneError('--replace: %s' % e) from None
+    try:
+        frozen = frozen_before(pretrained, config.unfreeze) \
+            if config.unfreeze else parse_layer_spec(config.freeze,
+                                                     pretrained)
+    except FinetuneError as e:
+        raise FinetuneError(str(e) if config.unfreeze else
+                            '--freeze: %s' % e) from None
+    overlap = set(head) & set(frozen)
+    if overlap:
+        raise FinetuneError('layers both replaced and frozen: %s'
+                            % ', '.join(sorted(overlap)))
+    check_freeze_set(pretrained, frozen)
+    if config.cache_features and not frozen_cut(pretrained, frozen):
+        raise FinetuneError('--cache-features needs frozen leading '
+                            'layers, e.g. --freeze conv1-conv5')
+    return head, frozen

@@ -14,7 +14,9 @@ import numpy as np
 
 from finetune.common.fileio import atomic_write
 from finetune.common.fileio import write_csv
-from finetune.inference.predictor import top_k
+from finetune.inference.batch import predict_paths
+from finetune.inference.predictor import Predictor
+from finetune.inference.predictor import top_k_accuracy
 
 #: Probabilities are clipped to this before the log, so loss <= ~27.6.
 MIN_PROB = 1e-12
@@ -138,25 +140,6 @@ def highest_loss_examples(probs, labels, paths, class_names, k=20):
              'loss': float(loss[i])} for i in order]
 
 
-def topk_accuracy(probs, labels, k):
-    """Fraction of rows whose true class is among the k most probable.
-
-    Args:
-        probs (numpy.ndarray): (N, C). Ties rank the lower class index first,
-            as ``argmax`` does, so ``k=1`` is plain accuracy.
-        labels (numpy.ndarray): (N,).
-        k (int): clipped to C.
-
-    Returns:
-        float: in [0, 1]; NaN when N is 0.
-    """
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-        return float('nan')
-    best = top_k(np.asarray(probs), k)
-    return float(np.mean((best == labels[:, None]).any(axis=1)))
-
-
 def write_evaluation_report(out_dir, probs, labels, paths, class_names,
                             k_pairs=10, k_examples=20):
     """Write the five report files into ``out_dir`` and summarize them.
@@ -203,7 +186,8 @@ def write_evaluation_report(out_dir, probs, labels, paths, class_names,
     return {'n_examples': int(len(labels)),
             'n_classes': int(n_classes),
             'top1_accuracy': float(np.mean(predictions == labels)),
-            'top5_accuracy': topk_accuracy(probs, labels, k),
+            'top5_accuracy': float(top_k_accuracy(
+                np.asarray(probs), np.asarray(labels), k)),
             'top5_k': k,
             'mean_class_accuracy': float(np.mean(accuracy[has_images])),
             'confused_pairs': pairs,
@@ -342,3 +326,34 @@ def _shorten(text, limit):
         return text
     head = (limit - 1) // 2
     return text[:head] + '\u2026' + text[len(text) - (limit - 1 - head):]
+
+
+def evaluate_and_report(config, net, val, names, preprocess, device):
+    """Probabilities on the validation set -> the evaluation report.
+
+    ``net`` is the training FineTuneNet: with a frozen prefix, the images
+    go through its own trunk runner (the OpenCV net built for the cache or
+    the training steps; building a second one for the whole net held the
+    weights twice more) and the head on Chainer. Images that can no longer
+    be read are left out of the report.
+    """
+    if not val:
+        return None
+    if net.n_frozen_layers:
+        net = net.copy(mode='share')  # same weights and trunk runner
+        net.from_features = False
+        predictor = Predictor(net, names, preprocess, device=device,
+                              backend='chainer', tta=config.tta)
+    else:
+        predictor = Predictor(net.net, names, preprocess, device=device,
+                              backend=config.trunk_backend, tta=config.tta)
+    rows = predict_paths(predictor, [os.path.join(config.data, p)
+                                     for p, _ in val],
+                         config.val_batchsize, config.loaderjob,
+                         progress=False)
+    kept = [(path, label, probs) for (path, label), (_, probs, _)
+            in zip(val, rows) if probs is not None]
+    return write_evaluation_report(
+        config.out, np.stack([probs for _, _, probs in kept]),
+        np.array([label for _, label, _ in kept]),
+        [path for path, _, _ in kept], names)

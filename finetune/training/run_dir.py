@@ -16,6 +16,7 @@ import os
 
 from finetune.common.errors import FinetuneError
 from finetune.common.fileio import atomic_write
+from finetune.data import folder
 from finetune.training.config import option_flag
 from finetune.training.extensions import SNAPSHOT_PREFIX
 from finetune.training.extensions import latest_snapshot
@@ -156,3 +157,41 @@ def resume_snapshot(resume, out):
         return None
     check_snapshot(path)
     return path
+
+
+def resumes_from_lists(config):
+    """Whether the run reads its lists from ``--out`` (a resumption of a
+    run that wrote them) rather than scanning ``--data``."""
+    return bool(config.resume) and os.path.exists(
+        os.path.join(config.out, folder.TRAIN_FILE))
+
+
+def check_data(config):
+    """Refuse a missing, empty or one-class ``--data`` folder (or a bad
+    ``--image-list``) that the run would scan, before ``--out`` is touched
+    (listing the folder twice costs little next to verifying every
+    image)."""
+    if not resumes_from_lists(config):
+        folder.list_dataset(config.data, config.image_list,
+                            {'--out': config.out})
+
+
+def prepare_lists(config, channels, size):
+    """(train, val, class_names, mean): the lists in ``--out`` when
+    resuming, else built from ``--data``."""
+    train_txt = os.path.join(config.out, folder.TRAIN_FILE)
+    if resumes_from_lists(config):
+        train, names = folder.read_image_list(train_txt, config.data)
+        val, _ = folder.read_image_list(
+            os.path.join(config.out, folder.VAL_FILE), config.data,
+            allow_empty=True)
+        mean_path = os.path.join(config.out, folder.MEAN_FILE)
+        mean = folder.load_mean(mean_path) if os.path.exists(
+            mean_path) else None
+        return train, val, names, mean
+    prepared = folder.prepare_dataset(
+        config.data, config.out, val_split=config.val_split,
+        seed=config.seed, image_list=config.image_list,
+        compute_mean=config.mean == 'dataset', channels=channels, size=size,
+        jobs=max(1, config.loaderjob))
+    return prepared.train, prepared.val, prepared.class_names, prepared.mean

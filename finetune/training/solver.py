@@ -16,6 +16,9 @@ passes over memory and allocate parameter-sized temporaries; for fc6
 import chainer
 from chainer.optimizers import momentum_sgd
 
+from finetune.training import recipe
+from finetune.training.surgery import freeze_layers
+
 #: Elements per slice on the CPU: 1 MiB float32 temporaries stay in cache.
 CPU_SLICE = 1 << 18
 
@@ -146,3 +149,23 @@ def set_caffe_lr_policy(model, head_names, weight_decay, head_lr_mult=10.0,
             is_bias = param_name.endswith('/b')
             rule.decay = 0.0 if is_bias else weight_decay
             rule.lr_mult = mult * (bias_lr_mult if is_bias else 1.0)
+
+
+def make_optimizer(model, config, head, frozen, ranks):
+    """CaffeSGD set up on ``model`` with Caffe's multipliers and the frozen
+    layers' updates disabled; with ``--dtype float16`` it keeps float32
+    master weights and scales the loss dynamically."""
+    solver = CaffeSGD(lr=config.lr, momentum=config.momentum)
+    if config.dtype == 'float16':
+        solver.use_fp32_update()
+        solver.loss_scaling()
+    optimizer = ranks.optimizer(solver)
+    optimizer.setup(model)
+    network = model.predictor.net
+    set_caffe_lr_policy(network, head, config.weight_decay,
+                        config.head_lr_mult)
+    freeze_layers(network, frozen)
+    recipe.scale_trunk_rates(network, recipe.trunk_layers(
+        network, head, frozen) if config.unfreeze else [],
+        config.trunk_lr_mult)
+    return optimizer

@@ -1,13 +1,7 @@
 """Network surgery for fine-tuning: freeze layers, replace the head.
 
-Layer specs name layers of ``model.layer_names`` (the weighted layers in
-forward order): ``conv1-conv5`` (a range), ``conv1,conv2`` (a list),
-``conv1-conv3,fc6`` (both), ``none`` or ``all``. The ends of a range may be
-any layer of the :class:`~finetune.models.CaffeGraph` in prototxt order
-(``conv_1-eltwise_stage2_block3`` selects the weighted layers between them)
-and ``up-to:LAYER`` selects every weighted layer before LAYER, and LAYER
-itself when it has weights. ``--replace``
-defaults to ``auto``, the layers :func:`default_head` names.
+Layers are named by layer specs (:mod:`finetune.training.layer_spec`);
+``--replace`` defaults to ``auto``, the layers :func:`default_head` names.
 """
 import chainer
 import numpy
@@ -16,44 +10,7 @@ from finetune.models.caffe_graph import CaffeBatchNorm
 from finetune.models.model_file import build_model
 from finetune.models.opencv_runner import select_engine
 from finetune.common.errors import FinetuneError
-
-
-def parse_layer_spec(spec, model):
-    """Names selected by ``spec``, in network order.
-
-    Args:
-        spec (str): see the module docstring.
-        model: the network (its ``layer_names`` and ``layer_order``), or
-            just a sequence of layer names.
-
-    Raises:
-        FinetuneError: an unknown layer name or a backwards range.
-    """
-    names = list(getattr(model, 'layer_names', model))
-    order = list(getattr(model, 'layer_order', names))
-    spec = (spec or 'none').strip()
-    if spec == 'none':
-        return []
-    if spec == 'all':
-        return names
-    chosen = set()
-    for part in spec.split(','):
-        part = part.strip()
-        if part.startswith('up-to:'):
-            ends = [order[0], part[len('up-to:'):].strip()]
-        else:
-            ends = [p.strip() for p in part.split('-')]
-        for end in ends:
-            if end not in order:
-                raise FinetuneError('unknown layer %r in %r; layers are: %s'
-                                    % (end, spec, ', '.join(order)))
-        first, last = order.index(ends[0]), order.index(ends[-1])
-        if len(ends) > 2 or last < first:
-            raise FinetuneError('bad layer range %r (layers are: %s)'
-                                % (part, ', '.join(order)))
-        chosen.update(n for n in names
-                      if first <= order.index(n) <= last)
-    return [n for n in names if n in chosen]
+from finetune.training.layer_spec import parse_layer_spec
 
 
 def default_head(model):
@@ -269,3 +226,19 @@ class FineTuneNet(chainer.Chain):
             h = chainer.Variable(h.array, requires_grad=False)
             start = self.graph_start
         return self.net.forward(h, start=start)
+
+
+def build_networks(pretrained, meta, head, frozen, n_classes, config):
+    """(train_net, eval_net): FineTuneNets sharing one network after
+    surgery. The training net reads cached features with
+    ``--cache-features``; a frozen trunk is always evaluated on cached
+    centre-crop features (``eval_net`` reads features), else ``eval_net``
+    is ``train_net``."""
+    net = replace_head(pretrained, meta, head, n_classes)
+    prefix = frozen_cut(net, frozen)
+    train_net = FineTuneNet(net, prefix, from_features=config.cache_features,
+                            trunk_backend=config.trunk_backend)
+    if not prefix:
+        return train_net, train_net
+    return train_net, FineTuneNet(net, prefix, from_features=True,
+                                  trunk_backend=config.trunk_backend)

@@ -6,7 +6,7 @@ from PIL import Image
 
 from finetune.common.errors import DataError
 from finetune.data.datasets import ImagePathDataset
-from finetune.data.images import check_image
+from finetune.data.transforms import check_image
 from finetune.data.transforms import CaffePreprocess
 
 LAB_PROBLEM = 'undecodable: LAB images are not supported'

@@ -78,7 +78,7 @@ def test_a_fifo_given_by_path_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     code = ('import sys\n'
             'from finetune.common.errors import DataError\n'
-            'from finetune.data.images import check_image\n'
+            'from finetune.data.transforms import check_image\n'
             'from finetune.data.transforms import CaffePreprocess\n'
             'print(check_image(sys.argv[1]))\n'
             'try:\n'

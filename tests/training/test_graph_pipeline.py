@@ -29,7 +29,7 @@ from finetune.models.model_file import save_model
 from finetune.training.extensions import SeededUpdater
 from finetune.training.extensions import latest_snapshot
 from finetune.training.fit import find_lr
-from finetune.training.surgery import parse_layer_spec
+from finetune.training.layer_spec import parse_layer_spec
 from tests.support.graph_nets import NETS
 from tests.support.graph_nets import SHAPES
 from tests.support.graph_nets import config

@@ -19,7 +19,7 @@ from finetune.training.fit import load_and_plan
 from finetune.training.surgery import check_freeze_set
 from finetune.training.surgery import frozen_cut
 from finetune.training.surgery import parse_head_spec
-from finetune.training.surgery import parse_layer_spec
+from finetune.training.layer_spec import parse_layer_spec
 from finetune.training.surgery import replace_head
 from finetune.weights.registry import pretrained_model
 from tests.support.photos import write_style_folder
