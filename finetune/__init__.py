@@ -18,8 +18,9 @@ Training from Python::
                                                freeze='conv1-conv5'))
 
 ``import finetune`` is light: chainer is imported when ``load``,
-``Predictor``, ``fit``, ``TrainConfig`` or ``pretrained(...)`` is first
-used (PEP 562), so ``fetch`` and ``gather`` start without it.
+``Predictor``, ``fit`` or ``pretrained(...)`` is first used (PEP 562), so
+``fetch`` and ``gather`` start without it; a ``TrainConfig`` is made and
+checked without it.
 """
 from finetune.common import gpu as _gpu
 from finetune.common import lazy_attributes

@@ -8,7 +8,7 @@ from chainer import training
 from finetune.training.schedule import CosineShift
 
 
-def test_cosine_rates_follow_the_formula():
+def test_cosine_rates_follow_the_formula(tmp_path):
     model = chainer.links.Linear(2, 2)
     optimizer = chainer.optimizers.MomentumSGD(lr=0.1)
     optimizer.setup(model)
@@ -17,7 +17,7 @@ def test_cosine_rates_follow_the_formula():
     it = chainer.iterators.SerialIterator(data, 4)
     updater = training.StandardUpdater(it, optimizer, loss_func=lambda x, t:
                                        chainer.functions.sum(model(x)) * 0)
-    trainer = training.Trainer(updater, (6, 'epoch'))
+    trainer = training.Trainer(updater, (6, 'epoch'), out=str(tmp_path))
     trainer.extend(CosineShift(0.1, 2, 6))
     seen = []
     trainer.extend(lambda t: seen.append((t.updater.epoch_detail,
