@@ -5,9 +5,9 @@
 reads ``photos/<class>/*.jpg``, imports the pretrained weights (the BVLC
 AlexNet by default; ``--pretrained NAME`` for any registry entry, or a
 .caffemodel/.npz), freezes the named layers, replaces the head (by default
-fc6-fc8 on AlexNet, the last InnerProduct on other nets) with one sized
-for the classes found, and trains with Caffe's
-fine-tuning defaults (MomentumSGD, lr 0.001, momentum 0.9, weight decay
+fc6-fc8 on AlexNet and CaffeNet, the last InnerProduct on other nets) with
+one sized for the classes found, and trains with Caffe's fine-tuning
+defaults (MomentumSGD, lr 0.001, momentum 0.9, weight decay
 5e-4, head lr x10). ``--out`` (default ``result/``) receives the log,
 plots, snapshots (resume with ``--resume auto``), ``model_best.npz``,
 ``model_final.npz`` and an evaluation report. The library call is

@@ -187,15 +187,28 @@ def select_engine(model, engine='auto', stop=None, option='--backend'):
         FinetuneError: an unknown ``engine``, or 'opencv' where OpenCV
             cannot run the net.
     """
+    on_cpu = model.xp is np
+    check_engine(model, engine, option, on_cpu)
+    if engine == 'chainer' or not on_cpu:
+        return None
+    if opencv_dnn() is None or not supports(model.net_param):
+        return None  # 'auto'
+    return OpenCVStages(model, stop)
+
+
+def check_engine(model, engine, option='--backend', on_cpu=True):
+    """Refuse an ``engine`` that :func:`select_engine` would refuse on
+    ``model``, without building anything (for a check before a run; a
+    model on a GPU runs on Chainer whatever the engine, ``on_cpu=False``).
+
+    Raises:
+        FinetuneError: an unknown ``engine``, or 'opencv' where OpenCV is
+            not installed or cannot run the net exactly.
+    """
     if engine not in ENGINES:
         raise FinetuneError('%s %s: expected one of %s'
                             % (option, engine, ', '.join(ENGINES)))
-    if engine == 'chainer' or model.xp is not np:
-        return None
-    if opencv_dnn() is None or not supports(model.net_param):
-        if engine == 'opencv':
-            raise FinetuneError('%s opencv: OpenCV is not installed or '
-                                'cannot run this net exactly (LRN k != 1)'
-                                % option)
-        return None
-    return OpenCVStages(model, stop)
+    if engine == 'opencv' and on_cpu and (opencv_dnn() is None or
+                                          not supports(model.net_param)):
+        raise FinetuneError('%s opencv: OpenCV is not installed or cannot '
+                            'run this net exactly (LRN k != 1)' % option)

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from finetune import convert, export, fetch, gather, predict
+from finetune.common.errors import FinetuneError
 from finetune.training import config as train_config
 from finetune.training.config import TrainConfig
 from tests.support.processes import run_module
@@ -136,11 +137,25 @@ def test_train_help_shows_the_registry_and_every_layer_spec_form():
     assert shown == [spec for spec, _ in LAYER_SPEC_FORMS]
     convs = ['conv1', 'conv2', 'conv3', 'conv4', 'conv5']
     expected = {'conv1-conv5': convs, 'conv1,conv2': convs[:2],
-                'conv1-conv3,fc6': convs[:3] + ['fc6'],
-                'up-to:pool5': convs,
+                'conv1,conv2-conv4': convs[:4], 'up-to:pool5': convs,
                 'all': convs + ['fc6', 'fc7', 'fc8'], 'none': []}
     net = AlexNet()
     assert {spec: parse_layer_spec(spec, net) for spec in shown} == expected
+    # and training takes each as --freeze with the default --replace
+    # (all but 'all', which is for --replace: nothing would train)
+    from finetune.training.recipe import surgery_plan
+    from finetune.training.config import TrainConfig
+    for spec in shown:
+        config = TrainConfig(data='photos', freeze=spec)
+        if spec == 'all':
+            with pytest.raises(FinetuneError, match='both replaced and '
+                               'frozen: fc6, fc7, fc8'):
+                surgery_plan(config, net)
+        else:
+            assert surgery_plan(config, net) == (
+                ['fc6', 'fc7', 'fc8'], expected[spec])
+    config = TrainConfig(data='photos', replace='all')
+    assert surgery_plan(config, net) == (expected['all'], [])
 
 
 def test_help_groups_options_by_stage():

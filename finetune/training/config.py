@@ -94,8 +94,9 @@ class TrainConfig:
         group='pretrained network and surgery')
     replace: str = option(
         'auto', "layers re-initialized as the new head, a layer spec or "
-        "'auto': the registry model's recommended head (%s), else the "
-        "net's last InnerProduct (the last Convolution without one)"
+        "'auto': the registry model's recommended head (%s), else fc6-fc8 "
+        "on any BVLC AlexNet or CaffeNet and the net's last InnerProduct "
+        "(the last Convolution without one) on others"
         % ', '.join('%s on %s' % (entry.head, name) for name, entry
                     in sorted(REGISTRY.items()) if entry.head != 'auto'),
         group='pretrained network and surgery')

@@ -32,6 +32,7 @@ from finetune.data.loader import use_forkserver
 from finetune.data.transforms import CaffePreprocess
 from finetune.inference.tta import crops_problem
 from finetune.models.model_file import save_model
+from finetune.models.opencv_runner import check_engine
 from finetune.training import recipe
 from finetune.training import report
 from finetune.training.config import check_config
@@ -209,6 +210,8 @@ def load_and_plan(config):
     network, meta, preprocess = load_pretrained(
         config.pretrained, config.prototxt, config.pretrained_dir)
     head, frozen = surgery_plan(config, network, converted_from(meta))
+    check_engine(network, config.trunk_backend, '--trunk-backend',
+                 on_cpu=config.device < 0)
     problem = crops_problem(preprocess) if config.tta else None
     if problem:  # needs the net's preprocessing: only after loading
         raise FinetuneError('--tta: %s' % problem)

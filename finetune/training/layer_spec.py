@@ -14,9 +14,9 @@ from finetune.common.errors import FinetuneError
 LAYER_SPEC_FORMS = (
     ('conv1-conv5', 'a range, both ends included'),
     ('conv1,conv2', 'a list'),
-    ('conv1-conv3,fc6', 'ranges and names together'),
+    ('conv1,conv2-conv4', 'names and ranges together'),
     ('up-to:pool5', 'every layer up to a layer of the prototxt'),
-    ('all', 'every weighted layer'),
+    ('all', 'every weighted layer: --replace all trains from scratch'),
     ('none', 'no layer'),
 )
 

@@ -6,20 +6,27 @@ Layers are named by layer specs (:mod:`finetune.training.layer_spec`);
 import chainer
 import numpy
 
+from finetune.models.alexnet import LAYER_NAMES as BVLC_LAYER_NAMES
 from finetune.models.caffe_graph import CaffeBatchNorm
 from finetune.models.model_file import build_model
 from finetune.models.opencv_runner import select_engine
 from finetune.common.errors import FinetuneError
 from finetune.training.layer_spec import parse_layer_spec
 
+#: what ``--replace auto`` retrains on BVLC AlexNet and CaffeNet
+BVLC_HEAD = 'fc6-fc8'
+
 
 def default_head(model):
-    """The layer spec ``--replace auto`` stands for on ``model``: its
-    classifier, the last InnerProduct (the last Convolution in a net
-    without one, such as SqueezeNet's ``conv10``); ``none`` when it has
-    neither. (A registry entry may name another head, e.g. AlexNet's
-    ``fc6-fc8``: :mod:`finetune.weights.registry`.)
+    """The layer spec ``--replace auto`` stands for on ``model``:
+    ``fc6-fc8`` on a net of BVLC AlexNet's or CaffeNet's layers (whatever
+    its file is called), else its classifier, the last InnerProduct (the
+    last Convolution in a net without one, such as SqueezeNet's
+    ``conv10``); ``none`` when it has neither. (A registry entry may name
+    another head: :mod:`finetune.weights.registry`.)
     """
+    if tuple(model.layer_names) == BVLC_LAYER_NAMES:
+        return BVLC_HEAD
     return model.classifier_name or 'none'
 
 

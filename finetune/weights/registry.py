@@ -186,7 +186,10 @@ def registry_entry_for(path):
 def converted_from(meta):
     """The entry a model file's metadata says it was converted from (its
     ``conversion`` record), or None."""
-    return REGISTRY.get((meta.get('conversion') or {}).get('registry'))
+    conversion = meta.get('conversion')
+    name = conversion.get('registry') if isinstance(conversion, dict) \
+        else None
+    return REGISTRY.get(name) if isinstance(name, str) else None
 
 
 def class_names_of(entry):

@@ -86,8 +86,8 @@ def test_truncation_keeps_whole_stages():
     assert output == 'pool2'
 
 
-def test_lrn_with_k_stays_on_chainer():
-    text = '''
+#: a net OpenCV cannot run exactly: it ignores LRN's k
+LRN_K_NET = '''
 input: "data" input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 4 kernel_size: 3 } }
@@ -95,7 +95,10 @@ layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1"
         lrn_param { local_size: 3 k: 2 } }
 layer { name: "fc" type: "InnerProduct" bottom: "norm1" top: "fc"
         inner_product_param { num_output: 2 } }'''
-    model = CaffeGraph.from_text(text)
+
+
+def test_lrn_with_k_stays_on_chainer():
+    model = CaffeGraph.from_text(LRN_K_NET)
     assert select_engine(model) is None
     net = FineTuneNet(model, 1, trunk_backend='opencv')
     with pytest.raises(finetune.FinetuneError,
@@ -113,6 +116,32 @@ layer { name: "fc" type: "InnerProduct" bottom: "norm1" top: "fc"
     with pytest.raises(finetune.FinetuneError, match='--backend fast: '):
         select_engine(model, 'fast')
 
+
+
+def test_train_refuses_an_opencv_trunk_it_cannot_have_before_training(
+        tmp_path):
+    """--trunk-backend opencv on a net OpenCV cannot run exactly is one
+    line before anything is read or written, also with nothing frozen
+    (where only the final evaluation would have used it); on a GPU it is
+    ignored, as there."""
+    from finetune.models.opencv_runner import check_engine
+    from finetune.training.fit import fit
+    from finetune.weights.random_model import write_random_caffemodel
+    prototxt = tmp_path / 'lrn_k.prototxt'
+    prototxt.write_text(LRN_K_NET)
+    caffemodel = str(tmp_path / 'lrn_k.caffemodel')
+    write_random_caffemodel(str(prototxt), caffemodel, seed=0)
+    out = tmp_path / 'out'
+    for freeze in ('none', 'conv1'):
+        with pytest.raises(finetune.FinetuneError,
+                           match='^--trunk-backend opencv: .*LRN k'):
+            fit(finetune.TrainConfig(
+                data=str(tmp_path / 'photos'), pretrained=caffemodel,
+                prototxt=str(prototxt), freeze=freeze, replace='fc',
+                trunk_backend='opencv', out=str(out)))
+    assert not out.exists()
+    model = CaffeGraph.from_text(LRN_K_NET)
+    check_engine(model, 'opencv', '--trunk-backend', on_cpu=False)
 
 def test_predictor_backends_agree(tmp_path):
     model = AlexNet(n_classes=4, initialW=chainer.initializers.Normal(0.01))

