@@ -270,19 +270,11 @@ def accuracy(args, work):
     """Part 3: cached vs uncached validation accuracy, real LeNet."""
     import numpy as np
     import finetune.data.feature_cache as feature_cache
-    from finetune.weights.conversion import ConversionOptions
-    from finetune.weights.conversion import convert_caffemodel
-    from finetune.demo import LENET_DIR, write_digit_folders
+    from finetune.demo import convert_lenet, write_digit_folders
     from finetune.training.config import TrainConfig
     from finetune.training.fit import fit
     data = write_digit_folders(os.path.join(work, 'digits'))
-    lenet = os.path.join(work, 'lenet32.npz')
-    convert_caffemodel(
-        os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'), lenet,
-        ConversionOptions(
-            prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
-            labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256,
-            resize=(32, 32)))
+    lenet = convert_lenet(work, resize=(32, 32))
     cached = {'cache_features': True}
     arms = [('uncached', {}, None), ('cached', cached, None)]
     if args.corner_crops:

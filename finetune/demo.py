@@ -62,17 +62,26 @@ def write_digit_folders(out_dir, train_fraction=1.0, seed=0):
     return out_dir
 
 
-def convert_lenet(out_dir):
-    """The real LeNet caffemodel as a finetune .npz (inputs scaled 1/256)."""
+def convert_lenet(out_dir, resize=None):
+    """The real LeNet caffemodel as a finetune .npz (inputs scaled 1/256).
+
+    Args:
+        out_dir (str): folder of ``lenet.npz`` (made if missing).
+        resize (tuple or None): (H, W) images are resized to before the
+            28x28 centre crop (written as ``lenet<H>.npz``); None: to
+            the net's own 28x28 input.
+    """
     from finetune.weights.conversion import ConversionOptions
     from finetune.weights.conversion import ensure_converted
     os.makedirs(out_dir, exist_ok=True)
+    name = 'lenet.npz' if resize is None else 'lenet%d.npz' % resize[0]
     path, _ = ensure_converted(
         os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'),
         ConversionOptions(
             prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
-            labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256),
-        out=os.path.join(out_dir, 'lenet.npz'))
+            labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256,
+            resize=resize),
+        out=os.path.join(out_dir, name))
     return path
 
 

@@ -52,37 +52,6 @@ def test_the_same_thing_has_the_same_name_everywhere():
     assert {'-E', '--epochs', '-r', '--resume'} <= options('train')
 
 
-def shared_options():
-    """{option string: {command: argparse action}} for the option strings
-    that more than one command defines."""
-    actions = {}
-    for name, parser in PARSERS.items():
-        for flag, action in parser._option_string_actions.items():
-            if flag not in ('-h', '--help'):
-                actions.setdefault(flag, {})[name] = action
-    return {flag: by_name for flag, by_name in actions.items()
-            if len(by_name) > 1}
-
-
-def test_a_shared_option_string_is_one_option():
-    """The same spelling sets the same field and takes a value in every
-    command that has it; its other shared spellings are the same set (a
-    command may keep an old alias of its own, such as export's --onnx)."""
-    shared = shared_options()
-    assert {'-o', '-B', '--batch', '-j', '--gpu', '--resume', '--tta',
-            '--timeout', '--retries'} <= set(shared)
-    for flag, by_name in shared.items():
-        dests = {action.dest for action in by_name.values()}
-        assert len(dests) == 1, (flag, dests)
-        spellings = {name: frozenset(action.option_strings) & set(shared)
-                     for name, action in by_name.items()}
-        assert len(set(spellings.values())) == 1, (flag, spellings)
-        takes_value = {name: action.nargs != 0
-                       for name, action in by_name.items()}
-        assert len(set(takes_value.values())) == 1 or flag in (
-            '-r', '--resume'), (flag, takes_value)
-
-
 def test_a_bare_resume_continues_the_run_in_out_in_train_as_in_predict():
     """predict's --resume is a flag; train's takes a snapshot, and bare it
     means the latest snapshot in --out, the same thing."""

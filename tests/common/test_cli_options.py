@@ -76,15 +76,26 @@ def test_gather_takes_each_spelling_of_the_class_name_file(flag):
 
 
 def test_an_option_name_means_one_thing_across_commands():
-    """The same flag in two commands writes the same field."""
+    """The same flag in two commands writes the same field, takes a value
+    in both or in neither (but --resume: a bare one means the run in
+    --out in both, test_commands.py), and its spellings that other
+    commands share are the same set (a command may keep an old alias of
+    its own, such as export's --onnx)."""
     owners = {}
     for name, parser in parsers().items():
         for action in parser._actions:
             for flag in action.option_strings:
-                owners.setdefault(flag, set()).add(action.dest)
-    clashes = {flag: dests for flag, dests in owners.items()
-               if len(dests) > 1}
-    assert clashes == {}
+                owners.setdefault(flag, {})[name] = action
+    shared = {flag for flag, by_name in owners.items() if len(by_name) > 1}
+    assert {'-o', '-B', '--batch', '-j', '--gpu', '--resume', '--tta',
+            '--timeout', '--retries'} <= shared
+    for flag in shared:
+        actions = owners[flag].values()
+        assert len({a.dest for a in actions}) == 1, flag
+        assert len({frozenset(a.option_strings) & shared
+                    for a in actions}) == 1, flag
+        if flag not in ('-r', '--resume'):
+            assert len({a.nargs != 0 for a in actions}) == 1, flag
 
 
 @pytest.mark.parametrize('dest,commands', [

@@ -74,17 +74,9 @@ def test_crops_must_fit_in_the_resized_image():
 @pytest.fixture(scope='module')
 def lenet_cropped(tmp_path_factory):
     """The real LeNet converted to resize images to 32x32 and crop 28x28."""
-    from finetune.demo import LENET_DIR
-    from finetune.weights.conversion import ConversionOptions
-    from finetune.weights.conversion import convert_caffemodel
-    path = str(tmp_path_factory.mktemp('lenet32') / 'lenet32.npz')
-    convert_caffemodel(
-        os.path.join(LENET_DIR, 'lenet_iter_10000.caffemodel'), path,
-        ConversionOptions(
-            prototxt=os.path.join(LENET_DIR, 'lenet_deploy.prototxt'),
-            labels=os.path.join(LENET_DIR, 'labels.txt'), scale=1 / 256,
-            resize=(32, 32)))
-    return path
+    from finetune.demo import convert_lenet
+    return convert_lenet(str(tmp_path_factory.mktemp('lenet32')),
+                         resize=(32, 32))
 
 
 def reference_probabilities(model_path, paths):
