@@ -195,7 +195,6 @@ def chainer_train_fn(net, x, t, frozen, backend='chainer'):
     return run
 
 
-
 def torch_train_fn(net, x, t, frozen):
     import torch
     import torch.nn.functional as F

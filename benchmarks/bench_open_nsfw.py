@@ -595,8 +595,6 @@ def torch_gflop(net):
     return 2 * sum(macs) / 1e9
 
 
-
-
 def opencv_forward_fn(model, x):
     """The project's OpenCV path for the whole net (what finetune.load's
     default backend runs on the CPU)."""

@@ -323,10 +323,6 @@ def export_onnx(model_path, onnx_path, batch_size=1, opset=None):
     return onnx_model
 
 
-
-
-
-
 def shape_text(value_info):
     dims = value_info.type.tensor_type.shape.dim
     return 'x'.join(d.dim_param or str(d.dim_value) for d in dims)

@@ -117,7 +117,6 @@ def test_lrn_with_k_stays_on_chainer():
         select_engine(model, 'fast')
 
 
-
 def test_train_refuses_an_opencv_trunk_it_cannot_have_before_training(
         tmp_path):
     """--trunk-backend opencv on a net OpenCV cannot run exactly is one
