@@ -196,17 +196,6 @@ def cli_heap_report(apply):
             % ('applied' if keep_freed_memory() else 'NOT applied: not glibc')]
 
 
-def chainer_functions_context():
-    """Context manager running Chainer's own functions instead of the
-    project's CPU kernels (a no-op where finetune has none)."""
-    import contextlib
-    try:
-        from finetune.models.cpu_kernels import chainer_functions
-    except ImportError:
-        return contextlib.nullcontext()
-    return chainer_functions()
-
-
 def without_cpu_kernels(fn):
     """``fn`` run with Chainer's own functions instead of the project's CPU
     kernels (finetune.models.cpu_kernels): main's code before they came.

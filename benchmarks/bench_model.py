@@ -23,12 +23,11 @@ the ratio Chainer/PyTorch, the fraction of the float32 GEMM rate measured
 on this machine, and user vs system CPU time of the Chainer forward. It then
 runs the Chainer forward in child processes with glibc malloc tuned through
 the environment (and with mallopt() called in process), side by side with
-the default, then measures a ladder of MONKEYPATCHED variants
-(benchmarks/_variants.py) that estimate what changes to the project would
-gain, and finally the per-layer forward time (Chainer as shipped, with the
-variants, PyTorch). All timings of one table are taken interleaved
-(round-robin, median of --repeat rounds) in this one run; ratios are
-medians of per-round paired ratios.
+the default, and finally the per-layer forward and backward times of a
+training step and the optimizer's update (Chainer as shipped vs PyTorch),
+which say where the full training step loses. All timings of one table
+are taken interleaved (round-robin, median of --repeat rounds) in this one
+run; ratios are medians of per-round paired ratios.
 """
 import argparse
 import json
@@ -56,14 +55,12 @@ def parse_args(argv=None):
                    help='threads of every framework (default 2)')
     p.add_argument('--unset-openblas-env', action='store_true',
                    help='unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE first')
-    p.add_argument('--variant-batch', type=int, default=32,
-                   help='batch of the monkeypatched-variant ladder')
     p.add_argument('--skip', default='',
                    help='comma-separated sections to skip: peak,forward,'
-                   'train,frozen,malloc,variants,ops')
+                   'train,frozen,malloc,layers')
     p.add_argument('--profile', action='store_true',
-                   help='only print cProfile tables of the Chainer forward '
-                   '(as shipped and with all variants) and exit')
+                   help='only print the cProfile table of the Chainer '
+                   'forward (as shipped) and exit')
     p.add_argument('--json', help='also write the figures to this file')
     p.add_argument('--cli-heap', action='store_true',
                    help="first apply keep_freed_memory(), the glibc heap "
@@ -74,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument('--child-forward', type=int, help=argparse.SUPPRESS)
     p.add_argument('--child-calls', type=int, default=3,
                    help=argparse.SUPPRESS)
-    p.add_argument('--child-variants', default='', help=argparse.SUPPRESS)
+    p.add_argument('--child-keep-freed', action='store_true',
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batches is None:
         args.batches = '32' if args.quick else '32,64,128'
@@ -244,9 +242,9 @@ def rel_err(a, b):
 # ---------------------------------------------------------------- child
 def child_forward(args):
     """Chainer forward in this (child) process; prints one JSON line."""
-    import _variants
-    if args.child_variants:
-        _variants.apply(args.child_variants.split(','))
+    if args.child_keep_freed:
+        from finetune.common.allocator import keep_freed_memory
+        keep_freed_memory()
     from finetune.models import AlexNet
     net = AlexNet()
     x, _ = inputs(args.child_forward)
@@ -271,14 +269,15 @@ def vm_hwm_mb():
     return float('nan')
 
 
-def run_child(env_extra, batch, calls, variants='', unset_openblas=False):
+def run_child(env_extra, batch, calls, keep_freed=False,
+              unset_openblas=False):
     env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
     env.update(env_extra)
     cmd = [sys.executable, os.path.abspath(__file__), '--child-forward',
            str(batch), '--child-calls', str(calls),
            '--threads', env.get('OMP_NUM_THREADS', '2')]
-    if variants:
-        cmd += ['--child-variants', variants]
+    if keep_freed:
+        cmd.append('--child-keep-freed')
     if unset_openblas:
         cmd.append('--unset-openblas-env')
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE,
@@ -429,17 +428,17 @@ def section_train(args, weights, peak, figures, frozen):
 
 def section_malloc(args, figures):
     batch = args.batches[0]
-    configs = [('default', {}, ''),
-               ('MALLOC_* env', C_malloc_env(), '')]
+    configs = [('default', {}, False),
+               ('MALLOC_* env', C_malloc_env(), False)]
     if not args.quick:
-        configs += [('MALLOC_ARENA_MAX=2', {'MALLOC_ARENA_MAX': '2'}, ''),
-                    ('mallopt() in process', {}, 'mallopt')]
+        configs += [('MALLOC_ARENA_MAX=2', {'MALLOC_ARENA_MAX': '2'}, False),
+                    ('keep_freed_memory() in process', {}, True)]
     rounds = 1
     calls = 2
     results = {name: [] for name, _, _ in configs}
     for _ in range(rounds):
-        for name, env, variants in configs:
-            results[name].append(run_child(env, batch, calls, variants,
+        for name, env, keep_freed in configs:
+            results[name].append(run_child(env, batch, calls, keep_freed,
                                            args.unset_openblas_env))
     base = C.median([r['img_s'] for r in results['default']])
     rows = []
@@ -461,207 +460,137 @@ def section_malloc(args, figures):
         '%s=%s' % kv for kv in sorted(C_malloc_env().items()))])
 
 
+#: glibc's heap tuned through the environment for a child process (the
+#: settings finetune.common.allocator.keep_freed_memory makes in process,
+#: without its bound on kept memory)
+MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(2 ** 31 - 1),
+              'MALLOC_TRIM_THRESHOLD_': str(2 ** 31 - 1),
+              'MALLOC_TOP_PAD_': str(256 << 20)}
+
+
 def C_malloc_env():
-    import _variants
-    return dict(_variants.MALLOC_ENV)
+    return dict(MALLOC_ENV)
 
 
-LADDER = [
-    ('as shipped', []),
-    ('+ mallopt: keep freed heap', ['mallopt']),
-    ('+ conv: im2col in GEMM order', ['conv']),
-    ('+ pool: strided max', ['pool']),
-    ('+ lrn: sqrt for pow(-0.75)', ['lrn']),
-    ('+ detach (frozen only; fwd = row above)', ['detach']),
-]
-# the 'threads' variant is measured per layer in section_ops
-LADDER_QUICK = [
-    ('as shipped', []),
-    ('+ all: mallopt, conv, pool, lrn, threads, detach',
-     ['mallopt', 'conv', 'pool', 'lrn', 'threads', 'detach']),
-]
-
-
-def detach_shipped():
-    """True when this finetune's FineTuneNet already returns frozen
-    features that need no gradient (so the 'detach' variant changes
-    nothing)."""
-    import chainer
-    import numpy as np
-    from finetune.models import AlexNet
-    net = finetune_net(AlexNet(n_classes=10,
-                               initialW=chainer.initializers.Zero()), 5)
-    h = net.features(np.zeros((1, 3, 227, 227), np.float32))
-    return not getattr(h, 'requires_grad', False)
-
-
-def section_variants(args, weights, peak, figures):
-    import _variants
-    batch = args.variant_batch
-    x, t = inputs(batch)
-    tnet_f, tnet_ft = torch_net(weights), torch_net(weights)
-    tfns = {'pt fwd': C.torch_forward_fn(tnet_f, x),
-            'pt frozen': torch_train_fn(tnet_ft, x, t, True)}
-    rows = []
-    applied = []
-    first = prev = prev_recs = None
-    ref_logits = None
-    ladder = LADDER_QUICK if args.quick else LADDER
-    rounds = 2 if args.quick else args.repeat
-    shipped_detach = detach_shipped()
-    for label, names in ladder:
-        if names == ['detach'] and shipped_detach:
-            label = '+ detach (already shipped: no change)'
-        applied += _variants.apply(names)
-        cnet_f, cnet_ft = chainer_net(weights), chainer_net(weights)
-        fns = {'ch fwd': C.chainer_forward_fn(cnet_f, x),
-               'ch frozen': chainer_train_fn(cnet_ft, x, t, 5)}
-        fns.update(tfns)
-        logits = fns['ch fwd']()  # also the warm-up of 'ch fwd'
-        if ref_logits is None:
-            ref_logits = logits
-        err = rel_err(logits, ref_logits)
-        if names == ['detach'] and prev is not None:
-            # forward unchanged by this variant: carry the row above over
-            for key in ('ch fwd', 'pt fwd'):
-                del fns[key]
-        warm = {'ch fwd': 0, 'ch frozen': 1, 'pt fwd': int(first is None),
-                'pt frozen': int(first is None)}
-        recs = C.interleaved(fns, rounds, warm)
-        if 'ch fwd' not in recs:
-            recs.update(prev_recs)
-        prev_recs = {k: recs[k] for k in ('ch fwd', 'pt fwd')}
-        r = {k: C.rate(v, batch) for k, v in recs.items()}
-        if first is None:
-            first = prev = r
-        rows.append((label, r['ch fwd'],
-                     C.paired_ratio(recs, 'ch fwd', 'pt fwd'),
-                     r['ch fwd'] / prev['ch fwd'],
-                     r['ch frozen'],
-                     C.paired_ratio(recs, 'ch frozen', 'pt frozen'),
-                     r['ch frozen'] / prev['ch frozen'],
-                     r['ch fwd'] / first['ch fwd'],
-                     r['ch frozen'] / first['ch frozen'], '%.0e' % err))
-        figures.setdefault('variants', {})[label] = r
-        prev = r
-    C.emit(C.table(
-        ['variant (cumulative)', 'fwd', 'fwd/pt', 'step gain', 'frozen',
-         'frz/pt', 'step gain', 'fwd x', 'frz x', 'logit err'], rows,
-        '\n== MONKEYPATCHED variants (benchmarks/_variants.py), batch %d, '
-        'img/s; PyTorch re-measured interleaved at every row ==' % batch))
-    pt = figures['variants'][label]  # the last row
-    C.emit(['PyTorch in the last row: forward %.1f, frozen step %.1f img/s; '
-            '"x" columns: vs "as shipped" row. PyTorch shares this '
-            "process's malloc: from the mallopt row on it runs with the "
-            'tuned heap too' % (pt['pt fwd'], pt['pt frozen'])])
-    if args.quick:
-        return
-    # the full training step with every variant (forward patches only help
-    # partly: the conv backward is Chainer's own)
-    cnet, tnet = chainer_net(weights), torch_net(weights)
-    recs = C.interleaved({'chainer': chainer_train_fn(cnet, x, t, 0),
-                          'pytorch': torch_train_fn(tnet, x, t, False)},
-                         max(2, args.repeat - 1), 1)
-    r = {k: C.rate(v, batch) for k, v in recs.items()}
-    shipped = figures.get('train', {}).get(batch, {}).get('chainer')
-    C.emit(['full training step with all variants (MONKEYPATCHED), batch '
-            '%d: Chainer %.1f img/s, PyTorch %.1f, ratio %.2f%s'
-            % (batch, r['chainer'], r['pytorch'],
-               C.paired_ratio(recs, 'chainer', 'pytorch'),
-               ', vs as-shipped Chainer %.2fx (measured in the train '
-               'section)' % (r['chainer'] / shipped) if shipped else '')])
-    figures['variants_train'] = r
-
-
-OPS = ['conv1', 'relu1', 'norm1', 'pool1', 'conv2', 'relu2', 'norm2',
-       'pool2', 'conv3', 'relu3', 'conv4', 'relu4', 'conv5', 'relu5',
-       'pool5', 'fc6', 'relu6', 'fc7', 'relu7', 'fc8']
-
-
-def chainer_op(net, name):
-    import chainer.functions as F
-    from finetune.models import alexnet
-    kind = name.rstrip('0123456789')
-    if kind in ('conv', 'fc'):
-        return net[name]
-    if kind == 'relu':
-        return F.relu
-    if kind == 'norm':
-        return alexnet._norm   # -> caffe_lrn
-    return alexnet._pool       # -> alexnet.caffe_pooling_2d (patchable)
-
-
-def torch_op(net, name):
+def torch_layer(net, name):
+    """The PyTorch op of AlexNet's layer ``name`` (a name of
+    ``CaffeGraph.layer_order``)."""
     import torch.nn.functional as F
     kind = name.rstrip('0123456789')
     if name == 'fc6':
         return lambda h: net.fc6(h.flatten(1))
     if kind in ('conv', 'fc'):
         return getattr(net, name)
-    return {'relu': F.relu, 'norm': net.norm, 'pool': net.pool}[kind]
+    return {'relu': F.relu, 'norm': net.norm, 'pool': net.pool,
+            'drop': net.drop}[kind]
 
 
-def section_ops(args, weights, figures):
-    """Per-layer forward time: Chainer as shipped, Chainer with the code
-    variants (one thread, then two), PyTorch; each op on its own chain's
-    intermediate arrays (the variants keep a channel-major layout)."""
+def chainer_layer(net, name, stop):
+    """AlexNet's layer ``name`` as shipped: the CaffeGraph run from the cut
+    before ``name`` to the cut ``stop`` (the next layer, None: the end)."""
+    return lambda h: net.forward(h, start=name, stop=stop)
+
+
+def _timed_step(forward, backward):
+    t0 = time.perf_counter()
+    y = forward()
+    t1 = time.perf_counter()
+    backward(y)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def section_layers(args, weights, figures):
+    """Per-layer forward and backward time of one training step, batch 32:
+    AlexNet as shipped (the CaffeGraph with the CPU kernels, cut before
+    every layer) vs the same op in PyTorch, each on its own framework's
+    output of the layer before, in training mode. As in a training step,
+    every layer's input gets its gradient but the first's, and every
+    parameter its gradient; then the optimizer's update of all 61M
+    parameters (CaffeSGD vs torch.optim.SGD, momentum and decay)."""
     import chainer
+    import numpy as np
     import torch
-    import _variants
-    one = ['conv', 'pool', 'lrn']
-    two = one + ['threads']
-    batch = args.variant_batch
+    batch = args.batches[0]
     x, _ = inputs(batch)
-    cnet, tnet = chainer_net(weights), torch_net(weights).eval()
+    cnet, tnet = chainer_net(weights), torch_net(weights).train()
+    order = list(cnet.layer_order)
+    rounds = 3 if args.quick else max(3, args.repeat)
+    hc, ht = x, torch.from_numpy(x)
+    rows, totals = [], np.zeros(4)
+    for i, name in enumerate(order):
+        stop = order[i + 1] if i + 1 < len(order) else None
+        c_op, t_op = chainer_layer(cnet, name, stop), torch_layer(tnet, name)
+        c_in = chainer.Variable(hc, requires_grad=i > 0)
+        t_in = ht.detach().requires_grad_(i > 0)
 
-    def chainer_call(op, h):
-        def run():
-            with chainer.using_config('train', False), \
-                    chainer.no_backprop_mode():
-                return op(h).array
-        return run
+        def c_forward():
+            with chainer.using_config('train', True):
+                return c_op(c_in)
 
-    def patched(fn, names):
-        def run():
-            _variants.apply(names)
-            try:
-                return fn()
-            finally:
-                _variants.restore()
-        return run
+        def c_backward(y):
+            y.grad = np.ones(y.shape, np.float32)
+            y.backward()
 
-    def torch_call(op, h):
-        def run():
-            with torch.no_grad():
-                return op(h)
-        return run
+        def t_forward():
+            return t_op(t_in)
 
-    keys = ('shipped', 'variant', 'variant 2t', 'pytorch')
-    hs = h1 = h2 = x
-    ht = torch.from_numpy(x)
-    rows, totals = [], [0.0] * len(keys)
-    for name in OPS:
-        op = chainer_op(cnet, name)
-        fns = {'shipped': chainer_call(op, hs),
-               'variant': patched(chainer_call(op, h1), one),
-               'variant 2t': patched(chainer_call(op, h2), two),
-               'pytorch': torch_call(torch_op(tnet, name), ht)}
-        recs = C.interleaved(fns, 5, 1, pause=0)
-        ms = [1e3 * C.median(recs[k]['times']) for k in keys]
-        hs, h1, h2, ht = (fns[k]() for k in keys)
-        totals = [a + b for a, b in zip(totals, ms)]
-        rows.append([name, 'x'.join(map(str, hs.shape[1:]))] + ms +
-                    [ms[0] / ms[3], ms[2] / ms[3]])
-        figures.setdefault('ops', {})[name] = ms
-    rows.append(['total', ''] + totals + [totals[0] / totals[3],
-                                          totals[2] / totals[3]])
+        def t_backward(y):
+            y.backward(torch.ones_like(y))
+        times = {'chainer': [], 'pytorch': []}
+        for r in range(rounds + 1):  # the first round warms up
+            for key, fwd, bwd, params in (
+                    ('chainer', c_forward, c_backward, cnet.cleargrads),
+                    ('pytorch', t_forward, t_backward,
+                     lambda: tnet.zero_grad(set_to_none=True))):
+                params()
+                c_in.grad, t_in.grad = None, None
+                time.sleep(0.05)
+                step = _timed_step(fwd, bwd)
+                if r:
+                    times[key].append(step)
+        ms = [1e3 * C.median([t[k] for t in times[key]])
+              for key in ('chainer', 'pytorch') for k in (0, 1)]
+        totals += ms
+        with chainer.using_config('train', True), torch.no_grad():
+            hc, ht = c_op(hc).array, t_op(ht)
+        rows.append([name, 'x'.join(map(str, hc.shape[1:]))] + ms +
+                    [(ms[2] + ms[3]) / (ms[0] + ms[1])])
+        figures.setdefault('layers', {})[name] = ms
+    update = layer_update_times(cnet, tnet, rounds)
+    rows.append(['SGD update', '61M params', 0.0, update[0], 0.0,
+                 update[1], update[1] / update[0]])
+    totals += [0.0, update[0], 0.0, update[1]]
+    rows.append(['total', '', *totals,
+                 (totals[2] + totals[3]) / (totals[0] + totals[1])])
     C.emit(C.table(
-        ['op', 'output', 'shipped ms', 'var 1t ms', 'var 2t ms',
-         'pytorch ms', 'ship/pt', 'var2t/pt'], rows,
-        '\n== per-layer forward, batch %d, median of 5 (this process has '
-        'the mallopt tuning from here on); "var" = MONKEYPATCHED %s, on 1 '
-        'thread (1t) or with the threads variant (2t) =='
-        % (batch, '+'.join(one))))
+        ['layer', 'output', 'ch fwd ms', 'ch bwd ms', 'pt fwd ms',
+         'pt bwd ms', 'ch/pt speed'], rows,
+        '\n== per-layer training step, batch %d, median of %d rounds: '
+        'Chainer as shipped (CaffeGraph, CPU kernels) vs PyTorch; '
+        '"ch/pt speed" = PyTorch time / Chainer time (the img/s ratio of '
+        'the other tables) ==' % (batch, rounds)))
+    figures['layers_update'] = update
+
+
+def layer_update_times(cnet, tnet, rounds):
+    """(Chainer ms, PyTorch ms): one optimizer update of every parameter
+    from gradients already there, as the training step does after its
+    backward."""
+    import numpy as np
+    import torch
+    from finetune.training.solver import CaffeSGD, set_caffe_lr_policy
+    for param in cnet.params():
+        param.grad = np.full(param.shape, 1e-3, np.float32)
+    for param in tnet.parameters():
+        param.grad = torch.full_like(param, 1e-3)
+    copt = CaffeSGD(lr=0.001, momentum=0.9)
+    copt.setup(cnet)
+    set_caffe_lr_policy(cnet, [], 5e-4)
+    topt = torch.optim.SGD(tnet.parameters(), lr=0.001, momentum=0.9,
+                           weight_decay=5e-4)
+    recs = C.interleaved({'chainer': copt.update, 'pytorch': topt.step},
+                         rounds, 1)
+    return [1e3 * C.median(recs[k]['times']) for k in ('chainer', 'pytorch')]
 
 
 def pooling_pad_report():
@@ -677,32 +606,28 @@ def pooling_pad_report():
 
 
 def profile(args):
+    """cProfile of 2 Chainer forwards of AlexNet as shipped."""
     import cProfile
     import io
     import pstats
-    import _variants
     from finetune.weights.random_model import write_random_alexnet
     with tempfile.TemporaryDirectory() as tmp:
         weights = write_random_alexnet(os.path.join(tmp, 'a.caffemodel'))
-    x, _ = inputs(args.variant_batch)
-    for label, names in (('as shipped', []),
-                         ('all variants (MONKEYPATCHED)', list(
-                             _variants.ALL))):
-        _variants.apply(names)
-        run = C.chainer_forward_fn(chainer_net(weights), x)
+    x, _ = inputs(args.batches[0])
+    run = C.chainer_forward_fn(chainer_net(weights), x)
+    run()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(2):
         run()
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(2):
-            run()
-        prof.disable()
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats('tottime').print_stats(12)
-        print('\n== cProfile of 2 Chainer forwards, batch %d, %s =='
-              % (args.variant_batch, label))
-        print('\n'.join(line for line in out.getvalue().splitlines()
-                        if line.strip() and 'Ordered by' not in line and
-                        'List reduced' not in line))
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats('tottime').print_stats(12)
+    print('\n== cProfile of 2 Chainer forwards, batch %d, as shipped =='
+          % args.batches[0])
+    print('\n'.join(line for line in out.getvalue().splitlines()
+                    if line.strip() and 'Ordered by' not in line and
+                    'List reduced' not in line))
     return 0
 
 
@@ -756,20 +681,9 @@ def main(argv=None):
     if 'malloc' not in args.skip:
         section_malloc(args, figures)
         lap('malloc')
-    if 'variants' not in args.skip:
-        # the monkeypatches replace Chainer's functions: the ladder starts
-        # from them (main before finetune.models.cpu_kernels)
-        C.emit(['\n(variants ladder and per-layer table: with Chainer\'s own '
-                'functions, not the CPU kernels)'])
-        with C.chainer_functions_context():
-            section_variants(args, weights, peak, figures)
-        lap('variants')
-    if 'ops' not in args.skip and not args.quick:
-        import _variants
-        _variants.apply(['mallopt'])
-        with C.chainer_functions_context():
-            section_ops(args, weights, figures)
-        lap('ops')
+    if 'layers' not in args.skip:
+        section_layers(args, weights, figures)
+        lap('layers')
     C.emit(['section times: ' + ', '.join('%s %.0f s' % kv
                                            for kv in LAPS[1:])])
     C.emit(['\ntotal time %.0f s' % (time.time() - start)])

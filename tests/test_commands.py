@@ -119,12 +119,12 @@ def test_train_help_shows_the_registry_and_every_layer_spec_form():
         if spec == 'all':
             with pytest.raises(FinetuneError, match='both replaced and '
                                'frozen: fc6, fc7, fc8'):
-                surgery_plan(config, net)
+                surgery_plan(config.surgery, net)
         else:
-            assert surgery_plan(config, net) == (
+            assert surgery_plan(config.surgery, net) == (
                 ['fc6', 'fc7', 'fc8'], expected[spec])
     config = TrainConfig(data='photos', replace='all')
-    assert surgery_plan(config, net) == (expected['all'], [])
+    assert surgery_plan(config.surgery, net) == (expected['all'], [])
 
 
 def test_help_groups_options_by_stage():

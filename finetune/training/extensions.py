@@ -23,7 +23,6 @@ from chainer.training.extensions import snapshot_writers
 from finetune.common.cli import Preempted
 from finetune.common.fileio import write_npz
 from finetune.inference.predictor import top_k_accuracy
-from finetune.training.schedule import add_lr_schedule
 
 
 class Classifier(chainer.Chain):
@@ -255,20 +254,22 @@ class StopOnSigterm(extension.Extension):
                     SNAPSHOT_PREFIX, iteration))))
 
 
-def add_training_extensions(trainer, config, inputs, device, ranks,
+def add_training_extensions(trainer, output, inputs, device, ranks,
                             save_best, unfreeze=None):
-    """The run's extension set: evaluation, LR schedule and the
-    ``--unfreeze`` warm-up (``unfreeze``, a
-    :class:`~finetune.training.recipe.Unfreeze`) on every rank; logs, plots,
-    progress bar, snapshots and the best model (``save_best(accuracy)``) on
-    rank 0 only."""
+    """The run's extension set but the learning-rate schedule
+    (:func:`~finetune.training.schedule.add_lr_schedule`): evaluation and
+    the ``--unfreeze`` warm-up (``unfreeze``, a
+    :class:`~finetune.training.recipe.Unfreeze`) on every rank; logs,
+    plots, progress bar, snapshots and the best model
+    (``save_best(accuracy)``) on rank 0 only, at the intervals of
+    ``output`` (a :class:`~finetune.training.config.OutputOptions`, e.g.
+    ``config.output``)."""
     epoch = (1, 'epoch')
-    log_trigger = EpochOrIntervalTrigger(config.log_interval)
+    log_trigger = EpochOrIntervalTrigger(output.log_interval)
     if inputs.val_iter is not None:
         trainer.extend(ranks.evaluator(extensions.Evaluator(
             inputs.val_iter, inputs.eval_model,
             converter=inputs.eval_converter, device=device)), trigger=epoch)
-    add_lr_schedule(trainer, config)
     if unfreeze is not None:
         trainer.extend(unfreeze, name='unfreeze')
     trainer.extend(extensions.FailOnNonNumber())
@@ -289,7 +290,7 @@ def add_training_extensions(trainer, config, inputs, device, ranks,
             ['main/accuracy', 'validation/main/accuracy',
              'validation/main/top5'], 'epoch', file_name='accuracy.png'),
             trigger=epoch)
-    trainer.extend(trainer_snapshot(config.keep_snapshots),
-                   trigger=EpochOrIntervalTrigger(config.snapshot_interval))
+    trainer.extend(trainer_snapshot(output.keep_snapshots),
+                   trigger=EpochOrIntervalTrigger(output.snapshot_interval))
     if inputs.val_iter is not None:
         trainer.extend(SaveBestModel(save_best))

@@ -46,16 +46,19 @@ from finetune.training.extensions import add_training_extensions
 from finetune.training.extensions import latest_snapshot
 from finetune.training.extensions import trainer_snapshot
 from finetune.training.inputs import RunInputs
+from finetune.training.inputs import check_feature_cache
 from finetune.training.inputs import make_inputs
 from finetune.training.lr_find import lr_range_test
 from finetune.training.lr_find import plot_lr_find
 from finetune.training.recipe import surgery_plan
 from finetune.training.report import evaluate_and_report
+from finetune.training.schedule import add_lr_schedule
 from finetune.training.run_dir import check_data
 from finetune.training.run_dir import check_run_dir
 from finetune.training.run_dir import exclusive_run
 from finetune.training.run_dir import prepare_lists
 from finetune.training.run_dir import prepare_run_dir
+from finetune.training.run_dir import run_identity
 from finetune.training.run_dir import resume_snapshot
 from finetune.training.snapshot import load_snapshot
 from finetune.training.solver import make_optimizer
@@ -164,7 +167,8 @@ class Run:
         inputs (RunInputs): iterators and converters.
         device: the Chainer device.
         ranks: SingleProcess or MultiNode.
-        head, frozen (list of str): replaced and frozen layer names.
+        head, frozen, trunk (list of str): replaced, frozen and unfrozen
+            (``--unfreeze``) layer names (see :class:`Pretrained`).
         class_names (list of str), preprocess (CaffePreprocess).
         val_list (list): validation entries ``(path, label)``.
         seconds (dict): wall-clock seconds of the stages so far (``scan``,
@@ -177,6 +181,7 @@ class Run:
     ranks: object
     head: list
     frozen: list
+    trunk: list
     class_names: list
     preprocess: CaffePreprocess
     val_list: list
@@ -196,12 +201,15 @@ class Pretrained:
         network, meta, preprocess: as :func:`load_pretrained` returns.
         head, frozen (list of str): the layers ``--replace`` and
             ``--freeze`` name (checked against the network).
+        trunk (list of str): the pretrained layers ``--unfreeze`` trains
+            after the warm-up (empty without it).
     """
     network: object
     meta: dict
     preprocess: CaffePreprocess
     head: list
     frozen: list
+    trunk: list
 
 
 def load_and_plan(config):
@@ -209,13 +217,16 @@ def load_and_plan(config):
     checked, before any image is read or anything is written to --out."""
     network, meta, preprocess = load_pretrained(
         config.pretrained, config.prototxt, config.pretrained_dir)
-    head, frozen = surgery_plan(config, network, converted_from(meta))
+    head, frozen = surgery_plan(config.surgery, network, converted_from(meta))
+    check_feature_cache(config.loading, network, frozen)
     check_engine(network, config.trunk_backend, '--trunk-backend',
                  on_cpu=config.device < 0)
     problem = crops_problem(preprocess) if config.tta else None
     if problem:  # needs the net's preprocessing: only after loading
         raise FinetuneError('--tta: %s' % problem)
-    return Pretrained(network, meta, preprocess, head, frozen)
+    trunk = recipe.trunk_layers(network, head, frozen) \
+        if config.unfreeze else []
+    return Pretrained(network, meta, preprocess, head, frozen, trunk)
 
 
 def assemble(config, ranks, pretrained=None, validation=True):
@@ -232,8 +243,10 @@ def assemble(config, ranks, pretrained=None, validation=True):
     lists = None
     start = time.perf_counter()
     if ranks.is_root:
-        lists = prepare_lists(config, pretrained_prep.channels,
-                              pretrained_prep.size)
+        lists = prepare_lists(config.dataset, pretrained_prep.channels,
+                              pretrained_prep.size, out=config.out,
+                              resume=config.resume, seed=config.seed,
+                              jobs=config.loaderjob)
     train_list, val_list, class_names, data_mean = ranks.bcast(lists)
     seconds = {'scan': time.perf_counter() - start}
     if not validation:
@@ -242,30 +255,35 @@ def assemble(config, ranks, pretrained=None, validation=True):
         print('no validation images: nothing is evaluated, model_best.npz '
               'and the evaluation report are not written; model_final.npz '
               'is the result', file=sys.stderr)
-    train_net, eval_net = build_networks(pretrained, meta, head, frozen,
-                                         len(class_names), config)
+    train_net, eval_net = build_networks(
+        pretrained, meta, head, frozen, len(class_names),
+        config.cache_features, config.trunk_backend)
     preprocess = choose_preprocess(pretrained_prep, config.mean, data_mean)
     model = make_model(train_net, config.dtype, device)
     eval_model = model if eval_net is train_net else Classifier(eval_net)
-    optimizer = make_optimizer(model, config, head, frozen, ranks)
+    optimizer = make_optimizer(model, config.solver, head, frozen,
+                               plan.trunk, ranks)
     start = time.perf_counter()
-    inputs = make_inputs(config, model, eval_model, train_list, val_list,
-                         preprocess, device, ranks)
+    inputs = make_inputs(config.loading, model, eval_model, train_list,
+                         val_list, preprocess, device, ranks, config.data,
+                         config.out)
     seconds['features'] = time.perf_counter() - start
     return Run(model, optimizer, inputs, device, ranks, head, frozen,
-               class_names, preprocess, val_list, seconds)
+               plan.trunk, class_names, preprocess, val_list, seconds)
 
 
 @contextlib.contextmanager
 def run_folder(config):
-    """Hold ``--out`` for this run: the refusals first (:func:`check_run_dir`,
-    :func:`~finetune.training.run_dir.check_data`: a refused run leaves ``--out`` as it was), then the
-    lock (:func:`exclusive_run`) and the run's identity written
-    (:func:`prepare_run_dir`) before any list is."""
-    check_run_dir(config)
-    check_data(config)
+    """Hold ``--out`` for this run: the refusals first
+    (:func:`check_run_dir`, :func:`check_data`: a refused run leaves
+    ``--out`` as it was), then the lock (:func:`exclusive_run`) and the
+    run's identity written (:func:`prepare_run_dir`) before any list
+    is."""
+    identity = run_identity(config)
+    check_run_dir(config.output, identity)
+    check_data(config.dataset, config.out, config.resume)
     with exclusive_run(config.out):
-        prepare_run_dir(config)
+        prepare_run_dir(config.output, identity)
         yield
 
 
@@ -324,11 +342,11 @@ def _fit(config, ranks, pretrained):
         out=config.out)
     best = os.path.join(config.out, MODEL_BEST)
     unfreeze = recipe.Unfreeze(
-        run.model.predictor, run.frozen, recipe.trunk_layers(
-            network, run.head, run.frozen), config.warmup_epochs) \
+        run.model.predictor, run.frozen, run.trunk, config.warmup_epochs) \
         if config.unfreeze else None
-    add_training_extensions(trainer, config, run.inputs, run.device, ranks,
-                            lambda acc: save(best, val_accuracy=acc),
+    add_lr_schedule(trainer, config.schedule, config.lr)
+    add_training_extensions(trainer, config.output, run.inputs, run.device,
+                            ranks, lambda acc: save(best, val_accuracy=acc),
                             unfreeze)
     start = time.perf_counter()
     try:
@@ -347,9 +365,11 @@ def _fit(config, ranks, pretrained):
     final = os.path.join(config.out, MODEL_FINAL)
     save(final)
     start = time.perf_counter()
-    summary = evaluate_and_report(config, run.model.predictor,
-                                  run.val_list, run.class_names,
-                                  run.preprocess, run.device)
+    summary = evaluate_and_report(
+        config.output, run.model.predictor, run.val_list, run.class_names,
+        run.preprocess, run.device, root=config.data,
+        batchsize=config.val_batchsize, loaderjob=config.loaderjob,
+        trunk_backend=config.trunk_backend)
     run.seconds['evaluation'] = time.perf_counter() - start
     if summary:
         print(report.format_summary(summary))

@@ -111,34 +111,33 @@ class Unfreeze(extension.Extension):
             self.set_phase(unfrozen=True)
 
 
-def surgery_plan(config, pretrained, entry=None):
-    """(head, frozen): the layer names ``--replace`` and ``--freeze`` name
-    (``--replace auto``: the registry ``entry``'s recommended head when
-    there is one, e.g. AlexNet's fc6-fc8).
+def surgery_plan(surgery, pretrained, entry=None):
+    """(head, frozen): the layer names ``--replace`` and ``--freeze`` (or
+    ``--unfreeze``) name in ``surgery`` (a
+    :class:`~finetune.training.config.SurgeryOptions`, e.g.
+    ``config.surgery``); ``--replace auto`` is the registry ``entry``'s
+    recommended head when there is one, e.g. AlexNet's fc6-fc8.
 
     Checked against the network before any image is scanned.
 
     Raises:
-        FinetuneError: an unknown layer, or a layer both replaced and
-            frozen, or ``--cache-features`` without a frozen trunk.
+        FinetuneError: an unknown layer, a layer both replaced and frozen,
+            or a frozen set the trained layers would feed.
     """
     try:
-        head = parse_head_spec(config.replace, pretrained, entry)
+        head = parse_head_spec(surgery.replace, pretrained, entry)
     except FinetuneError as e:
         raise FinetuneError('--replace: %s' % e) from None
     try:
-        frozen = frozen_before(pretrained, config.unfreeze) \
-            if config.unfreeze else parse_layer_spec(config.freeze,
-                                                     pretrained)
+        frozen = frozen_before(pretrained, surgery.unfreeze) \
+            if surgery.unfreeze else parse_layer_spec(surgery.freeze,
+                                                      pretrained)
     except FinetuneError as e:
-        raise FinetuneError(str(e) if config.unfreeze else
+        raise FinetuneError(str(e) if surgery.unfreeze else
                             '--freeze: %s' % e) from None
     overlap = set(head) & set(frozen)
     if overlap:
         raise FinetuneError('layers both replaced and frozen: %s'
                             % ', '.join(sorted(overlap)))
     check_freeze_set(pretrained, frozen)
-    if config.cache_features and not frozen_cut(pretrained, frozen):
-        raise FinetuneError('--cache-features needs frozen leading '
-                            'layers, e.g. --freeze conv1-conv5')
     return head, frozen

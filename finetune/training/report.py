@@ -328,14 +328,22 @@ def _shorten(text, limit):
     return text[:head] + '\u2026' + text[len(text) - (limit - 1 - head):]
 
 
-def evaluate_and_report(config, net, val, names, preprocess, device):
-    """Probabilities on the validation set -> the evaluation report.
+def evaluate_and_report(output, net, val, names, preprocess, device, *,
+                        root, batchsize, loaderjob, trunk_backend='auto'):
+    """Probabilities on the validation set -> the evaluation report in
+    ``output.out``, with ``output.tta`` (``output``: a
+    :class:`~finetune.training.config.OutputOptions`, e.g.
+    ``config.output``).
 
     ``net`` is the training FineTuneNet: with a frozen prefix, the images
     go through its own trunk runner (the OpenCV net built for the cache or
     the training steps; building a second one for the whole net held the
-    weights twice more) and the head on Chainer. Images that can no longer
-    be read are left out of the report.
+    weights twice more) and the head on Chainer; without one,
+    ``trunk_backend`` (``--trunk-backend``) chooses what runs the net.
+    ``val`` holds ``(path, label)`` entries, paths relative to ``root``
+    (``--data``), read ``batchsize`` at a time by ``loaderjob``
+    processes. Images that can no longer be read are left out of the
+    report.
     """
     if not val:
         return None
@@ -343,17 +351,15 @@ def evaluate_and_report(config, net, val, names, preprocess, device):
         net = net.copy(mode='share')  # same weights and trunk runner
         net.from_features = False
         predictor = Predictor(net, names, preprocess, device=device,
-                              backend='chainer', tta=config.tta)
+                              backend='chainer', tta=output.tta)
     else:
         predictor = Predictor(net.net, names, preprocess, device=device,
-                              backend=config.trunk_backend, tta=config.tta)
-    rows = predict_paths(predictor, [os.path.join(config.data, p)
-                                     for p, _ in val],
-                         config.val_batchsize, config.loaderjob,
-                         progress=False)
+                              backend=trunk_backend, tta=output.tta)
+    rows = predict_paths(predictor, [os.path.join(root, p) for p, _ in val],
+                         batchsize, loaderjob, progress=False)
     kept = [(path, label, probs) for (path, label), (_, probs, _)
             in zip(val, rows) if probs is not None]
     return write_evaluation_report(
-        config.out, np.stack([probs for _, _, probs in kept]),
+        output.out, np.stack([probs for _, _, probs in kept]),
         np.array([label for _, label, _ in kept]),
         [path for path, _, _ in kept], names)

@@ -75,23 +75,27 @@ def _snapshots(out):
         if os.path.isdir(out) else []
 
 
-def check_run_dir(config):
+def check_run_dir(output, identity):
     """Refuse a run that ``--out`` does not allow, reading only: a fresh
     run into another run's snapshots, a ``--resume`` of no trainer snapshot
     or of a run with another identity. :func:`finetune.fit` calls it before
     it takes the lock, so a refused run leaves ``--out`` as it was (and
     does not create it); :func:`prepare_run_dir` checks again, locked.
 
+    Args:
+        output (OutputOptions): ``--out``, ``--resume`` and ``--overwrite``
+            (``config.output``).
+        identity (dict): the run's :func:`run_identity`.
+
     Raises:
         FinetuneError: naming what differs and what to do.
     """
-    identity = run_identity(config)
-    stored = _stored_identity(config.out)
-    if config.resume:
-        resume_snapshot(config.resume, config.out)  # before any scan
-        source = os.path.dirname(os.path.abspath(config.resume)) \
-            if config.resume != 'auto' else config.out
-        if source != os.path.abspath(config.out):
+    stored = _stored_identity(output.out)
+    if output.resume:
+        resume_snapshot(output.resume, output.out)  # before any scan
+        source = os.path.dirname(os.path.abspath(output.resume)) \
+            if output.resume != 'auto' else output.out
+        if source != os.path.abspath(output.out):
             stored = _stored_identity(source) or stored
         differs = sorted(key for key in identity if stored is not None and
                          stored.get(key) != identity[key])
@@ -103,16 +107,16 @@ def check_run_dir(config):
                     option_flag(k) for k in differs), '; '.join(
                     '%s was %r, now %r' % (option_flag(k), stored.get(k),
                                            identity[k]) for k in differs)))
-    elif _snapshots(config.out) and not config.overwrite:
+    elif _snapshots(output.out) and not output.overwrite:
         raise FinetuneError(
             '--out %s holds snapshots of an earlier run; continue it '
             'with --resume auto, or choose another --out, or pass '
-            '--overwrite to replace it' % config.out)
+            '--overwrite to replace it' % output.out)
 
 
-def prepare_run_dir(config):
+def prepare_run_dir(output, identity):
     """Check ``--out`` against ``--resume``/``--overwrite`` (see
-    :func:`check_run_dir`) and write the run's identity; with
+    :func:`check_run_dir`) and write the run's ``identity``; with
     ``--overwrite``, remove the earlier run's snapshots. Call with the
     folder locked.
 
@@ -120,13 +124,13 @@ def prepare_run_dir(config):
         FinetuneError: a fresh run into another run's snapshots, or a
             resumption whose identity differs (both name what to do).
     """
-    check_run_dir(config)
-    if not config.resume:
-        for name in _snapshots(config.out):
-            os.remove(os.path.join(config.out, name))
-    with atomic_write(os.path.join(config.out, IDENTITY_FILE)) as tmp:
+    check_run_dir(output, identity)
+    if not output.resume:
+        for name in _snapshots(output.out):
+            os.remove(os.path.join(output.out, name))
+    with atomic_write(os.path.join(output.out, IDENTITY_FILE)) as tmp:
         with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(run_identity(config), f, indent=1, sort_keys=True)
+            json.dump(identity, f, indent=1, sort_keys=True)
 
 
 def _stored_identity(directory):
@@ -159,39 +163,44 @@ def resume_snapshot(resume, out):
     return path
 
 
-def resumes_from_lists(config):
-    """Whether the run reads its lists from ``--out`` (a resumption of a
+def resumes_from_lists(out, resume):
+    """Whether the run reads its lists from ``out`` (a ``--resume`` of a
     run that wrote them) rather than scanning ``--data``."""
-    return bool(config.resume) and os.path.exists(
-        os.path.join(config.out, folder.TRAIN_FILE))
+    return bool(resume) and os.path.exists(
+        os.path.join(out, folder.TRAIN_FILE))
 
 
-def check_data(config):
+def check_data(dataset, out, resume):
     """Refuse a missing, empty or one-class ``--data`` folder (or a bad
-    ``--image-list``) that the run would scan, before ``--out`` is touched
-    (listing the folder twice costs little next to verifying every
+    ``--image-list``) of ``dataset`` (a
+    :class:`~finetune.training.config.DatasetOptions`, e.g.
+    ``config.dataset``) that the run would scan, before ``out`` is
+    touched (listing the folder twice costs little next to verifying every
     image)."""
-    if not resumes_from_lists(config):
-        folder.list_dataset(config.data, config.image_list,
-                            {'--out': config.out})
+    if not resumes_from_lists(out, resume):
+        folder.list_dataset(dataset.data, dataset.image_list,
+                            {'--out': out})
 
 
-def prepare_lists(config, channels, size):
-    """(train, val, class_names, mean): the lists in ``--out`` when
-    resuming, else built from ``--data``."""
-    train_txt = os.path.join(config.out, folder.TRAIN_FILE)
-    if resumes_from_lists(config):
-        train, names = folder.read_image_list(train_txt, config.data)
+def prepare_lists(dataset, channels, size, *, out, resume, seed, jobs):
+    """(train, val, class_names, mean): the lists in ``out`` when
+    resuming, else built from ``dataset`` (a
+    :class:`~finetune.training.config.DatasetOptions`) and written to
+    ``out``: split by ``seed``, images checked by ``jobs`` processes at
+    the pretrained net's ``channels`` and ``size``."""
+    train_txt = os.path.join(out, folder.TRAIN_FILE)
+    if resumes_from_lists(out, resume):
+        train, names = folder.read_image_list(train_txt, dataset.data)
         val, _ = folder.read_image_list(
-            os.path.join(config.out, folder.VAL_FILE), config.data,
+            os.path.join(out, folder.VAL_FILE), dataset.data,
             allow_empty=True)
-        mean_path = os.path.join(config.out, folder.MEAN_FILE)
+        mean_path = os.path.join(out, folder.MEAN_FILE)
         mean = folder.load_mean(mean_path) if os.path.exists(
             mean_path) else None
         return train, val, names, mean
     prepared = folder.prepare_dataset(
-        config.data, config.out, val_split=config.val_split,
-        seed=config.seed, image_list=config.image_list,
-        compute_mean=config.mean == 'dataset', channels=channels, size=size,
-        jobs=max(1, config.loaderjob))
+        dataset.data, out, val_split=dataset.val_split, seed=seed,
+        image_list=dataset.image_list,
+        compute_mean=dataset.mean == 'dataset', channels=channels,
+        size=size, jobs=max(1, jobs))
     return prepared.train, prepared.val, prepared.class_names, prepared.mean

@@ -54,12 +54,14 @@ class CosineShift(extension.Extension):
             self.end_epoch)
 
 
-def add_lr_schedule(trainer, config):
-    """Extend ``trainer`` with ``config``'s schedule (see the module
-    docstring)."""
-    if config.lr_schedule == 'cosine':
-        trainer.extend(CosineShift(config.lr, config.warmup_epochs,
-                                   config.epochs), name='cosine_shift')
-    elif config.lr_step:
-        trainer.extend(extensions.ExponentialShift('lr', config.lr_gamma),
-                       trigger=(config.lr_step, 'epoch'))
+def add_lr_schedule(trainer, schedule, base_lr):
+    """Extend ``trainer`` with the learning-rate schedule of ``schedule``
+    (a :class:`~finetune.training.config.ScheduleOptions`, e.g.
+    ``config.schedule``; see the module docstring) from ``base_lr``
+    (``--lr``)."""
+    if schedule.lr_schedule == 'cosine':
+        trainer.extend(CosineShift(base_lr, schedule.warmup_epochs,
+                                   schedule.epochs), name='cosine_shift')
+    elif schedule.lr_step:
+        trainer.extend(extensions.ExponentialShift('lr', schedule.lr_gamma),
+                       trigger=(schedule.lr_step, 'epoch'))

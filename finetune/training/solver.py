@@ -151,21 +151,29 @@ def set_caffe_lr_policy(model, head_names, weight_decay, head_lr_mult=10.0,
             rule.lr_mult = mult * (bias_lr_mult if is_bias else 1.0)
 
 
-def make_optimizer(model, config, head, frozen, ranks):
+def make_optimizer(model, solver, head, frozen, trunk, ranks):
     """CaffeSGD set up on ``model`` with Caffe's multipliers and the frozen
     layers' updates disabled; with ``--dtype float16`` it keeps float32
-    master weights and scales the loss dynamically."""
-    solver = CaffeSGD(lr=config.lr, momentum=config.momentum)
-    if config.dtype == 'float16':
-        solver.use_fp32_update()
-        solver.loss_scaling()
-    optimizer = ranks.optimizer(solver)
+    master weights and scales the loss dynamically.
+
+    Args:
+        model: Classifier over the training FineTuneNet.
+        solver (SolverOptions): the rates, momentum, decay and dtype of the
+            run (``config.solver``).
+        head, frozen (list of str): the replaced and the frozen layers.
+        trunk (list of str): the pretrained layers ``--unfreeze`` trains
+            after the warm-up, at ``--trunk-lr-mult`` (empty without it).
+        ranks: SingleProcess or MultiNode (wraps the optimizer).
+    """
+    sgd = CaffeSGD(lr=solver.lr, momentum=solver.momentum)
+    if solver.dtype == 'float16':
+        sgd.use_fp32_update()
+        sgd.loss_scaling()
+    optimizer = ranks.optimizer(sgd)
     optimizer.setup(model)
     network = model.predictor.net
-    set_caffe_lr_policy(network, head, config.weight_decay,
-                        config.head_lr_mult)
+    set_caffe_lr_policy(network, head, solver.weight_decay,
+                        solver.head_lr_mult)
     freeze_layers(network, frozen)
-    recipe.scale_trunk_rates(network, recipe.trunk_layers(
-        network, head, frozen) if config.unfreeze else [],
-        config.trunk_lr_mult)
+    recipe.scale_trunk_rates(network, trunk, solver.trunk_lr_mult)
     return optimizer

@@ -235,17 +235,19 @@ class FineTuneNet(chainer.Chain):
         return self.net.forward(h, start=start)
 
 
-def build_networks(pretrained, meta, head, frozen, n_classes, config):
+def build_networks(pretrained, meta, head, frozen, n_classes,
+                   from_features=False, trunk_backend='auto'):
     """(train_net, eval_net): FineTuneNets sharing one network after
-    surgery. The training net reads cached features with
-    ``--cache-features``; a frozen trunk is always evaluated on cached
-    centre-crop features (``eval_net`` reads features), else ``eval_net``
-    is ``train_net``."""
+    surgery. The training net reads cached features when
+    ``from_features`` (``--cache-features``); a frozen trunk is always
+    evaluated on cached centre-crop features (``eval_net`` reads
+    features), else ``eval_net`` is ``train_net``. ``trunk_backend``
+    (``--trunk-backend``) chooses what runs the frozen trunk on the CPU."""
     net = replace_head(pretrained, meta, head, n_classes)
     prefix = frozen_cut(net, frozen)
-    train_net = FineTuneNet(net, prefix, from_features=config.cache_features,
-                            trunk_backend=config.trunk_backend)
+    train_net = FineTuneNet(net, prefix, from_features=from_features,
+                            trunk_backend=trunk_backend)
     if not prefix:
         return train_net, train_net
     return train_net, FineTuneNet(net, prefix, from_features=True,
-                                  trunk_backend=config.trunk_backend)
+                                  trunk_backend=trunk_backend)

@@ -164,7 +164,6 @@ import io
 import random
 import signal
 import subprocess
-import sys
 import time
 
 from hypothesis import given

@@ -7,7 +7,6 @@ kernel in onnx < 1.19 loops over the batch axis instead of the channels
 operator is onnx's own.
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import pytest
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnx_chainer')
 from onnx.reference import ReferenceEvaluator  # NOQA: E402
-from onnx.reference.op_run import OpRun  # NOQA: E402
 
 from finetune.models.model_file import save_model  # NOQA: E402
 from finetune.common.errors import FinetuneError  # NOQA: E402

@@ -2,7 +2,6 @@
 import csv
 import gzip
 import hashlib
-import io
 import os
 import shutil
 import signal
@@ -10,9 +9,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from finetune import gather as gather_module
 from finetune.common.errors import DataError

@@ -126,3 +126,80 @@ def test_lr_and_momentum_accept_exactly_their_ranges(value):
         except FinetuneError:
             accepted = False
         assert accepted == ok, (field, value)
+
+
+def test_the_fields_are_the_stage_groups_and_help_shows_each_group():
+    """TrainConfig is its stage groups, each field in exactly one, in
+    --help order, and each --help group lists exactly its group's
+    options."""
+    import re
+    from finetune.training.config import GROUPS
+    from finetune.training.config import option_flag
+    grouped = [field.name for group in GROUPS.values()
+               for field in dataclasses.fields(group)]
+    assert grouped == [field.name for field in
+                       dataclasses.fields(TrainConfig)]
+    assert len(set(grouped)) == len(grouped)
+    text = build_parser().format_help()
+    sections = re.split(r'\n\n(?=[a-z][^\n]*:\n)', text)
+    shown = {section.split(':\n', 1)[0]: re.findall(
+        r'^  (?:-\w[^,\n]*, )?(--[a-z-]+)', section.split(':\n', 1)[1], re.M)
+        for section in sections[1:]}
+    del shown['options']  # --help
+    assert shown == {title: [option_flag(field.name)
+                             for field in dataclasses.fields(group)]
+                     for title, group in GROUPS.items()}
+
+
+def test_each_stage_group_view_holds_the_run_values_as_a_copy():
+    from finetune.training.config import GROUPS
+    config = TrainConfig(
+        data='photos', image_list='list.txt', val_split=0.25, mean='none',
+        pretrained='open_nsfw', freeze='conv_1', replace='fc_nsfw',
+        lr=0.03, momentum=0.8, weight_decay=1e-4, head_lr_mult=5.0,
+        dtype='float16', epochs=4, lr_schedule='cosine', lr_step=2,
+        batchsize=8, val_batchsize=16, loaderjob=0, seed=7,
+        cache_features=True, cache_crops=3, device=-1,
+        trunk_backend='chainer', out='run', resume='auto', overwrite=True,
+        snapshot_interval=9, keep_snapshots=2, log_interval=4, tta=True)
+    views = {'data': config.dataset, 'pretrained network and surgery':
+             config.surgery, 'solver': config.solver,
+             'schedule': config.schedule,
+             'data loading and feature cache': config.loading,
+             'device and scale-out': config.scale_out,
+             'output and snapshots': config.output}
+    assert views.keys() == GROUPS.keys()
+    for title, view in views.items():
+        assert type(view) is GROUPS[title]
+        for field in dataclasses.fields(view):
+            assert getattr(view, field.name) == getattr(config, field.name)
+    assert (config.solver.lr, config.loading.seed, config.output.out,
+            config.surgery.freeze, config.dataset.val_split) == (
+        0.03, 7, 'run', 'conv_1', 0.25)
+    view = config.solver
+    view.lr = 1.0
+    assert config.solver.lr == 0.03
+
+
+def test_stage_builders_take_their_group_not_the_whole_config():
+    """Only the root (fit.py), the config module and the run's identity
+    read a whole TrainConfig: every other function of the training
+    stages takes its group (``config.solver``...) and plain values."""
+    import ast
+    import finetune.training
+    root = pathlib.Path(finetune.training.__file__).parent
+    allowed = {('fit.py', name) for name in (
+        'load_and_plan', 'assemble', 'run_folder', 'fit', '_fit', 'find_lr',
+        '_find_lr')} | {('run_dir.py', 'run_identity')}
+    takers = set()
+    for path in sorted(root.glob('*.py')):
+        if path.name == 'config.py':
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args +
+                         node.args.kwonlyargs]
+                if 'config' in names:
+                    takers.add((path.name, node.name))
+    assert takers - allowed == set()
+    assert ('fit.py', 'fit') in takers  # the check sees the root's

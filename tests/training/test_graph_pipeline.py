@@ -7,7 +7,6 @@ own Caffe importer on the caffemodel, the Chainer net's forward, Caffe's
 BatchNorm rule, or an uninterrupted run.
 """
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -20,10 +19,7 @@ import pytest
 from PIL import Image
 
 import finetune
-from finetune.weights.conversion import ConversionOptions
-from finetune.weights.conversion import convert_caffemodel
 from finetune.data.feature_cache import crop_windows
-from finetune.data.folder import read_image_list
 from finetune.models.model_file import load_model
 from finetune.models.model_file import save_model
 from finetune.training.extensions import SeededUpdater

@@ -103,6 +103,7 @@ def test_the_same_refusals_from_python():
     (('--unfreeze', 'conv9'), ('--unfreeze', 'conv9')),
     (('--unfreeze', 'conv1'), ('--unfreeze', 'conv1')),
     (('--tta',), ('--tta', 'whole images')),
+    (('--cache-features',), ('--cache-features', 'frozen leading')),
 ])
 def test_refusals_that_need_the_net_come_before_any_image_is_read(
         extra, words, digits, tmp_path, capsys, monkeypatch):

@@ -128,8 +128,8 @@ def test_a_run_identity_written_before_the_image_list_rename_resumes(
     old = run_identity(config)
     old['label_file'] = old.pop('image_list')
     (out / 'run.json').write_text(json.dumps(old))
-    check_run_dir(config)  # the same run: no error
+    check_run_dir(config.output, run_identity(config))  # the same run
     other = TrainConfig(data=str(tmp_path), out=str(out), resume='auto',
                         image_list=str(tmp_path / 'other.txt'))
     with pytest.raises(FinetuneError, match='--image-list was'):
-        check_run_dir(other)
+        check_run_dir(other.output, run_identity(other))

@@ -124,3 +124,46 @@ def test_snapshot_state_is_momentum_sgds(tmp_path):
     chainer.serializers.load_npz(str(tmp_path / 'opt.npz'), new_opt)
     np.testing.assert_array_equal(new.fc1.W.update_rule.state['v'],
                                   old.fc1.W.update_rule.state['v'])
+
+
+class ThreeLayers(chainer.Chain):
+    layer_names = ['fc1', 'fc2', 'fc3']
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.fc1 = L.Linear(6, 5)
+            self.fc2 = L.Linear(5, 4)
+            self.fc3 = L.Linear(4, 3)
+
+
+def test_make_optimizer_takes_the_solver_group_alone():
+    """The solver's builder reads its own options (a SolverOptions, not
+    the whole run's TrainConfig) and the layer lists the surgery chose:
+    Caffe's rules (bias x2, no bias decay), the head at --head-lr-mult,
+    the --unfreeze trunk at --trunk-lr-mult, the frozen layer not
+    updated."""
+    from finetune.training.config import SolverOptions
+    from finetune.training.distributed import SingleProcess
+    predictor = chainer.Chain()
+    with predictor.init_scope():
+        predictor.net = ThreeLayers()
+    model = chainer.Chain()
+    with model.init_scope():
+        model.predictor = predictor
+    options = SolverOptions(lr=0.02, momentum=0.5, weight_decay=1e-3,
+                            head_lr_mult=10.0, trunk_lr_mult=0.25,
+                            dtype='float32')
+    optimizer = solver.make_optimizer(model, options, head=['fc3'],
+                                      frozen=['fc1'], trunk=['fc2'],
+                                      ranks=SingleProcess())
+    assert (optimizer.lr, optimizer.momentum) == (0.02, 0.5)
+    rules = {name: p.update_rule for name, p in model.namedparams()}
+    assert not rules['/predictor/net/fc1/W'].enabled
+    assert not rules['/predictor/net/fc1/b'].enabled
+    expected = {'fc2/W': (0.25, 1e-3), 'fc2/b': (0.5, 0.0),
+                'fc3/W': (10.0, 1e-3), 'fc3/b': (20.0, 0.0)}
+    for name, (lr_mult, decay) in expected.items():
+        rule = rules['/predictor/net/' + name]
+        assert rule.enabled, name
+        assert (rule.lr_mult, rule.decay) == (lr_mult, decay), name
