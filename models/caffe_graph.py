@@ -131,6 +131,19 @@ class CaffeBatchNorm(chainer.Link):
                 cpu.send(self.var).astype(np.float32),
                 np.ones(1, np.float32)]
 
+    @property
+    def uses_stored_statistics(self):
+        """Whether a call now normalizes with the stored statistics (not
+        the batch's): outside training, or with :attr:`keep_statistics`."""
+        return not chainer.config.train or self.keep_statistics
+
+    def stored_affine(self, dtype):
+        """(w, b) (C,) arrays of ``dtype`` with ``x * w + b`` equal to the
+        normalization by the stored statistics, computed in float64."""
+        xp = chainer.backend.get_array_module(self.var)
+        inv_std = 1 / xp.sqrt(self.var.astype(np.float64) + self.eps)
+        return inv_std.astype(dtype), (-self.mean * inv_std).astype(dtype)
+
     def forward(self, x):
         # cuDNN refuses eps < 1e-5 (CUDNN_BN_MIN_EPSILON); Caffe does not
         with (chainer.using_config('use_cudnn', 'never') if self.eps < 1e-5
@@ -188,8 +201,25 @@ class CaffeScale(chainer.Link):
     def caffe_blobs(self):
         return _param_blobs(self.W, self.b)
 
+    @property
+    def per_channel(self):
+        """Whether W (and b) are (C,) along axis 1."""
+        return self.axis == 1 and self.W.ndim == 1
+
+    def after_affine(self, x, w, b):
+        """This layer applied to ``x * w + b`` (``w``, ``b``: constant (C,)
+        arrays, e.g. a BatchNorm's :meth:`CaffeBatchNorm.stored_affine`),
+        in one pass over x: ``x * (W w) + (W b + bias)``. The gradients
+        reach W and the bias through the (C,) products. Needs
+        :attr:`per_channel`."""
+        scale = self.W * w
+        shift = self.W * b
+        if self.b is not None:
+            shift = shift + self.b
+        return channel_affine(x, scale, shift)
+
     def forward(self, x):
-        if self.axis == 1 and self.W.ndim == 1:
+        if self.per_channel:
             return channel_affine(x, self.W, self.b)
         y = x * _along(self.W, x, self.axis)
         if self.b is not None:
@@ -946,10 +976,23 @@ class CaffeGraph(chainer.Chain):
             raise CaffeModelError('%s: stop %r comes before start %r'
                                   % (self._source, stop, start))
         values = {first: x}
+        folded = False
         for i in range(p0, p1):
             node = self._nodes[i]
-            outputs = node.run(self, [values[v] for v in node.bottoms])
-            values.update(zip(node.tops, outputs))
+            if folded:  # this Scale ran with the BatchNorm before it
+                folded = False
+            elif i + 1 < p1 and node.tops[0] != last and \
+                    self._folds_with_next(i):
+                nxt = self._nodes[i + 1]
+                scale = self[nxt.name]
+                w, b = self[node.name].stored_affine(
+                    getattr(scale.W, 'dtype', None) or np.float32)
+                values[nxt.tops[0]] = scale.after_affine(
+                    values[node.bottoms[0]], w, b)
+                folded = True
+            else:
+                outputs = node.run(self, [values[v] for v in node.bottoms])
+                values.update(zip(node.tops, outputs))
             for v in self._free_after[i]:
                 if v != last:
                     values.pop(v, None)
@@ -957,6 +1000,22 @@ class CaffeGraph(chainer.Chain):
         if last == self._output and y.ndim != 2:
             y = F.reshape(y, (y.shape[0], self.n_classes))
         return y
+
+    def _folds_with_next(self, i):
+        """Whether layer i is a BatchNorm normalizing with its stored
+        statistics whose output only the next layer, a per-channel Scale,
+        reads: the pair then runs as one affine pass (Caffe's BatchNorm +
+        Scale, as OpenCV fuses them), the same values and gradients with
+        one pass over the blob instead of two, forward and backward."""
+        node = self._nodes[i]
+        if node.type != 'BatchNorm' or i + 1 >= len(self._nodes):
+            return False
+        nxt = self._nodes[i + 1]
+        return (nxt.type == 'Scale' and nxt.bottoms == node.tops and
+                self._last_read.get(node.tops[0]) == i + 1 and
+                nxt.name in self._children and
+                self[nxt.name].per_channel and
+                self[node.name].uses_stored_statistics)
 
     def stage(self, name, h):
         """Run from the cut before weighted layer ``name`` to the next one

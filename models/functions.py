@@ -120,7 +120,9 @@ class TiledMaxPooling2D(function_node.FunctionNode):
         self.retain_inputs((0,))
         self.retain_outputs((0,))
         offsets = self._offsets()
-        y = self._view(x, *offsets[0]).copy()
+        # in x's memory order (channel-major after a convolution): the
+        # views are read in their own order and the next layer gets it
+        y = self._view(x, *offsets[0]).copy(order='K')
         for j, i in offsets[1:]:
             np.maximum(y, self._view(x, j, i), out=y)
         return y,
@@ -130,14 +132,16 @@ class TiledMaxPooling2D(function_node.FunctionNode):
         y = self.get_retained_outputs()[0].array
         gy = grad_outputs[0].array
         gx = np.zeros_like(x)
-        taken = np.zeros(y.shape, bool)
-        hit = np.empty(y.shape, bool)
+        taken = np.zeros_like(y, dtype=bool)
+        hit = np.empty_like(taken)
+        routed = np.empty_like(y)
         for j, i in self._offsets():
             np.equal(self._view(x, j, i), y, out=hit)
-            hit &= ~taken  # only the first maximum of each window
+            np.greater(hit, taken, out=hit)  # the first maximum only
             taken |= hit
+            np.multiply(gy, hit, out=routed)
             view = self._view(gx, j, i)
-            view += gy * hit
+            view += routed
         return chainer.Variable(gx),
 
 

@@ -264,6 +264,63 @@ def test_gradients_through_the_dag():
                 dtype=np.float64, no_grads=None)
 
 
+def test_batchnorm_then_scale_is_one_pass_with_chainers_values_and_grads(
+        tmp_path):
+    """A BatchNorm on its stored statistics and the Scale after it run as
+    one affine pass; its output and the gradients of the input and of the
+    Scale's W and bias are Chainer's F.fixed_batch_normalization's with
+    gamma = W, beta = bias."""
+    model, _ = bn_model(tmp_path, 'batch_norm_param { use_global_stats: '
+                                  'true eps: 0.001 }')
+    bn, sc = model['bn'], model['sc']
+    rng = np.random.RandomState(8)
+    sc.W.array[...] = rng.uniform(0.5, 2, 3)
+    sc.b.array[...] = rng.normal(0, 1, 3)
+    x = rng.normal(2, 3, (4, 3, 5, 5)).astype(np.float32)
+    gy = rng.normal(0, 1, x.shape).astype(np.float32)
+    calls = []
+    with chainer.using_config('train', True), _FunctionNames(calls):
+        xv = chainer.Variable(x.copy())
+        y = model.forward(xv, stop='fc')
+    assert [name for name in calls
+            if name in ('ChannelAffine', 'Mul', 'Add',
+                        'FixedBatchNormalization')].count(
+        'ChannelAffine') == 1, calls
+    y.grad = gy
+    sc.cleargrads()
+    y.backward()
+    xr = chainer.Variable(x.copy())
+    gamma = chainer.Variable(sc.W.array.copy())
+    beta = chainer.Variable(sc.b.array.copy())
+    yr = F.fixed_batch_normalization(xr, gamma, beta, bn.mean, bn.var,
+                                     eps=0.001)
+    yr.grad = gy
+    yr.backward()
+    for ours, ref in ((y, yr), (xv.grad_var, xr.grad_var),
+                      (sc.W.grad_var, gamma.grad_var),
+                      (sc.b.grad_var, beta.grad_var)):
+        np.testing.assert_allclose(ours.array, ref.array, rtol=1e-5,
+                                   atol=1e-5)
+    with chainer.using_config('dtype', np.float64):
+        model64, _ = bn_model(tmp_path, 'batch_norm_param { '
+                                        'use_global_stats: true }')
+    with chainer.using_config('train', True):
+        gradient_check.check_backward(
+            lambda h: model64.forward(h, stop='fc'), x.astype(np.float64),
+            gy.astype(np.float64), eps=1e-4, atol=1e-4, rtol=1e-3,
+            dtype=np.float64, no_grads=None)
+
+
+class _FunctionNames(chainer.FunctionHook):
+    """Records the label of every function that runs forward."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def forward_preprocess(self, function, in_data):
+        self.calls.append(function.label)
+
+
 @pytest.mark.parametrize('text, message', [
     ('layer { name: "c" type: "Convolution" bottom: "nothing" top: "c" '
      'convolution_param { num_output: 2 kernel_size: 1 } }',

@@ -52,7 +52,7 @@ def graph_nodes(y):
 
 def grads_of(fn, arrays, gy):
     """Forward ``fn(*Variables)``, backward with ``gy``; (y, grads)."""
-    variables = [chainer.Variable(a.copy()) for a in arrays]
+    variables = [chainer.Variable(a.copy(order='K')) for a in arrays]
     y = fn(*variables)
     y.grad = gy.copy()
     y.backward()
@@ -391,12 +391,15 @@ def test_caffe_lrn_uses_the_kernel_on_the_cpu_only_when_switched_on():
 @settings(derandomize=True, max_examples=40, deadline=None)
 @given(size=st.tuples(st.integers(2, 12), st.integers(2, 12)),
        kernel=st.integers(2, 4), stride=st.integers(1, 3),
-       pad=st.integers(0, 1), ties=st.booleans())
-def test_padded_max_pooling_equals_chainers(size, kernel, stride, pad, ties):
+       pad=st.integers(0, 1), ties=st.booleans(),
+       channel_major=st.booleans())
+def test_padded_max_pooling_equals_chainers(size, kernel, stride, pad, ties,
+                                            channel_major):
     """Caffe max pooling whose windows reach past the input (padding,
     ceil rounding: ResNet's pool1 3x3/2 on 112x112) runs TiledMaxPooling2D
     on a -inf padded input: the same maxima and gradients (ties: to the
-    first maximum) as Chainer's im2col path."""
+    first maximum) as Chainer's im2col path; also on a channel-major input
+    (a convolution's output), whose memory order the output keeps."""
     from finetune.models.functions import TiledMaxPooling2D
     from finetune.models.functions import caffe_pooling_2d
     pad = min(pad, kernel - 1)  # Caffe requires pad < kernel
@@ -404,6 +407,9 @@ def test_padded_max_pooling_equals_chainers(size, kernel, stride, pad, ties):
     rng = np.random.RandomState(h * 13 + w)
     x = (rng.randint(0, 3, (2, 3, h, w)) if ties else
          rng.randn(2, 3, h, w)).astype(np.float32)
+    if channel_major:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(
+            1, 0, 2, 3)
     args = ('max', (kernel, kernel), (stride, stride), (pad, pad))
 
     def ours(x):
