@@ -52,6 +52,7 @@ from finetune.models.cpu_kernels import batch_normalization
 from finetune.models.cpu_kernels import call_link
 from finetune.models.cpu_kernels import channel_affine
 from finetune.models.cpu_kernels import fixed_batch_normalization
+from finetune.models.cpu_kernels import use_cpu_kernels
 from finetune.models.functions import caffe_lrn
 from finetune.models.functions import caffe_pooling_2d
 from finetune.models.functions import pooled_size
@@ -1006,12 +1007,17 @@ class CaffeGraph(chainer.Chain):
         statistics whose output only the next layer, a per-channel Scale,
         reads: the pair then runs as one affine pass (Caffe's BatchNorm +
         Scale, as OpenCV fuses them), the same values and gradients with
-        one pass over the blob instead of two, forward and backward."""
+        one pass over the blob instead of two, forward and backward. Only
+        with the CPU kernels: on a GPU, and under
+        :func:`~finetune.models.cpu_kernels.chainer_functions` (the ONNX
+        export: a BatchNormalization node per BatchNorm), each layer runs
+        alone."""
         node = self._nodes[i]
         if node.type != 'BatchNorm' or i + 1 >= len(self._nodes):
             return False
         nxt = self._nodes[i + 1]
-        return (nxt.type == 'Scale' and nxt.bottoms == node.tops and
+        return (use_cpu_kernels(self[node.name].mean) and
+                nxt.type == 'Scale' and nxt.bottoms == node.tops and
                 self._last_read.get(node.tops[0]) == i + 1 and
                 nxt.name in self._children and
                 self[nxt.name].per_channel and
