@@ -174,7 +174,10 @@ def model_rates(batch, repeat):
     Chainer, frozen trunk on the default backend ('auto': OpenCV dnn, where
     this finetune has it), full."""
     import bench_model as M
-    weights = M.random_caffe_weights()
+    from finetune.weights.random_model import write_random_alexnet
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = write_random_alexnet(os.path.join(tmp, 'a.caffemodel'),
+                                       seed=0)
     x, t = M.inputs(batch)
     fns = {'frozen': M.chainer_train_fn(M.chainer_net(weights), x, t, 5),
            'frozen, default trunk': M.chainer_train_fn(

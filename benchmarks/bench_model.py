@@ -41,6 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 
+SECTIONS = ('peak', 'forward', 'train', 'frozen', 'malloc', 'layers')
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--quick', action='store_true',
@@ -80,6 +83,10 @@ def parse_args(argv=None):
     if args.repeat is None:
         args.repeat = 2 if args.quick else 3
     args.skip = set(filter(None, args.skip.split(',')))
+    unknown = sorted(args.skip - set(SECTIONS))
+    if unknown:
+        p.error('--skip: unknown section %s (sections: %s)'
+                % (', '.join(unknown), ', '.join(SECTIONS)))
     return args
 
 
@@ -500,9 +507,9 @@ def _timed_step(forward, backward):
 
 
 def section_layers(args, weights, figures):
-    """Per-layer forward and backward time of one training step, batch 32:
-    AlexNet as shipped (the CaffeGraph with the CPU kernels, cut before
-    every layer) vs the same op in PyTorch, each on its own framework's
+    """Per-layer forward and backward time of one training step at the
+    first of ``--batches``: AlexNet as shipped (the CaffeGraph with the
+    CPU kernels, cut before every layer) vs the same op in PyTorch, each on its own framework's
     output of the layer before, in training mode. As in a training step,
     every layer's input gets its gradient but the first's, and every
     parameter its gradient; then the optimizer's update of all 61M
@@ -593,18 +600,6 @@ def layer_update_times(cnet, tnet, rounds):
     return [1e3 * C.median(recs[k]['times']) for k in ('chainer', 'pytorch')]
 
 
-def pooling_pad_report():
-    from finetune.models.functions import pooled_size
-    lines = []
-    for size in (55, 27, 13):
-        out = pooled_size(size, 3, 2, 0)
-        extra = max(0, (out - 1) * 2 + 3 - size)
-        lines.append('%d->%d (extra pad %d)' % (size, out, extra))
-    return ['caffe_pooling_2d on AlexNet: ' + ', '.join(lines) +
-            ': F.pad is never called; the [:, :, :out] crop is a no-op '
-            'GetItem']
-
-
 def profile(args):
     """cProfile of 2 Chainer forwards of AlexNet as shipped."""
     import cProfile
@@ -659,7 +654,6 @@ def main(argv=None):
             ' interleaved' % (args.batches, args.repeat,
                               max(2, args.repeat - 1))])
     C.emit(C.cli_heap_report(args.cli_heap))
-    C.emit(pooling_pad_report())
     figures = {}
     peak = 1.0
     if 'peak' not in args.skip:

@@ -52,6 +52,8 @@ from finetune.models.cpu_kernels import batch_normalization
 from finetune.models.cpu_kernels import call_link
 from finetune.models.cpu_kernels import channel_affine
 from finetune.models.cpu_kernels import fixed_batch_normalization
+from finetune.models.cpu_kernels import normalized_affine
+from finetune.models.cpu_kernels import stored_statistics
 from finetune.models.cpu_kernels import use_cpu_kernels
 from finetune.models.functions import caffe_lrn
 from finetune.models.functions import caffe_pooling_2d
@@ -138,12 +140,10 @@ class CaffeBatchNorm(chainer.Link):
         the batch's): outside training, or with :attr:`keep_statistics`."""
         return not chainer.config.train or self.keep_statistics
 
-    def stored_affine(self, dtype):
-        """(w, b) (C,) arrays of ``dtype`` with ``x * w + b`` equal to the
-        normalization by the stored statistics, computed in float64."""
-        xp = chainer.backend.get_array_module(self.var)
-        inv_std = 1 / xp.sqrt(self.var.astype(np.float64) + self.eps)
-        return inv_std.astype(dtype), (-self.mean * inv_std).astype(dtype)
+    def stored_normalization(self, dtype):
+        """(mean, inv_std): (C,) arrays of ``dtype``, the stored mean and
+        ``1 / sqrt(var + eps)`` (computed in float64)."""
+        return stored_statistics(self.mean, self.var, self.eps, dtype)
 
     def forward(self, x):
         # cuDNN refuses eps < 1e-5 (CUDNN_BN_MIN_EPSILON); Caffe does not
@@ -207,17 +207,13 @@ class CaffeScale(chainer.Link):
         """Whether W (and b) are (C,) along axis 1."""
         return self.axis == 1 and self.W.ndim == 1
 
-    def after_affine(self, x, w, b):
-        """This layer applied to ``x * w + b`` (``w``, ``b``: constant (C,)
-        arrays, e.g. a BatchNorm's :meth:`CaffeBatchNorm.stored_affine`),
-        in one pass over x: ``x * (W w) + (W b + bias)``. The gradients
-        reach W and the bias through the (C,) products. Needs
+    def after_normalization(self, x, mean, inv_std):
+        """This layer applied to ``(x - mean) * inv_std`` (constant (C,)
+        arrays: a BatchNorm's
+        :meth:`CaffeBatchNorm.stored_normalization`), in one pass over x
+        (:func:`~finetune.models.cpu_kernels.normalized_affine`). Needs
         :attr:`per_channel`."""
-        scale = self.W * w
-        shift = self.W * b
-        if self.b is not None:
-            shift = shift + self.b
-        return channel_affine(x, scale, shift)
+        return normalized_affine(x, mean, inv_std, self.W, self.b)
 
     def forward(self, x):
         if self.per_channel:
@@ -986,10 +982,10 @@ class CaffeGraph(chainer.Chain):
                     self._folds_with_next(i):
                 nxt = self._nodes[i + 1]
                 scale = self[nxt.name]
-                w, b = self[node.name].stored_affine(
-                    getattr(scale.W, 'dtype', None) or np.float32)
-                values[nxt.tops[0]] = scale.after_affine(
-                    values[node.bottoms[0]], w, b)
+                mean, inv_std = self[node.name].stored_normalization(
+                    scale.W.dtype)
+                values[nxt.tops[0]] = scale.after_normalization(
+                    values[node.bottoms[0]], mean, inv_std)
                 folded = True
             else:
                 outputs = node.run(self, [values[v] for v in node.bottoms])

@@ -286,7 +286,9 @@ class TrainConfig(OutputOptions, ScaleOutOptions, LoadingOptions,
     :class:`SolverOptions`, and so on, and each stage's builder takes its
     group (e.g. :func:`~finetune.training.solver.make_optimizer` takes
     ``config.solver``), values of other stages as plain arguments.
-    :func:`finetune.fit` is the one reader of the whole config.
+    Only :func:`finetune.fit` (the root), :func:`check_config` and the
+    run's identity (:func:`~finetune.training.run_dir.run_identity`) read
+    the whole config.
     """
     dataset = group_view(DatasetOptions)
     surgery = group_view(SurgeryOptions)

@@ -26,8 +26,8 @@ IDENTITY_FILE = 'run.json'
 LOCK_FILE = '.lock'
 
 #: TrainConfig fields that make a run what it is (changing any of them
-#: makes the snapshots another run's); schedule, speed and output options
-#: may change between a run and its resumption.
+#: makes the snapshots another run's); schedule, loading, device and
+#: output options may change between a run and its resumption.
 IDENTITY_FIELDS = ('image_list', 'val_split', 'mean', 'pretrained',
                    'prototxt', 'freeze', 'replace', 'seed', 'dtype')
 

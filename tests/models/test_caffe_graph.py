@@ -264,28 +264,30 @@ def test_gradients_through_the_dag():
                 dtype=np.float64, no_grads=None)
 
 
+@pytest.mark.parametrize('loc, scale', [(2, 3), (100, 0.5)])
 def test_batchnorm_then_scale_is_one_pass_with_chainers_values_and_grads(
-        tmp_path):
+        tmp_path, loc, scale):
     """A BatchNorm on its stored statistics and the Scale after it run as
-    one affine pass; its output and the gradients of the input and of the
+    one pass; its output and the gradients of the input and of the
     Scale's W and bias are Chainer's F.fixed_batch_normalization's with
-    gamma = W, beta = bias."""
+    gamma = W, beta = bias, also for a channel whose mean is 200 times its
+    std (a gradient folded through the per-channel coefficients would
+    lose digits there)."""
     model, _ = bn_model(tmp_path, 'batch_norm_param { use_global_stats: '
                                   'true eps: 0.001 }')
     bn, sc = model['bn'], model['sc']
     rng = np.random.RandomState(8)
     sc.W.array[...] = rng.uniform(0.5, 2, 3)
     sc.b.array[...] = rng.normal(0, 1, 3)
-    x = rng.normal(2, 3, (4, 3, 5, 5)).astype(np.float32)
+    x = rng.normal(loc, scale, (4, 3, 5, 5)).astype(np.float32)
+    bn.mean[...] = x.mean(axis=(0, 2, 3)) + rng.normal(0, 0.1, 3) * scale
+    bn.var[...] = x.var(axis=(0, 2, 3)) * rng.uniform(0.8, 1.2, 3)
     gy = rng.normal(0, 1, x.shape).astype(np.float32)
     calls = []
     with chainer.using_config('train', True), _FunctionNames(calls):
         xv = chainer.Variable(x.copy())
         y = model.forward(xv, stop='fc')
-    assert [name for name in calls
-            if name in ('ChannelAffine', 'Mul', 'Add',
-                        'FixedBatchNormalization')].count(
-        'ChannelAffine') == 1, calls
+    assert calls == ['NormalizedAffine'], calls
     y.grad = gy
     sc.cleargrads()
     y.backward()

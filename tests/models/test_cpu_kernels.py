@@ -493,8 +493,9 @@ def test_alexnet_uses_the_kernels_and_matches_chainers_training_step():
 
 
 def test_resnet_small_matches_opencv_with_the_kernels(small_nets):
-    """A graph net with 1x1 stride-2 projections, BatchNorm and Scale:
-    the kernels' forward equals OpenCV's dnn within 1e-5."""
+    """A graph net with 1x1 stride-2 projections, BatchNorm and Scale (one
+    NormalizedAffine): the kernels' forward equals OpenCV's dnn within
+    1e-5."""
     files = small_nets['resnet_small']
     model = CaffeGraph.from_prototxt(files['prototxt'])
     import_caffemodel(model, files['caffemodel'])
@@ -504,7 +505,7 @@ def test_resnet_small_matches_opencv_with_the_kernels(small_nets):
     with chainer.using_config('train', False):
         y = model(x)
     kinds = {type(n).__name__ for n in graph_nodes(y)}
-    assert {'Convolution2D', 'ChannelAffine'} <= kinds
+    assert {'Convolution2D', 'NormalizedAffine'} <= kinds
     net = cv2.dnn.readNetFromCaffe(files['prototxt'], files['caffemodel'])
     net.setInput(x)
     ref = net.forward('fc5').reshape(len(x), -1)
