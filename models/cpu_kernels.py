@@ -247,6 +247,16 @@ def _channel_sum(a):
     return a.sum(axis=(0,) + tuple(range(2, a.ndim)))
 
 
+def _check_per_channel(in_types, names):
+    """Type check of x (N, C, ...) float and (C,) vectors of its dtype."""
+    type_check._argname(in_types, names[:len(in_types)])
+    x = in_types[0]
+    type_check.expect(x.dtype.kind == 'f', x.ndim >= 2)
+    for v in in_types[1:]:
+        type_check.expect(v.dtype == x.dtype, v.ndim == 1,
+                          v.shape[0] == x.shape[1])
+
+
 class ChannelAffine(function_node.FunctionNode):
     """``y = x * w[c] + b[c]`` over axis 1 of x (N, C, ...), one pass.
 
@@ -254,12 +264,7 @@ class ChannelAffine(function_node.FunctionNode):
     """
 
     def check_type_forward(self, in_types):
-        type_check._argname(in_types, ('x', 'w', 'b')[:len(in_types)])
-        x = in_types[0]
-        type_check.expect(x.dtype.kind == 'f', x.ndim >= 2)
-        for v in in_types[1:]:
-            type_check.expect(v.dtype == x.dtype, v.ndim == 1,
-                              v.shape[0] == x.shape[1])
+        _check_per_channel(in_types, ('x', 'w', 'b'))
 
     def forward_cpu(self, inputs):
         x, w = inputs[:2]
@@ -317,12 +322,7 @@ class NormalizedAffine(function_node.FunctionNode):
         self.inv_std = inv_std
 
     def check_type_forward(self, in_types):
-        type_check._argname(in_types, ('x', 'W', 'b')[:len(in_types)])
-        x = in_types[0]
-        type_check.expect(x.dtype.kind == 'f', x.ndim >= 2)
-        for v in in_types[1:]:
-            type_check.expect(v.dtype == x.dtype, v.ndim == 1,
-                              v.shape[0] == x.shape[1])
+        _check_per_channel(in_types, ('x', 'W', 'b'))
 
     def forward_cpu(self, inputs):
         x, W = inputs[:2]
