@@ -436,7 +436,7 @@ def section_train(args, weights, peak, figures, frozen):
 def section_malloc(args, figures):
     batch = args.batches[0]
     configs = [('default', {}, False),
-               ('MALLOC_* env', C_malloc_env(), False)]
+               ('MALLOC_* env', MALLOC_ENV, False)]
     if not args.quick:
         configs += [('MALLOC_ARENA_MAX=2', {'MALLOC_ARENA_MAX': '2'}, False),
                     ('keep_freed_memory() in process', {}, True)]
@@ -464,7 +464,7 @@ def section_malloc(args, figures):
         '\n== Chainer forward (batch %d) in child processes (median of %d '
         'calls each, as shipped unless named) ==' % (batch, calls)))
     C.emit(['MALLOC_* env = ' + ' '.join(
-        '%s=%s' % kv for kv in sorted(C_malloc_env().items()))])
+        '%s=%s' % kv for kv in sorted(MALLOC_ENV.items()))])
 
 
 #: glibc's heap tuned through the environment for a child process (the
@@ -473,10 +473,6 @@ def section_malloc(args, figures):
 MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(2 ** 31 - 1),
               'MALLOC_TRIM_THRESHOLD_': str(2 ** 31 - 1),
               'MALLOC_TOP_PAD_': str(256 << 20)}
-
-
-def C_malloc_env():
-    return dict(MALLOC_ENV)
 
 
 def torch_layer(net, name):
